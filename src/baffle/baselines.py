@@ -1,0 +1,45 @@
+"""Backpropagation baselines in the same harness: FedSGD and FedAvg with autograd.
+
+Same data, partitions, models, server optimizer, EMA and metrics as BAFFLE, so every forward-only result
+has its backprop twin one flag away (``--set run.method=fedsgd`` or ``fedavg``). These clients upload a
+full gradient or full weights (4n bytes), which is what BAFFLE's K scalars are compared against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from baffle import estimator
+from baffle.client import Client, load_weights
+from baffle.messages import WeightsUpload
+
+
+class BPClient(Client):
+    """A conventional client that runs forward + backward."""
+
+    def gradient(self, weights: dict[str, torch.Tensor] | None) -> tuple[np.ndarray, int]:
+        """FedSGD: the autograd gradient of one minibatch, flattened over the trainable parameters."""
+        if weights is not None:
+            load_weights(self.model, weights)
+        params = estimator.select_parameters(self.model, self.trainable)
+        x, y = self.next_batch()
+        self.model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = self.loss_fn(self.model(x), y)
+            grads = torch.autograd.grad(loss, [p for _, p in params])
+        return torch.cat([g.reshape(-1) for g in grads]).numpy(), len(y)
+
+    def local_sgd(self, weights: dict[str, torch.Tensor], round_idx: int, steps: int, lr: float) -> WeightsUpload:
+        """FedAvg: ``steps`` local SGD steps (momentum 0.9) from the global weights, weights come back."""
+        load_weights(self.model, weights)
+        params = [p for _, p in estimator.select_parameters(self.model, self.trainable)]
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+        with torch.enable_grad():
+            for _ in range(steps):
+                x, y = self.next_batch()
+                opt.zero_grad(set_to_none=True)
+                self.loss_fn(self.model(x), y).backward()
+                opt.step()
+        out = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return WeightsUpload(self.client_id, round_idx, out, self.num_samples)

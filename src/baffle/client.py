@@ -1,0 +1,116 @@
+"""A BAFFLE client: forward passes only, K scalars out.
+
+The client holds its private data and an inference copy of the model. Per round it loads the global
+weights (if sent), draws a minibatch, evaluates the loss at the seeded perturbations and answers with an
+``Upload`` of K float32 loss differences and its sample count. Nothing else leaves it. Everything runs
+under ``torch.inference_mode()``: no autograd graph can be built, no activations are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from baffle import estimator, noise
+from baffle.data import BatchSampler, Dataset
+from baffle.messages import LocalPlan, RoundPlan, Upload, WeightsUpload
+
+# An engine computes K loss differences for one minibatch; the loop and the batched engine share it.
+Engine = Callable[..., np.ndarray]
+
+
+def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Copy global weights into the client's model, refusing anything that does not fit exactly."""
+    own = model.state_dict()
+    missing = set(own) - set(weights)
+    unexpected = set(weights) - set(own)
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            src = weights[name]
+            if tuple(src.shape) != tuple(tensor.shape):
+                raise ValueError(f"weight {name} has shape {tuple(src.shape)}, model expects {tuple(tensor.shape)}")
+            tensor.copy_(src)
+
+
+class Client:
+    """One federated client. In the in-process simulator many clients may share one model object:
+    each loads the round's weights before working and leaves them bit-identical afterwards."""
+
+    def __init__(
+        self,
+        client_id: int,
+        data: Dataset,
+        indices: np.ndarray,
+        model: torch.nn.Module,
+        *,
+        batch_size: int,
+        seed: int,
+        trainable: Sequence[str] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+        engine: Engine = estimator.loss_differences,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    ):
+        if len(indices) == 0:
+            raise ValueError(f"client {client_id} has no training samples")
+        self.client_id = client_id
+        self.data = data
+        self.indices = np.asarray(indices)
+        self.model = model
+        self.trainable = list(trainable or [])
+        self.loss_fn = loss_fn
+        self.engine = engine
+        self.transform = transform
+        self.sampler = BatchSampler(self.indices, batch_size, seed)
+        self.generator = torch.Generator().manual_seed(seed)  # data augmentation, checkpointed
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.sampler.next_batch()
+        x, y = self.data.x[idx], self.data.y[idx]
+        if self.transform is not None:
+            x = self.transform(x, self.generator)
+        return x, y
+
+    def step(self, plan: RoundPlan) -> Upload:
+        """FedSGD-style round: K loss differences on one minibatch, forward passes only."""
+        if plan.weights is not None:
+            load_weights(self.model, plan.weights)
+        x, y = self.next_batch()
+        params = estimator.select_parameters(self.model, self.trainable)
+        diffs = self.engine(self.model, params, x, y, plan.seeds, plan.sigma, plan.scheme, self.loss_fn)
+        return Upload(client_id=self.client_id, round=plan.round, loss_diffs=diffs, num_samples=len(y))
+
+    def local_train(self, plan: LocalPlan) -> WeightsUpload:
+        """Epoch-level round: several local forward-only steps with the client's own seeds and Adam.
+
+        The client reconstructs its own estimates here, and uploads weights, not scalars.
+        """
+        load_weights(self.model, plan.weights)
+        params = estimator.select_parameters(self.model, self.trainable)
+        opt = torch.optim.Adam([p for _, p in params], lr=plan.lr, betas=(0.9, 0.99))
+        n = estimator.num_elements(params)
+        for step in range(plan.local_steps):
+            seeds = noise.round_seeds(plan.run_seed, plan.round, plan.num_directions, self.client_id + 1, step + 1)
+            x, y = self.next_batch()
+            diffs = self.engine(self.model, params, x, y, seeds, plan.sigma, plan.scheme, self.loss_fn)
+            grad = estimator.reconstruct(diffs, seeds, plan.sigma, n)
+            estimator.write_flat_grad(params, grad)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return WeightsUpload(self.client_id, plan.round, weights, self.num_samples)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,308 @@
+"""Run configuration: dataclasses, TOML files, ``--set section.key=value`` overrides, validation.
+
+Every key is documented in the README. Validation happens once, here, before any work starts, and every
+error names the key, the bad value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("baffle", "baffle_local", "fedsgd", "fedavg")
+OPTIMIZERS = ("adam", "sgd")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "clipped_mean")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass
+class RunConfig:
+    method: str = "baffle"  # baffle (forward-only, scalar uploads) | baffle_local | fedsgd | fedavg (backprop)
+    rounds: int = 400
+    seed: int = 0
+    eval_every: int = 20
+    checkpoint_every: int = 20
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str = ""  # directory for cifar10/cifar100 (or fashion_mnist idx files)
+    image_size: int = 0  # 0 = native size
+    num_clients: int = 10
+    partition: str = "iid"  # iid | dirichlet | shard
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    train_subset: int = 0  # 0 = all training samples; else a seeded random subset (for quick runs/tests)
+    test_subset: int = 0  # 0 = the whole test set
+    eval_train_samples: int = 2000  # training samples the simulator scores for the train_loss metric
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet"
+    activation: str = "hardswish"
+    norm: str = "group"
+    init: str = ""  # checkpoint or state_dict file to start from (fine-tuning)
+    trainable: list[str] = field(default_factory=list)  # glob patterns; empty = all parameters
+
+
+@dataclass
+class EstimatorConfig:
+    K: int = 100
+    sigma: float = 1e-3
+    scheme: str = "forward"  # forward (K+1 forwards) | central (twin-point, 2K forwards)
+    engine: str = "batched"  # batched | loop
+    max_memory_mb: int = 512  # memory budget of the batched engine's perturbation chunks
+
+
+@dataclass
+class FederationConfig:
+    clients_per_round: float = 1.0  # fraction in (0, 1], or an integer count > 1
+    batch_size: int = 32
+    local_steps: int = 10  # baffle_local / fedavg: local steps per round
+    local_lr: float = 0.01  # baffle_local / fedavg: client learning rate
+    aggregator: str = "mean"
+    trim_fraction: float = 0.1
+    min_clients: int = 1  # quorum: a round with fewer valid uploads is skipped
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 0.01
+    momentum: float = 0.9  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # adam
+    weight_decay: float = 5e-4
+    clip: float = 0.3  # infinity-norm clip of the gradient estimate; 0 disables
+    milestones: list[int] = field(default_factory=list)  # rounds at which lr *= gamma
+    gamma: float = 0.2
+    cosine: bool = False  # cosine decay of lr to 0 over the run (applied on top of milestones)
+    ema_decay: float = 0.0  # EMA of weights used for evaluation; 0 disables
+    ema_every: int = 1  # rounds between EMA updates
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        cfg = cls()
+        for section, values in d.items():
+            if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
+                raise ConfigError(f"unknown config section [{section}]; valid: {', '.join(cls.sections())}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
+            for key, value in values.items():
+                cfg.set(f"{section}.{key}", value)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            return cls.from_dict(tomllib.loads(text))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+    @classmethod
+    def sections(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Set ``section.key`` to ``value`` (a typed value, or a string from the command line)."""
+        if "." not in dotted:
+            raise ConfigError(f"config key {dotted!r} must look like section.key (e.g. estimator.K)")
+        section, key = dotted.split(".", 1)
+        sub = getattr(self, section, None)
+        if sub is None or not dataclasses.is_dataclass(sub):
+            raise ConfigError(f"unknown config section {section!r} in {dotted!r}; valid: {', '.join(self.sections())}")
+        fields = {f.name: f for f in dataclasses.fields(sub)}
+        if key not in fields:
+            raise ConfigError(f"unknown config key {dotted!r}; keys of [{section}]: {', '.join(fields)}")
+        current = getattr(sub, key)
+        setattr(sub, key, _coerce(dotted, value, current))
+
+    def apply_overrides(self, overrides: list[str]) -> None:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.key=value")
+            k, v = item.split("=", 1)
+            self.set(k.strip(), v.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            for k, v in values.items():
+                lines.append(f"{k} = {_toml_value(v)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    # ---- validation ---------------------------------------------------------------------------
+    def validate(self) -> "Config":
+        from baffle.data import DATASET_NAMES, PARTITION_SCHEMES
+        from baffle.estimator import SCHEMES
+        from baffle.models import ACTIVATIONS, MODEL_ALIASES, MODEL_NAMES, NORMS
+
+        r, d, m, e, f, o = self.run, self.data, self.model, self.estimator, self.federation, self.optim
+        _choice("run.method", r.method, METHODS)
+        _positive("run.rounds", r.rounds)
+        _nonneg("run.seed", r.seed)
+        _positive("run.eval_every", r.eval_every)
+        _nonneg("run.checkpoint_every", r.checkpoint_every)
+        _nonneg("run.threads", r.threads)
+        _choice("data.name", d.name, DATASET_NAMES)
+        _nonneg("data.image_size", d.image_size)
+        _positive("data.num_clients", d.num_clients)
+        _choice("data.partition", d.partition, PARTITION_SCHEMES)
+        if d.alpha <= 0:
+            raise ConfigError(f"data.alpha must be > 0 (Dirichlet concentration), got {d.alpha}")
+        _positive("data.shards_per_client", d.shards_per_client)
+        _nonneg("data.train_subset", d.train_subset)
+        _nonneg("data.test_subset", d.test_subset)
+        _nonneg("data.eval_train_samples", d.eval_train_samples)
+        if d.name in ("cifar10", "cifar100") and not d.root:
+            raise ConfigError(
+                f"data.name={d.name} needs data.root: no CIFAR data ships with baffle; download the python "
+                "version of the dataset and pass --set data.root=DIR"
+            )
+        _choice("model.name", m.name, MODEL_NAMES + tuple(MODEL_ALIASES))
+        _choice("model.activation", m.activation, ACTIVATIONS)
+        _choice("model.norm", m.norm, NORMS)
+        if m.init and not Path(m.init).is_file():
+            raise ConfigError(f"model.init={m.init!r}: no such file")
+        _positive("estimator.K", e.K)
+        if not e.sigma > 0:
+            raise ConfigError(f"estimator.sigma must be > 0, got {e.sigma}")
+        _choice("estimator.scheme", e.scheme, SCHEMES)
+        _choice("estimator.engine", e.engine, ("batched", "loop"))
+        _positive("estimator.max_memory_mb", e.max_memory_mb)
+        c = f.clients_per_round
+        if not (0 < c <= 1 or (c > 1 and float(c).is_integer())):
+            raise ConfigError(
+                f"federation.clients_per_round must be a fraction in (0, 1] or a whole count > 1, got {c}"
+            )
+        if c > 1 and c > d.num_clients:
+            raise ConfigError(f"federation.clients_per_round={int(c)} exceeds data.num_clients={d.num_clients}")
+        _positive("federation.batch_size", f.batch_size)
+        _positive("federation.local_steps", f.local_steps)
+        if not f.local_lr > 0:
+            raise ConfigError(f"federation.local_lr must be > 0, got {f.local_lr}")
+        _choice("federation.aggregator", f.aggregator, AGGREGATORS)
+        if not 0 <= f.trim_fraction < 0.5:
+            raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {f.trim_fraction}")
+        _positive("federation.min_clients", f.min_clients)
+        _choice("optim.name", o.name, OPTIMIZERS)
+        if not o.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        if not 0 <= o.momentum < 1:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {o.momentum}")
+        if o.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+        if o.clip < 0:
+            raise ConfigError(f"optim.clip must be >= 0 (0 disables), got {o.clip}")
+        if not 0 <= o.ema_decay < 1:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
+        _positive("optim.ema_every", o.ema_every)
+        if any(not isinstance(x, int) or x < 1 for x in o.milestones):
+            raise ConfigError(f"optim.milestones must be positive round numbers, got {o.milestones}")
+        return self
+
+
+def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _positive(key: str, value: Any) -> None:
+    if not value >= 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value}")
+
+
+def _nonneg(key: str, value: Any) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Convert ``value`` to the type of the field's default, with an error naming the key."""
+    typ = type(current)
+    if isinstance(value, str) and typ is not str:
+        text = value
+        if typ is list:
+            text = text.strip()
+            if not text.startswith("["):
+                text = "[" + ",".join(f'"{p.strip()}"' if p.strip() and not _is_number(p) else p for p in text.split(",") if p.strip()) + "]"
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"{key}: cannot parse {value!r} as a list") from None
+        elif typ is bool:
+            low = text.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
+            value = low in ("true", "1", "yes")
+        else:
+            try:
+                value = float(text) if typ is float else int(float(text)) if _is_int_text(text) else None
+            except ValueError:
+                value = None
+            if value is None:
+                raise ConfigError(f"{key} must be a {typ.__name__}, got {text!r}")
+        return value
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ is list and isinstance(value, list):
+        return list(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be a {typ.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_int_text(text: str) -> bool:
+    return _is_number(text) and float(text).is_integer()
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,97 @@
+"""What crosses the wire between server and clients, and its exact byte size.
+
+Scalar mode upload = a 16-byte header (client id, round, sample count, K) + K float32 loss differences.
+That is the whole upload: no gradient, no weights, no activations.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+
+UPLOAD_HEADER = struct.Struct("<IIII")  # client_id, round, num_samples, K
+
+
+class MessageError(ValueError):
+    """A message that cannot be decoded or does not fit the round it claims to belong to."""
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Server -> client for one FedSGD-style round.
+
+    ``weights`` is None when the client already holds this round's global weights (it can rebuild them).
+    """
+
+    round: int
+    seeds: np.ndarray  # uint64, shape (K,)
+    sigma: float
+    scheme: str  # "forward" | "central"
+    batch_size: int
+    weights: Mapping[str, torch.Tensor] | None = None
+
+    @property
+    def num_directions(self) -> int:
+        return int(len(self.seeds))
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """Server -> client for one epoch-level round: local forward-only training, weights come back."""
+
+    round: int
+    run_seed: int
+    num_directions: int
+    sigma: float
+    scheme: str
+    batch_size: int
+    local_steps: int
+    lr: float
+    weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Client -> server in scalar mode: K loss differences and the sample count used for weighting."""
+
+    client_id: int
+    round: int
+    loss_diffs: np.ndarray  # float32, shape (K,)
+    num_samples: int
+
+    def to_bytes(self) -> bytes:
+        diffs = np.ascontiguousarray(self.loss_diffs, dtype="<f4")
+        return UPLOAD_HEADER.pack(self.client_id, self.round, self.num_samples, len(diffs)) + diffs.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Upload":
+        if len(data) < UPLOAD_HEADER.size:
+            raise MessageError(f"upload is {len(data)} bytes, shorter than its {UPLOAD_HEADER.size}-byte header")
+        client_id, rnd, num_samples, k = UPLOAD_HEADER.unpack_from(data)
+        expected = UPLOAD_HEADER.size + 4 * k
+        if len(data) != expected:
+            raise MessageError(f"upload declares K={k} ({expected} bytes) but is {len(data)} bytes")
+        diffs = np.frombuffer(data, dtype="<f4", offset=UPLOAD_HEADER.size).astype(np.float32)
+        return cls(client_id=client_id, round=rnd, loss_diffs=diffs, num_samples=num_samples)
+
+    @property
+    def nbytes(self) -> int:
+        return UPLOAD_HEADER.size + 4 * int(np.asarray(self.loss_diffs).size)
+
+
+@dataclass(frozen=True)
+class WeightsUpload:
+    """Client -> server in epoch-level mode: the locally trained weights (NOT scalars: a full model)."""
+
+    client_id: int
+    round: int
+    weights: Mapping[str, torch.Tensor]
+    num_samples: int
+
+    @property
+    def nbytes(self) -> int:
+        return 12 + sum(t.numel() * t.element_size() for t in self.weights.values())
