@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only for annotations: inference-only clients (ONNX Runtime + numpy) import this module
+    import torch
 
 UPLOAD_HEADER = struct.Struct("<IIII")  # client_id, round, num_samples, K
 
