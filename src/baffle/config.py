@@ -249,6 +249,9 @@ def _nonneg(key: str, value: Any) -> None:
         raise ConfigError(f"{key} must be >= 0, got {value}")
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true or false"}
+
+
 def _coerce(key: str, value: Any, current: Any) -> Any:
     """Convert ``value`` to the type of the field's default, with an error naming the key."""
     typ = type(current)
@@ -273,7 +276,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
             except ValueError:
                 value = None
             if value is None:
-                raise ConfigError(f"{key} must be a {typ.__name__}, got {text!r}")
+                raise ConfigError(f"{key} must be {_TYPE_WORDS.get(typ, typ.__name__)}, got {text!r}")
         return value
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -282,7 +285,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
     if typ is list and isinstance(value, list):
         return list(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be a {typ.__name__}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key} must be {_TYPE_WORDS.get(typ, typ.__name__)}, got {value!r} ({type(value).__name__})")
     return value
 
 

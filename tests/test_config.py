@@ -1,0 +1,77 @@
+"""Bad configuration fails early with a message that names the key."""
+
+import pytest
+
+from baffle.config import Config, ConfigError
+
+
+def _bad(*overrides):
+    cfg = Config()
+    cfg.apply_overrides(list(overrides))
+    cfg.validate()
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("estimator.K=-5", "estimator.K"),
+        ("estimator.K=0", "estimator.K"),
+        ("estimator.sigma=0", "estimator.sigma"),
+        ("estimator.sigma=-1e-3", "estimator.sigma"),
+        ("model.name=resnet9000", "model.name"),
+        ("federation.clients_per_round=0", "clients_per_round"),
+        ("federation.clients_per_round=1.5", "clients_per_round"),
+        ("federation.clients_per_round=-0.5", "clients_per_round"),
+        ("federation.clients_per_round=11", "exceeds data.num_clients"),
+        ("estimator.scheme=sideways", "estimator.scheme"),
+        ("data.name=imagenet", "data.name"),
+        ("data.partition=zipf", "data.partition"),
+        ("data.alpha=0", "data.alpha"),
+        ("optim.name=lion", "optim.name"),
+        ("optim.ema_decay=1.0", "optim.ema_decay"),
+        ("run.method=sgd", "run.method"),
+        ("data.name=cifar10", "data.root"),
+    ],
+)
+def test_bad_values_fail_with_the_key_named(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        _bad(override)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [("estimator.k=5", "unknown config key"), ("nosuch.key=1", "unknown config section"), ("estimator.K=abc", "must be an integer"), ("K=5", "section.key"), ("estimatorK", "section.key=value")],
+)
+def test_unknown_or_malformed_overrides(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Config().apply_overrides([override])
+
+
+def test_defaults_are_valid_and_toml_round_trips(tmp_path):
+    cfg = Config().validate()
+    cfg.apply_overrides(["estimator.K=7", "model.trainable=classifier.*,features.0.*", "optim.milestones=[10, 20]", "optim.cosine=true"])
+    assert cfg.model.trainable == ["classifier.*", "features.0.*"]
+    assert cfg.optim.milestones == [10, 20] and cfg.optim.cosine is True
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    again = Config.load(path)
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_toml_file_errors(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[estimator\nK = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Config.load(p)
+    p.write_text("[estimator]\nK = 'many'\n")
+    with pytest.raises(ConfigError, match="estimator.K must be an integer"):
+        Config.load(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        Config.load(tmp_path / "missing.toml")
+
+
+def test_clients_per_round_accepts_fraction_and_count():
+    for v in ("0.5", "1", "3"):
+        cfg = Config()
+        cfg.set("federation.clients_per_round", v)
+        cfg.validate()
