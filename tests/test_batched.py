@@ -1,0 +1,145 @@
+"""The batched engine returns the reference loop's loss differences, whatever the chunking or model."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baffle import estimator, noise
+from baffle.batched import BatchedEngine, make_batched_engine
+from baffle.models import build_model
+
+# Loss differences are differences of two float32 losses (~2.3, ulp 2.4e-7) computed along different
+# summation orders; a few ulps is float32 rounding. Typical |dL| here is 1e-4..1e-2.
+ATOL = 2e-6
+
+
+def _batch(shape, b, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, *shape, generator=g), torch.randint(0, 10, (b,), generator=g)
+
+
+def _check(model, x, y, trainable, scheme, K=7, sigma=1e-3, engine=None, loss_fn=F.cross_entropy):
+    engine = engine or make_batched_engine(64)
+    params = estimator.select_parameters(model, trainable)
+    seeds = noise.round_seeds(3, 1, K)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = estimator.loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn)
+    got = engine(model, params, x, y, seeds, sigma, scheme, loss_fn)
+    assert got.dtype == np.float32 and got.shape == (K,)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
+    assert np.abs(ref).max() > 50 * ATOL  # the differences are not all zero: the comparison means something
+    for k, v in model.state_dict().items():  # the engine never touches the model
+        assert torch.equal(v, before[k]), k
+    return engine
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_lenet_matches_loop(norm, scheme):
+    torch.manual_seed(0)
+    model = build_model("lenet", norm=norm)
+    x, y = _batch((1, 28, 28), 16)
+    eng = _check(model, x, y, None, scheme)
+    assert eng.supports(model)
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+def test_mlp_matches_loop_including_trainable_subset(norm):
+    torch.manual_seed(1)
+    model = build_model("mlp", norm=norm)
+    x, y = _batch((1, 28, 28), 16, seed=1)
+    _check(model, x, y, None, "forward")
+    _check(model, x, y, ["features.1.*", "classifier.bias"], "central")
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_wrn_tiny_batch_matches_loop(norm):
+    torch.manual_seed(2)
+    model = build_model("wrn10_2", in_channels=3, image_size=16, norm=norm)
+    x, y = _batch((3, 16, 16), 4, seed=2)
+    _check(model, x, y, None, "forward", K=4)
+    _check(model, x, y, ["blocks.1.*", "classifier.*"], "central", K=3)
+
+
+def test_lenet_only_classifier_or_only_first_conv():
+    torch.manual_seed(3)
+    model = build_model("lenet")
+    x, y = _batch((1, 28, 28), 12, seed=3)
+    _check(model, x, y, ["classifier.*"], "forward")
+    _check(model, x, y, ["features.0.bias"], "forward")  # only a bias of a shared-input layer differs
+    _check(model, x, y, ["features.4.weight"], "central")
+
+
+def test_chunking_by_memory_budget_gives_the_same_answer():
+    torch.manual_seed(4)
+    model = build_model("lenet")
+    x, y = _batch((1, 28, 28), 16, seed=4)
+    params = estimator.select_parameters(model)
+    seeds = noise.round_seeds(5, 0, 13)
+    results, chunks = [], []
+    for mb in (1, 40, 512):
+        eng = BatchedEngine(mb)
+        results.append(eng(model, params, x, y, seeds, 1e-3, "forward"))
+        chunks.append(eng.last_chunk)
+    assert chunks[0] < chunks[1] < chunks[2], chunks  # the budget really sets the chunk size
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], rtol=0, atol=ATOL)
+
+
+def test_central_chunks_keep_pairs_together():
+    torch.manual_seed(5)
+    model = build_model("lenet", norm="none")
+    x, y = _batch((1, 28, 28), 8, seed=5)
+    _check(model, x, y, None, "central", K=9, engine=BatchedEngine(64, max_chunk=5))
+
+
+def test_custom_loss_function():
+    torch.manual_seed(6)
+    model = build_model("mlp", norm="none")
+    x, y = _batch((1, 28, 28), 8, seed=6)
+
+    def smooth_ce(logits, target):
+        return F.cross_entropy(logits, target, label_smoothing=0.1)
+
+    _check(model, x, y, None, "forward", loss_fn=smooth_ce)
+
+
+class _Odd(torch.nn.Module):
+    """A model with an op the engine does not batch (a softmax over channels): it must still work."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(10, 16)
+        self.fc2 = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.softmax(self.fc1(x), dim=1) * 4.0)
+
+
+def test_unknown_model_falls_back_to_the_loop():
+    torch.manual_seed(7)
+    model = _Odd()
+    x, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    eng = _check(model, x, y, None, "forward")
+    assert not eng.supports(model)
+
+
+def test_multi_client_pass_equals_client_by_client():
+    torch.manual_seed(8)
+    model = build_model("lenet")
+    eng = make_batched_engine(64)
+    params = estimator.select_parameters(model)
+    seeds = noise.round_seeds(1, 2, 6)
+    batches = [_batch((1, 28, 28), b, seed=10 + b) for b in (8, 5, 8)]
+    fused = eng.multi_client(model, params, batches, seeds, 1e-3, "forward")
+    for (x, y), got in zip(batches, fused):
+        ref = estimator.loss_differences(model, params, x, y, seeds, 1e-3, "forward")
+        np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
+    assert eng.can_fuse_clients(model)
+    assert not eng.can_fuse_clients(build_model("lenet", norm="batch"))  # batch statistics would mix clients
+
+
+def test_bad_budget_is_rejected():
+    with pytest.raises(ValueError, match="max_memory_mb"):
+        make_batched_engine(0)
