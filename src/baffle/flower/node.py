@@ -1,0 +1,171 @@
+"""What a Flower node does with a baffle plan: the same ``baffle.client.Client.step`` as ``baffle run``.
+
+A node is partition ``partition-id`` of ``num-partitions`` (from its node config; the simulation engine
+sets both). It rebuilds exactly the data split ``baffle run`` gives client ``partition-id`` (same subset,
+same partitioner, same seeds), so a Flower run and an in-process run with the same config sample the same
+minibatches. Everything that must survive between rounds lives in the Flower node state
+(``context.state``): the minibatch sampler position and, in replay transport, the server replica.
+
+Replay transport: the replica is a ``ServerStrategy`` (model + optimizer + schedule) that the node advances
+with the aggregated K-vectors the server sends, i.e. the very update the server made, then checks against
+the server's SHA-256 of the weights. No weights travel at all after the start.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from baffle.client import Client, load_weights
+from baffle.config import Config
+from baffle.data import Dataset, augment_cifar, partition
+from baffle.flower.records import Payload
+from baffle.messages import MessageError, RoundPlan, Upload
+from baffle.server import build_model_for, load_data, resolve_engine
+from baffle.strategy import ServerStrategy
+
+log = logging.getLogger("baffle")
+
+STATE = "baffle.node-state"  # ConfigRecord in context.state
+
+
+class NodeFailure(RuntimeError):
+    """Raised on purpose (node config ``fail-at-round``) to test that a round survives a dropout."""
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    partition_id: int
+    num_partitions: int
+    fail_at_round: int = -1  # 0-based baffle round at which this node raises (testing dropouts); -1 never
+
+
+def node_identity(node_config: Mapping[str, Any]) -> NodeIdentity:
+    try:
+        pid = int(node_config["partition-id"])
+        num = int(node_config["num-partitions"])
+    except KeyError as e:
+        raise ValueError(f"node config lacks {e}; start the SuperNode with --node-config \"partition-id=0 num-partitions=2\"") from None
+    if not 0 <= pid < num:
+        raise ValueError(f"partition-id={pid} must be in [0, num-partitions={num})")
+    return NodeIdentity(pid, num, int(node_config.get("fail-at-round", -1)))
+
+
+@lru_cache(maxsize=4)
+def _partition_data(cfg_key: str, num_partitions: int) -> tuple[Dataset, list[np.ndarray]]:
+    cfg = Config.from_dict(__import__("json").loads(cfg_key))
+    train, _ = load_data(cfg)
+    d = cfg.data
+    parts = partition(train.y.numpy(), num_partitions, d.partition, alpha=d.alpha, shards_per_client=d.shards_per_client, seed=cfg.run.seed)
+    return train, parts
+
+
+def data_key(cfg: Config) -> str:
+    """What determines the training data and its split (cache key for the node process)."""
+    import json
+
+    d = cfg.data
+    return json.dumps({"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in ("name", "root", "image_size", "partition", "alpha", "shards_per_client", "train_subset", "test_subset")}}, sort_keys=True)
+
+
+def client_seed(run_seed: int, partition_id: int) -> int:
+    return int(np.random.SeedSequence([run_seed, 2, partition_id]).generate_state(1)[0])  # as baffle.server.build
+
+
+class Node:
+    """One invocation's view of a node; state in/out through a plain dict (the ConfigRecord)."""
+
+    def __init__(self, cfg: Config, ident: NodeIdentity, state: Mapping[str, Any] | None = None):
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.cfg = cfg
+        self.ident = ident
+        train, parts = _partition_data(data_key(cfg), ident.num_partitions)
+        self.train = train
+        self.model = build_model_for(cfg, train)
+        self.client = Client(
+            ident.partition_id,
+            train,
+            parts[ident.partition_id],
+            self.model,
+            batch_size=cfg.federation.batch_size,
+            seed=client_seed(cfg.run.seed, ident.partition_id),
+            trainable=cfg.model.trainable,
+            engine=resolve_engine(cfg),
+            transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
+        )
+        self.state: dict[str, Any] = dict(state or {})
+        if "sampler-epoch" in self.state:
+            self.client.sampler.load_state_dict({"epoch": self.state["sampler-epoch"], "position": self.state["sampler-position"]})
+        if "generator" in self.state:
+            self.client.generator.set_state(torch.frombuffer(bytearray(self.state["generator"]), dtype=torch.uint8))
+
+    @property
+    def num_samples(self) -> int:
+        return self.client.num_samples
+
+    def handle(self, payload: Payload) -> Upload:
+        c, a = payload.config, payload.arrays
+        try:
+            round_idx = int(c["round"])
+            transport = str(c["transport"])
+            seeds = np.asarray(a["seeds"], dtype=np.uint64)
+            plan = RoundPlan(round_idx, seeds, float(c["sigma"]), str(c["scheme"]), int(c["batch-size"]), None)
+        except KeyError as e:
+            raise MessageError(f"plan lacks {e}") from None
+        if round_idx == self.ident.fail_at_round:
+            raise NodeFailure(f"partition {self.ident.partition_id}: failing at round {round_idx} as configured (fail-at-round)")
+        if plan.batch_size != self.client.sampler.batch_size:
+            raise MessageError(f"plan batch size {plan.batch_size} != node batch size {self.client.sampler.batch_size} (same run config?)")
+        if transport == "weights":
+            weights = {k[2:]: torch.from_numpy(np.array(v)) for k, v in a.items() if k.startswith("w/")}
+            load_weights(self.model, weights)
+            self.state.pop("replica", None)
+            self.state.pop("replica-round", None)
+        elif transport == "replay":
+            self._replay(round_idx, int(c["replay-from"]), bytes(c["weights-sha256"]), a)
+        else:
+            raise MessageError(f"unknown transport {transport!r}")
+        upload = self.client.step(plan)
+        s = self.client.sampler.state_dict()
+        self.state["sampler-epoch"], self.state["sampler-position"] = int(s["epoch"]), int(s["position"])
+        self.state["generator"] = bytes(self.client.generator.get_state().numpy().tobytes())
+        return upload
+
+    # ---- replay transport ---------------------------------------------------------------------
+    def _replay(self, round_idx: int, replay_from: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:
+        from baffle.flower.server_core import weights_digest
+
+        cfg = copy.deepcopy(self.cfg)
+        cfg.optim.ema_decay = 0.0  # the replica only needs the training weights, not the evaluation EMA
+        replica = ServerStrategy(build_model_for(cfg, self.train), cfg)
+        at = 0
+        if "replica" in self.state:
+            replica.load_state_dict(torch.load(io.BytesIO(self.state["replica"]), weights_only=True))
+            at = int(self.state["replica-round"])
+        if at < replay_from:
+            self.state.pop("replica", None)
+            raise MessageError(f"replica mismatch: replica at round {at}, server replays from {replay_from}")
+        skipped = {int(r) for r in np.asarray(arrays.get("skipped", np.zeros(0, np.int64)))}
+        for r in range(at, round_idx):
+            if r in skipped:
+                continue
+            key = f"h/{r}"
+            if key not in arrays:
+                raise MessageError(f"replica mismatch: replay history lacks round {r}")
+            replica.apply_loss_diffs(r, np.asarray(arrays[key], dtype=np.float32))
+        if weights_digest(replica.model.state_dict()) != digest:
+            self.state.pop("replica", None)
+            raise MessageError(f"replica mismatch: weights after replaying to round {round_idx} differ from the server's")
+        buf = io.BytesIO()
+        torch.save(replica.state_dict(), buf)
+        self.state["replica"] = buf.getvalue()
+        self.state["replica-round"] = round_idx
+        load_weights(self.model, replica.model.state_dict())
