@@ -27,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="overlay several runs' curves in one PNG and print a table")
     cmp.add_argument("runs", nargs="+", help="run directories")
     cmp.add_argument("--out", default="compare.png", help="PNG to write (default: compare.png)")
+
+    sw = sub.add_parser("sweep", help="run a grid of runs from a sweep TOML file, then write results.md and plots")
+    sw.add_argument("file", help="sweep file ([base], [grid], [[runs]], out; see baffle.sweep)")
+    sw.add_argument("--out", help="output directory (default: the file's `out`)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key in every run")
+    sw.add_argument("--only", metavar="REGEX", help="compute only the runs whose name matches")
+    sw.add_argument("--force", action="store_true", help="recompute runs whose directory holds a different config")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and their forward passes, run nothing")
+    sw.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
     return p
 
 
@@ -49,8 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg.validate()
     sim = Simulation(cfg, out, progress=not args.no_progress)
     if args.resume:
-        sim.resume()
-        print(f"resuming {out} from round {sim.start_round}", file=sys.stderr)
+        if sim.resume_or_start():
+            print(f"resuming {out} from round {sim.start_round}", file=sys.stderr)
+        else:
+            print(f"{out} has no checkpoint yet (killed before the first one): starting from round 0", file=sys.stderr)
     summary = sim.run()
     acc = summary["final_test_acc"]
     print(
@@ -69,11 +80,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from baffle.sweep import main_sweep
+
+    return main_sweep(args.file, args.out, args.set, not args.no_progress, args.force, args.only, args.dry_run)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "compare": cmd_compare}[args.command](args)
+        return {"run": cmd_run, "compare": cmd_compare, "sweep": cmd_sweep}[args.command](args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"baffle: error: {e}", file=sys.stderr)
         return 2

@@ -84,3 +84,24 @@ def compare(run_dirs: Sequence[str | Path], out_png: str | Path) -> str:
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return "\n".join(rows)
+
+
+def plot_accuracy(
+    curves: dict[str, list[dict]], out_png: str | Path, x_key: str, xlabel: str, log_x: bool = False
+) -> None:
+    """One line per run: test accuracy against ``x_key`` of its metrics rows (``baffle sweep``'s plots)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, history in curves.items():
+        xs = [max(h[x_key], 1) if log_x else h[x_key] for h in history]
+        ax.plot(xs, [100 * h["test_acc"] for h in history], marker=".", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
