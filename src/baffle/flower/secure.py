@@ -102,8 +102,9 @@ def make_secure_strategy(core: ServerCore):
 
         def aggregate_fit(self, server_round, results, failures):
             r = server_round - 1
-            for f in failures:
-                core.node_failed(-1, r, str(f))
+            # flwr 1.42's SecAggPlusWorkflow appends each stage-2 failure twice; count distinct ones
+            for f in dict.fromkeys(str(f) for f in failures):
+                core.node_failed(-1, r, f)
             mean, num = None, 0
             if results:
                 # SecAggPlusWorkflow has put the same unmasked weighted mean into every result

@@ -177,7 +177,8 @@ class ServerCore:
         if mean is None or contributors < self.cfg.federation.min_clients:
             log.warning("round %d skipped: %d contributors < min_clients=%d", round_idx, contributors, self.cfg.federation.min_clients)
             return self._skip(result)
-        agg = Upload(client_id=0, round=round_idx, loss_diffs=np.asarray(mean, dtype=np.float32), num_samples=max(1, num_examples))
+        per_node = max(1, round(num_examples / max(1, contributors)))  # a per-node count, as validate expects
+        agg = Upload(client_id=0, round=round_idx, loss_diffs=np.asarray(mean, dtype=np.float32), num_samples=per_node)
         ok, rejected = self.strategy.validate([agg], round_idx, None)
         if not ok:
             result.rejected = rejected

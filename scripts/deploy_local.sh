@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A real Flower deployment on loopback: one SuperLink, N SuperNodes (one partition each), `flwr run`,
+# and every process stopped at the end (also on error or Ctrl-C).
+#
+#   scripts/deploy_local.sh [-n NODES] [-p PORT] [--tls] [--fail PARTITION:ROUND] [-- FLWR_RUN_ARGS...]
+#
+#   -n NODES       SuperNodes to start (default 2); partition-id 0..N-1, num-partitions N
+#   -p PORT        SuperLink HTTP port (Fleet + Control API; default 9093); SuperNodes use PORT+1..PORT+N
+#   --tls          self-signed CA + server certificate (openssl), SuperLink over TLS, nodes verify it
+#   --fail P:R     node with partition P raises at (0-based) round R: a dropout test
+#   after --       passed to `flwr run`, e.g. -- -c 'num-server-rounds=3 estimator-k=20'
+#
+# Environment: FLWR_HOME (default: a fresh temporary directory, removed at the end), PYTHON/FLWR_BIN
+# (default: the repo's .venv), DEPLOY_TIMEOUT seconds for the whole run (default 900).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${FLWR_BIN:-$REPO/.venv/bin}"
+NODES=2
+PORT=9093
+TLS=0
+FAIL=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -n) NODES="$2"; shift 2 ;;
+    -p) PORT="$2"; shift 2 ;;
+    --tls) TLS=1; shift ;;
+    --fail) FAIL="$2"; shift 2 ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "deploy_local.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ "$NODES" =~ ^[0-9]+$ && "$NODES" -ge 1 ]] || { echo "deploy_local.sh: -n must be a positive integer" >&2; exit 2; }
+
+OWN_HOME=0
+if [[ -z "${FLWR_HOME:-}" ]]; then FLWR_HOME="$(mktemp -d -t baffle-flwr-XXXXXX)"; OWN_HOME=1; fi
+export FLWR_HOME PATH="$BIN:$PATH"
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never let Flower `uv sync` the app's deps (torch!)
+LOGS="$FLWR_HOME/logs"; mkdir -p "$LOGS"
+PIDS=()
+
+cleanup() {
+  local code=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  if [[ $code -ne 0 ]]; then
+    echo "deploy_local.sh: failed (exit $code); last log lines:" >&2
+    for f in "$LOGS"/*.log; do [[ -f "$f" ]] && { echo "== $f" >&2; tail -n 15 "$f" >&2; }; done
+  fi
+  [[ $OWN_HOME -eq 1 ]] && rm -rf "$FLWR_HOME"
+  exit $code
+}
+trap cleanup EXIT INT TERM
+
+LINK_TLS=(--insecure); NODE_TLS=(--insecure); ROOT_CERT=()
+if [[ $TLS -eq 1 ]]; then
+  CERTS="$FLWR_HOME/certs"; mkdir -p "$CERTS"
+  "$BIN/python" -m baffle.flower.certs "$CERTS" >/dev/null
+  LINK_TLS=(--ssl-ca-certfile "$CERTS/ca.crt" --ssl-certfile "$CERTS/server.pem" --ssl-keyfile "$CERTS/server.key")
+  NODE_TLS=(--root-certificates "$CERTS/ca.crt")
+  ROOT_CERT=(--root-certificates "$CERTS/ca.crt")
+fi
+"$BIN/python" -m baffle.flower.connections --address "127.0.0.1:$PORT" "${ROOT_CERT[@]}" >/dev/null
+
+flower-superlink "${LINK_TLS[@]}" --host 127.0.0.1 --port "$PORT" --disable-runtime-dependency-installation \
+  >"$LOGS/superlink.log" 2>&1 &
+PIDS+=($!)
+for i in $(seq 1 60); do
+  grep -q "Starting Flower SuperLink\|Flower Deployment Runtime\|listening\|HTTP" "$LOGS/superlink.log" 2>/dev/null && break
+  sleep 0.5
+done
+
+for ((i = 0; i < NODES; i++)); do
+  cfg="partition-id=$i num-partitions=$NODES"
+  if [[ -n "$FAIL" && "${FAIL%%:*}" == "$i" ]]; then cfg="$cfg fail-at-round=${FAIL##*:}"; fi
+  flower-supernode "${NODE_TLS[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + 1 + i))" \
+    --node-config "$cfg" >"$LOGS/supernode-$i.log" 2>&1 &
+  PIDS+=($!)
+done
+
+cd "$REPO"
+timeout "${DEPLOY_TIMEOUT:-900}" flwr run . local-deployment --stream -c "min-nodes=$NODES" "$@" 2>&1 | tee "$LOGS/run.log"
+grep -q "baffle: final test accuracy" "$LOGS/run.log"

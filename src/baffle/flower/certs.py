@@ -1,0 +1,69 @@
+"""Self-signed certificates for a TLS SuperLink on loopback (tests and local trials, not production).
+
+Writes ``ca.crt``/``ca.key`` (a throwaway CA) and ``server.pem``/``server.key`` (a server certificate for
+127.0.0.1 and localhost signed by that CA) into a directory, with the ``cryptography`` package Flower
+already depends on: no network, no openssl binary needed. Then:
+
+    flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key ...
+    flower-supernode --root-certificates ca.crt ...     # and root-certificates = ca.crt for `flwr run`
+
+Usage: ``python -m baffle.flower.certs DIR``
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import sys
+from pathlib import Path
+
+
+def write_certs(out: str | Path, days: int = 2) -> dict[str, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "baffle local CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(san, critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def key_bytes(k) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    paths = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM), "ca.key": key_bytes(ca_key),
+             "server.pem": cert.public_bytes(serialization.Encoding.PEM), "server.key": key_bytes(key)}
+    for name, data in paths.items():
+        (out / name).write_bytes(data)
+        if name.endswith(".key"):
+            (out / name).chmod(0o600)
+    return {name: out / name for name in paths}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m baffle.flower.certs DIR")
+    for p in write_certs(sys.argv[1]).values():
+        print(p)

@@ -1,0 +1,142 @@
+"""The Flower app on an in-memory grid: same math as `baffle run`, replay transport, dropouts, SecAgg+."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from baffle.config import ConfigError  # noqa: E402
+from baffle.flower import server_core  # noqa: E402
+from baffle.flower.config import KEY_MAP, parse_run_config, to_run_config  # noqa: E402
+from baffle.flower.inmemory import run_inmemory  # noqa: E402
+from baffle.flower.secure import QuantSpec, secure_mean_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+APP_CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def tiny(tmp_path: Path, name: str, **extra) -> dict:
+    rc = dict(APP_CONFIG)
+    rc.update({"num-server-rounds": 3, "eval-every": 3, "data-name": "synthetic", "train-subset": 300, "test-subset": 100,
+               "estimator-k": 8, "estimator-engine": "loop", "result-dir": str(tmp_path / name)})
+    rc.update(extra)
+    return rc
+
+
+def result(rc: dict) -> dict:
+    return json.loads((Path(rc["result-dir"]) / "result.json").read_text())
+
+
+def test_pyproject_app_config_parses_and_maps_every_key():
+    cfg, opts = parse_run_config(APP_CONFIG)
+    assert cfg.estimator.K == APP_CONFIG["estimator-k"] and cfg.run.rounds == APP_CONFIG["num-server-rounds"]
+    assert opts.transport == "weights" and opts.secure is False
+    back = to_run_config(cfg, opts)
+    assert set(KEY_MAP) <= set(back)
+    cfg2, _ = parse_run_config(back)
+    assert cfg2.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("bad, match", [({"estimator-kk": 3}, "unknown Flower app config key"),
+                                        ({"estimator-k": "many"}, "estimator.K"),
+                                        ({"secure": 1}, "true or false"),
+                                        ({"transport": "carrier-pigeon"}, "transport")])
+def test_bad_app_config_is_a_clear_error(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_run_config({**APP_CONFIG, **bad})
+
+
+def test_flower_weights_and_replay_match_inprocess_bit_for_bit(tmp_path):
+    from baffle.server import Simulation
+
+    rc_w = tiny(tmp_path, "w")
+    rc_r = tiny(tmp_path, "r", transport="replay")
+    run_inmemory(rc_w, 3)
+    run_inmemory(rc_r, 3)
+    w, r = result(rc_w), result(rc_r)
+    cfg, _ = parse_run_config(rc_w)
+    cfg.data.num_clients = 3
+    sim = Simulation(cfg, None, progress=False)
+    summary = sim.run()
+    inproc = server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+    assert w["rounds_done"] == r["rounds_done"] == 3 and w["failures"] == r["failures"] == 0
+    assert w["weights_sha256"] == inproc, "Flower run diverged from the in-process engine"
+    assert r["weights_sha256"] == inproc, "replayed replicas diverged from the server"
+    assert w["final_test_acc"] == pytest.approx(summary["final_test_acc"])
+    # replay ships K-vectors instead of the ~27k-parameter model
+    assert r["down_bytes_per_msg"] < w["down_bytes_per_msg"] / 20
+    assert w["up_bytes_per_msg"] < 2000  # K=8 scalars + Flower record overhead, no weights
+
+
+def test_replica_mismatch_falls_back_to_weights(tmp_path, monkeypatch):
+    real = server_core.weights_digest
+    calls = {"n": 0}
+
+    def flaky(state):  # the server's digest for round 2 plans is wrong once: nodes must refuse, then recover
+        calls["n"] += 1
+        return b"x" * 32 if calls["n"] == 3 else real(state)
+
+    monkeypatch.setattr(server_core, "weights_digest", flaky)
+    rc = tiny(tmp_path, "mm", transport="replay", **{"num-server-rounds": 4, "eval-every": 4})
+    run_inmemory(rc, 2)
+    res = result(rc)
+    assert res["failures"] == 1 and res["rounds_done"] == 4 and res["skipped_rounds"] == 0
+
+
+def test_round_survives_a_node_that_raises(tmp_path):
+    rc = tiny(tmp_path, "drop")
+    run_inmemory(rc, 3, node_extra={1: {"fail-at-round": 1}})
+    res = result(rc)
+    assert res["failures"] == 1 and res["rounds_done"] == 3 and res["skipped_rounds"] == 0
+    assert res["messages_up"] == 3 * 3 - 1
+
+
+def _round0_mean(monkeypatch, rc: dict, nodes: int, node_extra=None) -> np.ndarray:
+    """The aggregated K-vector the server steps with in round 0 (plain or SecAgg+)."""
+    seen: list[np.ndarray] = []
+    real = server_core.ServerCore._step
+
+    def spy(self, round_idx, mean, res):
+        seen.append(np.array(mean, dtype=np.float64))
+        return real(self, round_idx, mean, res)
+
+    monkeypatch.setattr(server_core.ServerCore, "_step", spy)
+    run_inmemory(rc, nodes, node_extra=node_extra)
+    monkeypatch.setattr(server_core.ServerCore, "_step", real)
+    return seen[0]
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_secagg_aggregate_equals_plain_mean_to_quantization_error(tmp_path, monkeypatch, drop):
+    extra = {2: {"fail-at-round": 0}} if drop else None
+    one = {"num-server-rounds": 1, "eval-every": 1, "secagg-bits": 16, "secagg-clip": 0.5}
+    plain = _round0_mean(monkeypatch, tiny(tmp_path, f"p{drop}", **one), 4, extra)
+    secure = _round0_mean(monkeypatch, tiny(tmp_path, f"s{drop}", secure=True, **one), 4, extra)
+    step = QuantSpec(0.5, 16).step
+    assert np.abs(secure - plain).max() <= step  # one rounding step at most (stochastic, unbiased)
+    assert np.abs(plain).max() > 50 * step  # the comparison is not trivially within the step
+    cos = secure @ plain / np.linalg.norm(secure) / np.linalg.norm(plain)
+    assert cos > 0.9999
+    rs = result(tiny(tmp_path, f"s{drop}"))
+    assert rs["mode"] == "secagg+" and rs["rounds_done"] == 1 and rs["skipped_rounds"] == 0
+    assert rs["failures"] == (1 if drop else 0)
+
+
+def test_quantization_model_error_and_wraparound_check():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(0, 0.01, size=(5, 200)).astype(np.float32)
+    w = np.full(5, 32.0)
+    spec = QuantSpec(clip=0.1, bits=12)
+    got = secure_mean_model(vecs, w, spec, max_weight=32.0)
+    assert np.abs(got - vecs.mean(0)).max() <= spec.step
+    coarse = secure_mean_model(vecs, w, QuantSpec(clip=0.1, bits=4), max_weight=32.0)
+    assert np.abs(coarse - vecs.mean(0)).max() > spec.step  # fewer bits, visibly larger error
+    QuantSpec(bits=22).check(1024)
+    with pytest.raises(ValueError, match="wrap"):
+        QuantSpec(bits=22).check(1025)
