@@ -143,3 +143,68 @@ def test_multi_client_pass_equals_client_by_client():
 def test_bad_budget_is_rejected():
     with pytest.raises(ValueError, match="max_memory_mb"):
         make_batched_engine(0)
+
+
+def _federation(fuse: bool, norm: str = "group"):
+    from baffle.config import Config
+    from baffle.server import RoundRunner, build
+
+    cfg = Config()
+    cfg.apply_overrides(
+        [
+            "data.name=synthetic",
+            "data.num_clients=3",
+            "data.train_subset=300",
+            "data.test_subset=50",
+            "data.eval_train_samples=50",
+            "model.name=lenet",
+            f"model.norm={norm}",
+            "estimator.K=8",
+            "estimator.sigma=1e-2",
+            "estimator.engine=batched",
+            f"estimator.fuse_clients={str(fuse).lower()}",
+            "federation.batch_size=8",
+            "optim.lr=0.01",
+        ]
+    )
+    fed = build(cfg.validate())
+    return fed, RoundRunner(fed)
+
+
+def test_fused_clients_give_the_client_by_client_uploads_and_weights():
+    from baffle.client import load_weights
+
+    runs = {}
+    for fuse in (True, False):
+        fed, runner = _federation(fuse)
+        load_weights(fed.clients[0].model, fed.strategy.global_weights())
+        first = runner.client_uploads([0, 1, 2], 0)
+        for r in range(3):
+            runner.run_round(r)
+        runs[fuse] = (first, fed.strategy.global_weights(), [c.sampler.state_dict() for c in fed.clients])
+    (fu, fw, fs), (pu, pw, ps) = runs[True], runs[False]
+    assert [u.client_id for u in fu] == [u.client_id for u in pu]
+    for a, b in zip(fu, pu):
+        assert a.num_samples == b.num_samples and a.round == b.round
+        np.testing.assert_allclose(a.loss_diffs, b.loss_diffs, rtol=0, atol=ATOL)
+    assert fs == ps  # the clients drew the same minibatches
+    for k in pw:
+        torch.testing.assert_close(fw[k], pw[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_path_declines_batch_statistics_and_foreign_clients():
+    from baffle.batched import fused_uploads
+
+    fed, runner = _federation(True, norm="batch")
+    plan = fed.strategy.plan(0, send_weights=False)
+    assert fused_uploads(fed.clients, plan) is None  # BatchNorm would mix the clients' batches
+
+    class Flaky(type(fed.clients[0])):  # a client with behaviour of its own keeps the per-client path
+        pass
+
+    fed, runner = _federation(True)
+    fed.clients[1].__class__ = Flaky
+    plan = fed.strategy.plan(0, send_weights=False)
+    assert fused_uploads(fed.clients, plan) is None
+    fed.clients[1].__class__ = Flaky.__mro__[1]
+    assert fused_uploads(fed.clients, plan) is not None

@@ -547,3 +547,39 @@ def make_batched_engine(max_memory_mb: int = 512) -> BatchedEngine:
     """The engine ``estimator.engine = "batched"`` selects: same signature and result as
     ``estimator.loss_differences``, perturbations evaluated in memory-bounded chunks."""
     return BatchedEngine(max_memory_mb)
+
+
+def fused_uploads(clients: Sequence[Any], plan: Any) -> list[Any] | None:
+    """All sampled clients' uploads of one round from one batched pass per chunk, or None if not applicable.
+
+    Used by the in-process simulator (``estimator.fuse_clients = true``). It applies only when every client
+    is a plain ``baffle.client.Client`` (no subclass or wrapper with behaviour of its own, e.g. a failure
+    injector or a non-torch client), all share the same model, engine, trainable set and loss, the plan
+    carries no weights, and the model has no layer that mixes the samples of a batch (BatchNorm with batch
+    statistics): then each client's upload is exactly what ``Client.step`` would return, to float32
+    rounding. Each client still draws its own minibatch with its own sampler, in order, so the data
+    stream (and a resumed run) is the same as on the client-by-client path.
+    """
+    from baffle.client import Client
+    from baffle.messages import Upload
+
+    if len(clients) < 2 or plan.weights is not None:
+        return None
+    first = clients[0]
+    engine = getattr(first, "engine", None)
+    if not isinstance(engine, BatchedEngine):
+        return None
+    for c in clients:
+        if type(c) is not Client or c.model is not first.model or c.engine is not engine:
+            return None
+        if c.trainable != first.trainable or c.loss_fn is not first.loss_fn:
+            return None
+    if not engine.can_fuse_clients(first.model):
+        return None
+    batches = [c.next_batch() for c in clients]
+    params = estimator.select_parameters(first.model, first.trainable)
+    diffs = engine.multi_client(first.model, params, batches, plan.seeds, plan.sigma, plan.scheme, first.loss_fn)
+    return [
+        Upload(client_id=c.client_id, round=plan.round, loss_diffs=d, num_samples=len(b[1]))
+        for c, d, b in zip(clients, diffs, batches)
+    ]

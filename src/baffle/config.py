@@ -62,6 +62,7 @@ class EstimatorConfig:
     scheme: str = "forward"  # forward (K+1 forwards) | central (twin-point, 2K forwards)
     engine: str = "batched"  # batched | loop
     max_memory_mb: int = 512  # memory budget of the batched engine's perturbation chunks
+    fuse_clients: bool = True  # simulator: one batched pass over all sampled clients' minibatches (same uploads)
 
 
 @dataclass
@@ -200,6 +201,8 @@ class Config:
         _choice("estimator.scheme", e.scheme, SCHEMES)
         _choice("estimator.engine", e.engine, ("batched", "loop"))
         _positive("estimator.max_memory_mb", e.max_memory_mb)
+        if not isinstance(e.fuse_clients, bool):
+            raise ConfigError(f"estimator.fuse_clients must be true or false, got {e.fuse_clients!r}")
         c = f.clients_per_round
         if not (0 < c <= 1 or (c > 1 and float(c).is_integer())):
             raise ConfigError(

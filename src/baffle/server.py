@@ -168,6 +168,12 @@ class RoundRunner:
     def client_uploads(self, sampled: list[int], round_idx: int) -> list[Upload]:
         """All sampled clients answer the round's plan (the client model holds the global weights)."""
         plan = self.fed.strategy.plan(round_idx, send_weights=False)
+        if self.fed.cfg.estimator.fuse_clients:  # one batched pass for all clients; None when not applicable
+            from baffle.batched import fused_uploads
+
+            fused = fused_uploads([self.fed.clients[i] for i in sampled], plan)
+            if fused is not None:
+                return fused
         return [self.fed.clients[i].step(plan) for i in sampled]
 
     def run_round(self, round_idx: int) -> RoundResult:
