@@ -53,6 +53,7 @@ class ModelConfig:
     norm: str = "group"
     init: str = ""  # checkpoint or state_dict file to start from (fine-tuning)
     trainable: list[str] = field(default_factory=list)  # glob patterns; empty = all parameters
+    prune: float = 0.0  # fixed magnitude-pruning mask (fraction of each weight tensor), kept by the server
 
 
 @dataclass
@@ -74,6 +75,8 @@ class FederationConfig:
     aggregator: str = "mean"
     trim_fraction: float = 0.1
     min_clients: int = 1  # quorum: a round with fewer valid uploads is skipped
+    onnx_clients: float = 0.0  # clients that run ONNX Runtime + numpy only: fraction in [0, 1] or a count > 1
+    onnx_precision: str = "float"  # ONNX clients' arithmetic: float | int8 (activations) | int8_weights
 
 
 @dataclass
@@ -232,9 +235,31 @@ class Config:
         if not 0 <= o.ema_decay < 1:
             raise ConfigError(f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
         _positive("optim.ema_every", o.ema_every)
+        _validate_inference_clients(self)
         if any(not isinstance(x, int) or x < 1 for x in o.milestones):
             raise ConfigError(f"optim.milestones must be positive round numbers, got {o.milestones}")
         return self
+
+
+def _validate_inference_clients(cfg: "Config") -> None:
+    """ONNX Runtime clients and pruning (docs/inference-clients.md)."""
+    m, f = cfg.model, cfg.federation
+    if not 0 <= m.prune < 1:
+        raise ConfigError(f"model.prune must be a fraction in [0, 1), got {m.prune}")
+    n = f.onnx_clients
+    if not (0 <= n <= 1 or (n > 1 and float(n).is_integer())):
+        raise ConfigError(f"federation.onnx_clients must be a fraction in [0, 1] or a whole count > 1, got {n}")
+    if n > 1 and n > cfg.data.num_clients:
+        raise ConfigError(f"federation.onnx_clients={int(n)} exceeds data.num_clients={cfg.data.num_clients}")
+    _choice("federation.onnx_precision", f.onnx_precision, ("float", "int8", "int8_weights"))
+    if (n > 0 or m.prune > 0) and cfg.run.method != "baffle":
+        key = "federation.onnx_clients" if n > 0 else "model.prune"
+        raise ConfigError(f"{key} is implemented for scalar-upload rounds: it needs run.method='baffle', got {cfg.run.method!r}")
+    if n > 0 and cfg.data.name.startswith("cifar"):
+        raise ConfigError(
+            f"federation.onnx_clients with data.name={cfg.data.name!r}: ONNX clients do not run the CIFAR "
+            "augmentation (torch); use mnist, fashion_mnist or synthetic"
+        )
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:

@@ -129,6 +129,11 @@ def build(cfg: Config) -> Federation:
     bp = cfg.run.method in ("fedsgd", "fedavg")
     cls = BPClient if bp else Client
     engine = resolve_engine(cfg)
+    if cfg.model.prune > 0:  # a fixed mask kept by the server; every client perturbs unpruned weights only
+        from baffle.pruning import magnitude_mask, masked_loss_differences
+
+        strategy.set_mask(magnitude_mask(strategy.params, cfg.model.prune))
+        engine = masked_loss_differences(strategy.mask)
     transform = augment_cifar if cfg.data.name.startswith("cifar") else None
     clients = [
         cls(
@@ -144,6 +149,10 @@ def build(cfg: Config) -> Federation:
         )
         for i, idx in enumerate(parts)
     ]
+    if cfg.federation.onnx_clients > 0:  # some clients are ONNX Runtime + numpy only (baffle.mixed)
+        from baffle.mixed import swap_in_onnx_clients
+
+        clients = swap_in_onnx_clients(cfg, clients, train, client_model, strategy.mask)
     probe_n = min(cfg.data.eval_train_samples, len(train))
     probe_idx = np.random.default_rng([cfg.run.seed, 3]).choice(len(train), probe_n, replace=False)
     return Federation(cfg, train, test, strategy, clients, eval_model, train.subset(np.sort(probe_idx)))
@@ -168,6 +177,12 @@ class RoundRunner:
     def client_uploads(self, sampled: list[int], round_idx: int) -> list[Upload]:
         """All sampled clients answer the round's plan (the client model holds the global weights)."""
         plan = self.fed.strategy.plan(round_idx, send_weights=False)
+        if any(getattr(self.fed.clients[i], "needs_weights", False) for i in sampled):
+            # ONNX Runtime clients (baffle.mixed) cannot share the torch model: their plan carries the weights
+            from baffle.mixed import with_numpy_weights
+
+            arrays_plan = with_numpy_weights(plan, self.fed.strategy.global_weights())
+            return [c.step(arrays_plan if getattr(c, "needs_weights", False) else plan) for c in (self.fed.clients[i] for i in sampled)]
         if self.fed.cfg.estimator.fuse_clients:  # one batched pass for all clients; None when not applicable
             from baffle.batched import fused_uploads
 
@@ -181,9 +196,9 @@ class RoundRunner:
         strategy = fed.strategy
         sampled = sample_clients(cfg, round_idx)
         method = cfg.run.method
-        client_model = fed.clients[0].model
         weights = strategy.global_weights()
-        load_weights(client_model, weights)
+        for client_model in {id(cl.model): cl.model for cl in fed.clients if hasattr(cl, "model")}.values():
+            load_weights(client_model, weights)  # the shared torch model (ONNX clients have none)
         bs = cfg.federation.batch_size
         if method == "baffle":
             uploads = self.client_uploads(sampled, round_idx)

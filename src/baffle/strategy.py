@@ -93,6 +93,17 @@ class ServerStrategy:
         self.n = estimator.num_elements(self.params)
         self.optimizer = make_optimizer([p for _, p in self.params], cfg)
         self.ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.mask: np.ndarray | None = None  # fixed pruning mask over the flat vector (baffle.pruning)
+
+    def set_mask(self, mask: np.ndarray) -> None:
+        """Prune the global model for good: zero masked weights, restart the EMA from the pruned model,
+        and from now on reconstruct with masked directions (the clients perturb with the same mask)."""
+        from baffle.pruning import apply_mask
+
+        apply_mask(self.params, mask)
+        self.mask = np.asarray(mask, dtype=bool)
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.ema.decay)
 
     # ---- planning -----------------------------------------------------------------------------
     def seeds(self, round_idx: int) -> np.ndarray:
@@ -135,6 +146,8 @@ class ServerStrategy:
     def apply_loss_diffs(self, round_idx: int, mean_diffs: np.ndarray) -> float:
         """Rebuild g from the aggregated K-vector and this round's seeds, then step."""
         g = estimator.reconstruct(mean_diffs, self.seeds(round_idx), self.cfg.estimator.sigma, self.n)
+        if self.mask is not None:  # clients perturbed with mask * eps_k: reconstruct with the same directions
+            g = g * self.mask
         return self.apply_gradient(round_idx, g)
 
     def apply_gradient(self, round_idx: int, flat_grad: np.ndarray | torch.Tensor) -> float:

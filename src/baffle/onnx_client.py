@@ -1,0 +1,276 @@
+"""An inference-only BAFFLE client: ONNX Runtime + numpy, no torch, no autograd.
+
+This is the paper's practical promise made literal: a device that can only run inference answers a
+round with the same K loss differences as the torch client. It imports numpy, onnxruntime and the
+numpy-only parts of baffle (``baffle.noise``, ``baffle.messages``); ``tests/test_onnx_client.py`` runs it
+in a fresh process and checks that ``torch`` never enters ``sys.modules``.
+
+The model comes from :func:`baffle.export.export_onnx` (weights are graph inputs, exported once); each
+round the client receives the global weights as arrays, regenerates eps_k with ``baffle.noise.direction``
+(the same numpy code as the server, so bit-identical), and feeds W + sigma * eps_k to the same session.
+The flat-vector layout is that of :func:`baffle.estimator.select_parameters`: ``named_parameters``
+order (stored in the model's metadata), filtered by the same glob patterns.
+
+Optional variants (see docs/inference-clients.md):
+* ``mask``: a fixed pruning mask over the flat vector; masked entries are never perturbed.
+* ``precision="int8"``: the perturbed model runs with int8-quantized activations, weights stay float
+  (``baffle.onnx_quant``); ``"int8_weights"`` also quantizes weights (shown to erase small sigma).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from baffle import noise
+from baffle.messages import RoundPlan, Upload
+
+INPUT_NAME = "x"  # mirrors baffle.export (which imports torch, so it is not imported here)
+META_PARAMETERS = "baffle.parameters"
+META_NOISE = "baffle.noise_spec"
+SCHEMES = ("forward", "central")
+PRECISIONS = ("float", "int8", "int8_weights")
+
+
+def select_names(names: Sequence[str], trainable: Sequence[str] | None = None) -> list[str]:
+    """The perturbed parameter names, in order: the numpy twin of ``estimator.select_parameters``."""
+    names = list(names)
+    if not trainable:
+        return names
+    for pat in trainable:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ValueError(f"trainable pattern {pat!r} matches no parameter; parameters are: {', '.join(names)}")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in trainable)]
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean softmax cross-entropy (what ``torch.nn.functional.cross_entropy`` computes), in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+
+
+def make_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session, ``threads`` intra-op threads (clients share small machines)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def parameter_names(session: ort.InferenceSession) -> list[str]:
+    """Parameter names in ``named_parameters`` order, from the model's baffle metadata."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if META_PARAMETERS not in meta:
+        raise ValueError("ONNX model has no 'baffle.parameters' metadata: export it with baffle.export.export_onnx")
+    if meta.get(META_NOISE, noise.NOISE_SPEC) != noise.NOISE_SPEC:
+        raise ValueError(f"model was exported for noise spec {meta[META_NOISE]!r}, this client has {noise.NOISE_SPEC!r}")
+    return list(json.loads(meta[META_PARAMETERS]))
+
+
+class FlatLayout:
+    """Where each perturbed tensor lives in the flat vector of length n."""
+
+    def __init__(self, names: Sequence[str], weights: Mapping[str, np.ndarray]):
+        self.names = list(names)
+        self.shapes = [tuple(np.shape(weights[n])) for n in self.names]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.n = int(sum(self.sizes))
+
+    def flatten(self, weights: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(weights[k], dtype=np.float32).reshape(-1) for k in self.names])
+
+    def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        out, offset = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = flat[offset : offset + size].reshape(shape)
+            offset += size
+        return out
+
+
+def check_weights(session: ort.InferenceSession, weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The weight feeds as float32 arrays, refusing anything that does not fit the graph's inputs."""
+    expected = {i.name: i.shape for i in session.get_inputs() if i.name != INPUT_NAME}
+    missing, unexpected = set(expected) - set(weights), set(weights) - set(expected)
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit the ONNX model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    out = {}
+    for name, shape in expected.items():
+        arr = np.ascontiguousarray(np.asarray(weights[name], dtype=np.float32))
+        if list(arr.shape) != list(shape):
+            raise ValueError(f"weight {name} has shape {tuple(arr.shape)}, ONNX model expects {tuple(shape)}")
+        out[name] = arr
+    return out
+
+
+def loss_differences(
+    session: ort.InferenceSession,
+    weights: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    seeds: Sequence[int] | np.ndarray,
+    sigma: float,
+    scheme: str = "forward",
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """K loss differences with ONNX Runtime: same definition and order as ``estimator.loss_differences``.
+
+    The K perturbed models are evaluated one ``session.run`` each: the graph has one weight set, and on
+    a CPU a loop costs about what a perturbation-batched graph would (see docs/inference-clients.md).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; valid: {SCHEMES}")
+    layout = FlatLayout(names, weights)
+    if mask is not None and np.shape(mask) != (layout.n,):
+        raise ValueError(f"pruning mask has shape {np.shape(mask)}, expected ({layout.n},)")
+    keep = None if mask is None else np.asarray(mask, dtype=np.float32)
+    orig = layout.flatten(weights)
+    feeds = dict(weights)
+    feeds[INPUT_NAME] = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    scale = np.float32(sigma)
+
+    def loss_at(flat: np.ndarray) -> float:
+        feeds.update(layout.unflatten(flat))
+        return cross_entropy(session.run(None, feeds)[0], y)
+
+    out = np.empty(len(seeds), dtype=np.float32)
+    base = loss_at(orig) if scheme == "forward" else 0.0
+    for k, seed in enumerate(seeds):
+        eps = noise.direction(seed, layout.n)
+        if keep is not None:
+            eps *= keep
+        plus = loss_at(orig + scale * eps)
+        if scheme == "forward":
+            out[k] = plus - base
+        else:
+            out[k] = (plus - loss_at(orig - scale * eps)) / 2.0
+    return out
+
+
+class Sampler:
+    """Numpy twin of ``baffle.data.BatchSampler`` (same batches, same state dict), without torch."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int):
+        self.indices = np.asarray(indices).astype(np.int64)
+        if self.indices.ndim != 1 or self.indices.size == 0:
+            raise ValueError(f"indices must be a non-empty 1-D array, got shape {self.indices.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.epoch, self.position = 0, 0
+        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation) cache
+
+    def next_batch(self) -> np.ndarray:
+        if self.indices.size - self.position <= 0:
+            self.epoch, self.position = self.epoch + 1, 0
+        if self._perm is None or self._perm[0] != self.epoch:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._perm = (self.epoch, self.indices[rng.permutation(self.indices.size)])
+        perm = self._perm[1]
+        batch = perm[self.position : self.position + self.batch_size].copy()
+        self.position += len(batch)
+        return batch
+
+    def state_dict(self) -> dict[str, int | bool]:
+        return {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_indices": int(self.indices.size),
+            "drop_last": False,
+            "epoch": self.epoch,
+            "position": self.position,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, mine in self.state_dict().items():
+            if key in ("seed", "batch_size", "num_indices", "drop_last") and key in state and state[key] != mine:
+                raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler has {mine!r}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class OnnxClient:
+    """A federated client whose only engine is ONNX Runtime. Answers ``RoundPlan`` with ``Upload``.
+
+    ``x``/``y`` may be the whole training set as arrays (``indices`` picks this client's samples). The
+    client keeps the last weights it received; a plan with ``weights=None`` reuses them.
+    """
+
+    needs_weights = True  # the simulator must send the round's weights (it cannot share a torch model)
+
+    def __init__(
+        self,
+        client_id: int,
+        x: np.ndarray,
+        y: np.ndarray,
+        indices: np.ndarray,
+        model: bytes | str | Path,
+        *,
+        batch_size: int,
+        seed: int,
+        trainable: Sequence[str] | None = None,
+        mask: np.ndarray | None = None,
+        precision: str = "float",
+        threads: int = 1,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {PRECISIONS}")
+        if len(indices) == 0:
+            raise ValueError(f"client {client_id} has no training samples")
+        self.client_id = client_id
+        self.x, self.y = x, y
+        self.indices = np.asarray(indices)
+        self.model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
+        self.session = make_session(self.model_bytes, threads)
+        self.threads = threads
+        self.names = select_names(parameter_names(self.session), trainable)
+        self.mask = mask
+        self.precision = precision
+        self.sampler = Sampler(self.indices, batch_size, seed)
+        self.weights: dict[str, np.ndarray] | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        self.weights = check_weights(self.session, weights)
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.sampler.next_batch()
+        return np.asarray(self.x[idx], dtype=np.float32), np.asarray(self.y[idx], dtype=np.int64)
+
+    def round_session(self, x: np.ndarray) -> ort.InferenceSession:
+        """The session that evaluates this round's perturbed models (re-calibrated when quantized)."""
+        if self.precision == "float":
+            return self.session
+        from baffle.onnx_quant import quantized_session
+
+        assert self.weights is not None
+        return quantized_session(self.model_bytes, x, self.weights, self.precision == "int8_weights", self.threads)
+
+    def step(self, plan: RoundPlan) -> Upload:
+        """K loss differences on one minibatch with ONNX Runtime, forward passes only."""
+        if plan.weights is not None:
+            self.set_weights(plan.weights)
+        if self.weights is None:
+            raise ValueError(f"client {self.client_id} has no weights: the first plan must carry them")
+        x, y = self.next_batch()
+        session = self.round_session(x)
+        diffs = loss_differences(session, self.weights, self.names, x, y, plan.seeds, plan.sigma, plan.scheme, self.mask)
+        return Upload(client_id=self.client_id, round=plan.round, loss_diffs=diffs, num_samples=len(y))
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])

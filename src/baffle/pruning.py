@@ -1,0 +1,90 @@
+"""Pruned models in a BAFFLE federation: a fixed mask that the server keeps and every client applies.
+
+A pruned client's model has zeros it must keep (the deployed sparse kernel may not even store them), so
+it perturbs only unpruned weights: eps_k is regenerated from the seed as usual and multiplied by the
+mask. The server reconstructs with the same masked directions, g = mask * 1/(K sigma) sum dL_k eps_k,
+which is the Stein estimate of the gradient restricted to the unpruned coordinates; pruned weights get a
+zero gradient and stay exactly zero (Adam moves nothing whose gradient is always zero). The estimator's
+error scales with sqrt(n_unpruned / K), so pruning also makes the zeroth-order estimate less noisy.
+
+The mask is a pure function of the initial weights (per-tensor magnitude pruning of weight matrices and
+kernels; biases are kept), so a resumed run rebuilds the same mask.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from baffle import estimator, noise
+
+
+def magnitude_mask(params: Sequence[tuple[str, torch.Tensor]], fraction: float) -> np.ndarray:
+    """Flat bool mask (True = kept) that prunes the ``fraction`` smallest-|w| entries of every tensor
+    with 2+ dims (layer by layer, so no layer is emptied); 1-D tensors (biases) are kept whole."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"pruning fraction must be in [0, 1), got {fraction}")
+    parts = []
+    for _, p in params:
+        w = p.detach().reshape(-1).abs().cpu().numpy()
+        keep = np.ones(w.size, dtype=bool)
+        drop = int(np.floor(fraction * w.size)) if p.dim() > 1 else 0
+        if drop:
+            keep[np.argsort(w, kind="stable")[:drop]] = False
+        parts.append(keep)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+@torch.no_grad()
+def apply_mask(params: Sequence[tuple[str, torch.Tensor]], mask: np.ndarray) -> None:
+    """Zero the pruned entries in place."""
+    n = estimator.num_elements(params)
+    if mask.shape != (n,):
+        raise ValueError(f"mask has shape {mask.shape}, parameters have {n} elements")
+    offset = 0
+    for _, p in params:
+        k = p.numel()
+        p.mul_(torch.from_numpy(mask[offset : offset + k].astype(np.float32)).view_as(p))
+        offset += k
+
+
+def masked_loss_differences(mask: np.ndarray) -> Callable[..., np.ndarray]:
+    """An engine (signature of ``estimator.loss_differences``) that perturbs only unpruned weights."""
+    keep = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+
+    def engine(
+        model: torch.nn.Module,
+        params: Sequence[tuple[str, torch.nn.Parameter]],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        seeds: Sequence[int] | np.ndarray,
+        sigma: float,
+        scheme: str = "forward",
+        loss_fn: estimator.LossFn = F.cross_entropy,
+    ) -> np.ndarray:
+        if scheme not in estimator.SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; valid: {estimator.SCHEMES}")
+        out = np.empty(len(seeds), dtype=np.float32)
+        with torch.inference_mode():
+            pert = estimator.Perturber(params)
+            if keep.numel() != pert.n:
+                raise ValueError(f"mask has {keep.numel()} entries, parameters have {pert.n}")
+            try:
+                base = estimator.batch_loss(model, x, y, loss_fn) if scheme == "forward" else 0.0
+                for k, seed in enumerate(seeds):
+                    eps = torch.from_numpy(noise.direction(seed, pert.n)) * keep
+                    pert.set(eps, sigma)
+                    plus = estimator.batch_loss(model, x, y, loss_fn)
+                    if scheme == "forward":
+                        out[k] = plus - base
+                    else:
+                        pert.set(eps, -sigma)
+                        out[k] = (plus - estimator.batch_loss(model, x, y, loss_fn)) / 2.0
+            finally:
+                pert.restore()
+        return out
+
+    return engine
