@@ -44,6 +44,8 @@ class DataConfig:
     train_subset: int = 0  # 0 = all training samples; else a seeded random subset (for quick runs/tests)
     test_subset: int = 0  # 0 = the whole test set
     eval_train_samples: int = 2000  # training samples the simulator scores for the train_loss metric
+    transform: str = "none"  # fixed image transform of the task: none | invert | rotate90 | hflip (baffle.tasks)
+    classes: list[int] = field(default_factory=list)  # keep only these labels, relabelled 0..len-1; empty = all
 
 
 @dataclass
@@ -53,6 +55,8 @@ class ModelConfig:
     norm: str = "group"
     init: str = ""  # checkpoint or state_dict file to start from (fine-tuning)
     trainable: list[str] = field(default_factory=list)  # glob patterns; empty = all parameters
+    adapter: str = "none"  # none | lora (low-rank adapters on every conv/linear weight; baffle.adapters)
+    lora_rank: int = 4
     prune: float = 0.0  # fixed magnitude-pruning mask (fraction of each weight tensor), kept by the server
 
 
@@ -63,6 +67,8 @@ class EstimatorConfig:
     scheme: str = "forward"  # forward (K+1 forwards) | central (twin-point, 2K forwards)
     engine: str = "batched"  # batched | loop
     max_memory_mb: int = 512  # memory budget of the batched engine's perturbation chunks
+    baseline: str = "none"  # server-side: none | mean (subtract mean_k dL_k; baffle.shaping)
+    shaping: str = "none"  # server-side: none | rank (ES centered-rank fitness shaping; baffle.shaping)
     fuse_clients: bool = True  # simulator: one batched pass over all sampled clients' minibatches (same uploads)
 
 
@@ -90,6 +96,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # rounds at which lr *= gamma
     gamma: float = 0.2
     cosine: bool = False  # cosine decay of lr to 0 over the run (applied on top of milestones)
+    warmup: int = 0  # rounds of linear lr warmup from lr/warmup to lr; 0 disables
     ema_decay: float = 0.0  # EMA of weights used for evaluation; 0 disables
     ema_every: int = 1  # rounds between EMA updates
 
@@ -188,6 +195,15 @@ class Config:
         _nonneg("data.train_subset", d.train_subset)
         _nonneg("data.test_subset", d.test_subset)
         _nonneg("data.eval_train_samples", d.eval_train_samples)
+        from baffle.data import DATASET_INFO
+        from baffle.tasks import TRANSFORMS, check_classes
+
+        _choice("data.transform", d.transform, TRANSFORMS)
+        if d.classes:
+            try:
+                check_classes(d.classes, DATASET_INFO[d.name].num_classes)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         if d.name in ("cifar10", "cifar100") and not d.root:
             raise ConfigError(
                 f"data.name={d.name} needs data.root: no CIFAR data ships with baffle; download the python "
@@ -198,12 +214,28 @@ class Config:
         _choice("model.norm", m.norm, NORMS)
         if m.init and not Path(m.init).is_file():
             raise ConfigError(f"model.init={m.init!r}: no such file")
+        from baffle.adapters import ADAPTERS, LORA_PATTERN
+
+        _choice("model.adapter", m.adapter, ADAPTERS)
+        _positive("model.lora_rank", m.lora_rank)
+        if m.adapter == "lora" and not any("lora_" in pat for pat in m.trainable):
+            raise ConfigError(
+                f"model.adapter='lora' adds adapter parameters that must be trained: include {LORA_PATTERN!r} in "
+                f"model.trainable (now {m.trainable}), e.g. model.trainable = [{LORA_PATTERN!r}, 'classifier.*']"
+            )
         _positive("estimator.K", e.K)
         if not e.sigma > 0:
             raise ConfigError(f"estimator.sigma must be > 0, got {e.sigma}")
         _choice("estimator.scheme", e.scheme, SCHEMES)
         _choice("estimator.engine", e.engine, ("batched", "loop"))
         _positive("estimator.max_memory_mb", e.max_memory_mb)
+        from baffle.shaping import BASELINES, SHAPINGS
+
+        _choice("estimator.baseline", e.baseline, BASELINES)
+        _choice("estimator.shaping", e.shaping, SHAPINGS)
+        if (e.baseline, e.shaping) != ("none", "none") and r.method != "baffle":
+            raise ConfigError("estimator.baseline/shaping transform the server's aggregated K-vector: they need run.method='baffle'")
+        _nonneg("optim.warmup", o.warmup)
         if not isinstance(e.fuse_clients, bool):
             raise ConfigError(f"estimator.fuse_clients must be true or false, got {e.fuse_clients!r}")
         c = f.clients_per_round

@@ -46,6 +46,10 @@ def load_data(cfg: Config) -> tuple[Dataset, Dataset]:
     root = d.root or None
     train = load_dataset(d.name, split="train", root=root, image_size=size)
     test = load_dataset(d.name, split="test", root=root, image_size=size)
+    if d.classes or d.transform != "none":  # a shifted task for fine-tuning (baffle.tasks)
+        from baffle.tasks import task_view
+
+        train, test = task_view(train, d.transform, d.classes), task_view(test, d.transform, d.classes)
     rng = np.random.default_rng([cfg.run.seed, 1])
     if d.train_subset and d.train_subset < len(train):
         train = train.subset(np.sort(rng.choice(len(train), d.train_subset, replace=False)))
@@ -67,6 +71,10 @@ def build_model_for(cfg: Config, data: Dataset) -> torch.nn.Module:
     )
     if m.init:
         load_weights(model, checkpoint.load_model_weights(m.init))
+    if m.adapter != "none":  # after the pretrained weights: W_eff = W + B @ A starts equal to W
+        from baffle.adapters import add_adapters
+
+        add_adapters(model, m.adapter, m.lora_rank, seed=cfg.run.seed)
     return model
 
 

@@ -18,6 +18,7 @@ import torch
 from baffle import aggregation, estimator, noise
 from baffle.config import Config
 from baffle.messages import RoundPlan, Upload, WeightsUpload
+from baffle.shaping import shape_diffs
 
 log = logging.getLogger("baffle")
 
@@ -78,6 +79,8 @@ def lr_factor(cfg: Config, round_idx: int) -> float:
     f = o.gamma ** sum(1 for m in o.milestones if round_idx >= m)
     if o.cosine:
         f *= 0.5 * (1 + math.cos(math.pi * round_idx / cfg.run.rounds))
+    if o.warmup and round_idx < o.warmup:  # ZO estimates are noisiest relative to the step early on
+        f *= (round_idx + 1) / o.warmup
     return f
 
 
@@ -145,6 +148,9 @@ class ServerStrategy:
 
     def apply_loss_diffs(self, round_idx: int, mean_diffs: np.ndarray) -> float:
         """Rebuild g from the aggregated K-vector and this round's seeds, then step."""
+        e = self.cfg.estimator
+        if (e.baseline, e.shaping) != ("none", "none"):  # server-side variance reduction (baffle.shaping)
+            mean_diffs = shape_diffs(mean_diffs, e.baseline, e.shaping)
         g = estimator.reconstruct(mean_diffs, self.seeds(round_idx), self.cfg.estimator.sigma, self.n)
         if self.mask is not None:  # clients perturbed with mask * eps_k: reconstruct with the same directions
             g = g * self.mask
