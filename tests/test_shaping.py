@@ -66,3 +66,19 @@ def test_bad_keys_are_refused(overrides, message):
     cfg.apply_overrides(overrides)
     with pytest.raises(ConfigError, match=message):
         cfg.validate()
+
+
+def test_seed_pool_cycles_through_a_fixed_set_of_directions():
+    cfg = Config()
+    cfg.apply_overrides(["estimator.K=4", "estimator.seed_pool=12"])
+    strat = ServerStrategy(build_model("mlp", image_size=8), cfg.validate())
+    blocks = [tuple(strat.seeds(r)) for r in range(7)]
+    assert blocks[0] == blocks[3] == blocks[6] and len({blocks[0], blocks[1], blocks[2]}) == 3
+    assert tuple(strat.plan(4).seeds) == blocks[1]  # what the clients are sent
+    fresh = Config()
+    fresh.apply_overrides(["estimator.K=4"])
+    assert tuple(ServerStrategy(build_model("mlp", image_size=8), fresh.validate()).seeds(3)) != blocks[0]
+    bad = Config()
+    bad.apply_overrides(["estimator.K=4", "estimator.seed_pool=10"])
+    with pytest.raises(ConfigError, match="seed_pool"):
+        bad.validate()

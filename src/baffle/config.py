@@ -69,6 +69,7 @@ class EstimatorConfig:
     max_memory_mb: int = 512  # memory budget of the batched engine's perturbation chunks
     baseline: str = "none"  # server-side: none | mean (subtract mean_k dL_k; baffle.shaping)
     shaping: str = "none"  # server-side: none | rank (ES centered-rank fitness shaping; baffle.shaping)
+    seed_pool: int = 0  # server-side: reuse a pool of this many directions (a multiple of K), K per round; 0 = fresh
     fuse_clients: bool = True  # simulator: one batched pass over all sampled clients' minibatches (same uploads)
 
 
@@ -236,6 +237,8 @@ class Config:
         if (e.baseline, e.shaping) != ("none", "none") and r.method != "baffle":
             raise ConfigError("estimator.baseline/shaping transform the server's aggregated K-vector: they need run.method='baffle'")
         _nonneg("optim.warmup", o.warmup)
+        if e.seed_pool and (e.seed_pool < e.K or e.seed_pool % e.K):
+            raise ConfigError(f"estimator.seed_pool must be 0 or a multiple of estimator.K={e.K}, got {e.seed_pool}")
         if not isinstance(e.fuse_clients, bool):
             raise ConfigError(f"estimator.fuse_clients must be true or false, got {e.fuse_clients!r}")
         c = f.clients_per_round

@@ -110,7 +110,10 @@ class ServerStrategy:
 
     # ---- planning -----------------------------------------------------------------------------
     def seeds(self, round_idx: int) -> np.ndarray:
-        return noise.round_seeds(self.cfg.run.seed, round_idx, self.cfg.estimator.K)
+        e = self.cfg.estimator
+        if e.seed_pool:  # reuse a fixed pool of seed_pool directions, K per round in turn (a random subspace)
+            return noise.round_seeds(self.cfg.run.seed, round_idx % (e.seed_pool // e.K), e.K)
+        return noise.round_seeds(self.cfg.run.seed, round_idx, e.K)
 
     def plan(self, round_idx: int, send_weights: bool = True) -> RoundPlan:
         e = self.cfg.estimator

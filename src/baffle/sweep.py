@@ -2,7 +2,7 @@
 
 A sweep file::
 
-    out = "results/k_sweep"            # where the runs go (out/<run-name>/ each), relative to the file
+    out = "results/k_sweep"            # where the runs go (out/<run-name>/ each)
     title = "Accuracy against K"       # optional, heads results.md
     description = "..."                # optional
 
@@ -19,7 +19,8 @@ A sweep file::
     name = "bp"
     run.method = "fedsgd"
 
-Pseudo-keys under ``sweep.`` are consumed here, not by ``Config`` (they may appear in base, grid or runs):
+Every path in a sweep file (``out``, ``model.init``, ``data.root``) is relative to the directory ``baffle sweep``
+runs from, like the paths of ``baffle run``. Pseudo-keys under ``sweep.`` are consumed here, not by ``Config`` (they may appear in base, grid or runs):
 
 * ``sweep.forward_budget = N``: forward-only runs get ``run.rounds = ceil(N / forward passes per client per
   round)``, so runs with different K or scheme cost the same client forward passes (the fair comparison).
@@ -131,7 +132,6 @@ def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str]
         if not isinstance(doc.get("out"), str) or not doc["out"]:
             raise SweepError(f"{path}: needs a top-level `out = \"DIR\"` (where the runs go) or --out")
         out_dir = Path(doc["out"])
-        out_dir = out_dir if out_dir.is_absolute() else path.parent / out_dir
     else:
         out_dir = Path(out)
     for key in ("base", "grid"):
@@ -195,7 +195,15 @@ def make_config(spec: RunSpec, extra: list[str], where: str = "") -> Config:
                 options[short] = value
             else:
                 cfg.set(key, value)
-        cfg.apply_overrides(extra)
+        for item in extra:  # --set: sweep.* options too
+            key = item.split("=", 1)[0].strip()
+            if key.startswith("sweep.") and "=" in item:
+                short, value = key[len("sweep."):], item.split("=", 1)[1].strip()
+                if short not in SWEEP_KEYS or not value.isdigit() or int(value) < 1:
+                    raise SweepError(f"--set {item!r}: sweep options are {', '.join('sweep.' + k for k in SWEEP_KEYS)}, positive integers")
+                options[short] = int(value)
+            else:
+                cfg.apply_overrides([item])
         if "forward_budget" in options and cfg.run.method in ("baffle", "baffle_local"):
             e = cfg.estimator
             per_round = estimator.forward_passes(e.K, e.scheme)
