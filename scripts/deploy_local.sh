@@ -37,6 +37,7 @@ OWN_HOME=0
 if [[ -z "${FLWR_HOME:-}" ]]; then FLWR_HOME="$(mktemp -d -t baffle-flwr-XXXXXX)"; OWN_HOME=1; fi
 export FLWR_HOME PATH="$BIN:$PATH"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never let Flower `uv sync` the app's deps (torch!)
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"  # default 1 s per hop
 LOGS="$FLWR_HOME/logs"; mkdir -p "$LOGS"
 PIDS=()
 

@@ -34,6 +34,8 @@ class InMemoryGrid(Grid):
             self.contexts[nid] = Context(run_id, nid, dict(nc), RecordDict(), dict(run_config))
         self._replies: dict[str, Message] = {}
         self.offline: set[int] = set()  # nodes that never answer (network dropout)
+        self.count_bytes = False
+        self.traffic: list[tuple[str, int, str, str, int]] = []  # (down|up, node, group id, type, content bytes)
 
     # ---- Grid API -------------------------------------------------------------------------------
     def set_run(self, run) -> None:
@@ -59,13 +61,21 @@ class InMemoryGrid(Grid):
                 ids.append(mid)
                 continue
             delivered = _copy(msg)  # a real transport serializes: no object is shared between nodes
+            self._count("down", nid, msg)
             try:
                 reply = _copy(self.client_app(delivered, self.contexts[nid]))
             except Exception as e:  # what a SuperNode does with a ClientApp exception
                 reply = Message(Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(e).__name__}: {e}"), reply_to=delivered)
+            self._count("up", nid, reply)
             self._replies[mid] = reply
             ids.append(mid)
         return ids
+
+    def _count(self, direction: str, nid: int, msg: Message) -> None:
+        if self.count_bytes and msg.has_content():
+            from baffle.flower.records import content_nbytes
+
+            self.traffic.append((direction, nid, msg.metadata.group_id, msg.metadata.message_type, content_nbytes(msg.content)))
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in message_ids if m in self._replies]
@@ -85,7 +95,7 @@ def _copy(msg: Message) -> Message:
     return Message(metadata=meta, content=recorddict_from_proto(recorddict_to_proto(msg.content)))
 
 
-def run_inmemory(run_config: Mapping[str, Any], num_nodes: int, node_extra: Mapping[int, Mapping[str, Any]] | None = None) -> InMemoryGrid:
+def run_inmemory(run_config: Mapping[str, Any], num_nodes: int, node_extra: Mapping[int, Mapping[str, Any]] | None = None, count_bytes: bool = False) -> InMemoryGrid:
     """Run baffle's ServerApp against ``num_nodes`` in-memory nodes; returns the grid (node contexts)."""
     from baffle.flower.client_app import app as client_app
     from baffle.flower.server_app import main
@@ -93,5 +103,6 @@ def run_inmemory(run_config: Mapping[str, Any], num_nodes: int, node_extra: Mapp
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, SERVER_NODE_ID, 1
     configs = [{"partition-id": i, "num-partitions": num_nodes, **(node_extra or {}).get(i, {})} for i in range(num_nodes)]
     grid = InMemoryGrid(client_app, configs, run_config)
+    grid.count_bytes = count_bytes
     main(grid, Context(7, SERVER_NODE_ID, {}, RecordDict(), dict(run_config)))
     return grid

@@ -1,0 +1,90 @@
+"""A real Flower deployment on loopback: SuperLink + SuperNode processes, `flwr run`, all stopped at the end.
+
+``scripts/deploy_local.sh`` does the work; the test checks the ServerApp's result file (training
+happened: rounds done, every node answered, weights moved, only scalars came back) and that no process
+of the deployment survives. The CI version is one round on 2 nodes (process start-up dominates: every
+message starts a ClientApp process); the slow one adds TLS, SecAgg+, a third node and a dropout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "deploy_local.sh"
+BIN = REPO / ".venv" / "bin"
+
+
+def free_port_block(n: int) -> int:
+    """A base port p with p..p+n free on loopback (the SuperLink takes p, SuperNodes p+1..p+n)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65000:
+            continue
+        ok = True
+        for p in range(base, base + n + 1):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def deploy(tmp_path: Path, nodes: int, app_config: str, *extra: str, timeout: int) -> tuple[dict, str, float]:
+    if not (BIN / "flower-superlink").exists() and shutil.which("flower-superlink") is None:
+        pytest.skip("flower-superlink not installed")
+    home = tmp_path / "flwr-home"
+    out = tmp_path / "result"
+    env = dict(os.environ, FLWR_HOME=str(home), DEPLOY_TIMEOUT=str(timeout - 20))
+    if not (BIN / "flower-superlink").exists():
+        env["FLWR_BIN"] = str(Path(shutil.which("flower-superlink")).parent)
+    port = free_port_block(nodes)
+    cmd = [str(SCRIPT), "-n", str(nodes), "-p", str(port), *extra, "--", "-c", f'{app_config} result-dir="{out}"']
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    took = time.monotonic() - t0
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    # every process of the deployment is gone (they all carry this run's FLWR_HOME or ports)
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    leftovers = [ln for ln in ps.splitlines() if f"--port {port}" in ln or f"127.0.0.1:{port}" in ln]
+    assert not leftovers, leftovers
+    return json.loads((out / "result.json").read_text()), log, took
+
+
+TINY = ('data-name="synthetic" train-subset=200 test-subset=100 estimator-k=4 estimator-engine="loop" '
+        "eval-every=1 round-timeout-s=120.0 node-wait-s=60.0")
+
+
+def test_loopback_deployment_trains(tmp_path):
+    res, log, took = deploy(tmp_path, 2, f"num-server-rounds=1 {TINY}", timeout=240)
+    assert res["mode"] == "message-api" and res["rounds_done"] == 1 and res["num_partitions"] == 2
+    assert res["messages_up"] == 2 and res["failures"] == 0 and res["skipped_rounds"] == 0
+    assert res["up_bytes_per_msg"] < 1500  # K=4 float32 + record overhead: no weights, no gradient
+    assert res["final_test_acc"] is not None
+    print(f"deployment took {took:.0f} s")
+
+
+@pytest.mark.slow
+def test_tls_secagg_deployment_with_a_dropout(tmp_path):
+    cfg = f"num-server-rounds=2 {TINY} secure=true secagg-bits=16"
+    res, log, took = deploy(tmp_path, 3, cfg, "--tls", "--fail", "1:1", timeout=600)
+    assert res["mode"] == "secagg+" and res["rounds_done"] == 2 and res["num_partitions"] == 3
+    assert res["skipped_rounds"] == 0 and res["failures"] == 1  # node 1 raised in round 1; the round went on
+    print(f"TLS + SecAgg+ deployment took {took:.0f} s")
