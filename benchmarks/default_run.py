@@ -1,0 +1,77 @@
+"""Run the default `baffle run` job (and optionally its backprop twin) and write docs/default-run.md.
+
+    .venv/bin/python benchmarks/default_run.py            # default job only (~10 min on 2 cores)
+    .venv/bin/python benchmarks/default_run.py --with-bp  # plus BP FedSGD with the same config
+
+Every number in docs/default-run.md comes from the summary.json / metrics.jsonl this script produces
+(also copied to benchmarks/results/default_run.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(out: Path, extra: list[str]) -> dict:
+    cmd = [str(ROOT / ".venv/bin/baffle"), "run", "--out", str(out), "--no-progress", *extra]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    elapsed = time.time() - t0
+    summary = json.loads((out / "summary.json").read_text())
+    summary["process_wall_s"] = round(elapsed, 1)
+    summary["metrics"] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--with-bp", action="store_true")
+    ap.add_argument("--out", default="runs/default-doc")
+    args = ap.parse_args()
+    out = ROOT / args.out
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "baffle": run(out / "baffle", [])}
+    if args.with_bp:
+        results["fedsgd"] = run(out / "fedsgd", ["--set", "run.method=fedsgd"])
+    (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "benchmarks/results/default_run.json").write_text(json.dumps(results, indent=2) + "\n")
+    cfg = (out / "baffle" / "config.toml").read_text()
+    lines = [
+        "# The default job: `baffle run`",
+        "",
+        "Regenerate: `.venv/bin/python benchmarks/default_run.py" + (" --with-bp" if args.with_bp else "") + "` "
+        "(writes benchmarks/results/default_run.json and this page).",
+        "",
+        f"Machine: {results['machine']}. Wall time is the whole process (data loading and evaluations included).",
+        "",
+        "| method | final test acc | best test acc | rounds | upload B/client/round | client forward passes/round | backward passes | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("baffle", "fedsgd"):
+        if name not in results:
+            continue
+        s = results[name]
+        m = s["metrics"][-1]
+        lines.append(
+            f"| {name} | {100 * s['final_test_acc']:.2f}% | {100 * s['best_test_acc']:.2f}% | {s['rounds']} | "
+            f"{s['upload_bytes_per_client_per_round']} | {m['client_forward_passes']} | {s['total_backward_passes']} | {s['process_wall_s']} |"
+        )
+    lines += ["", "Accuracy along the run (baffle):", "", "| round | test acc | test loss | train loss | wall s |", "|---|---|---|---|---|"]
+    for m in results["baffle"]["metrics"]:
+        lines.append(f"| {m['round']} | {100 * m['test_acc']:.2f}% | {m['test_loss']:.4f} | {m['train_loss']:.4f} | {m['wall_s']:.0f} |")
+    lines += ["", "The resolved default configuration:", "", "```toml", cfg.strip(), "```", ""]
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs/default-run.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
