@@ -95,17 +95,13 @@ def test_weights_that_do_not_fit_are_refused(lenet):
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
-    import numpy as np
-    from baffle.messages import RoundPlan
-    from baffle.onnx_client import OnnxClient
-    d = sys.argv[1]
-    w = dict(np.load(d + "/weights.npz"))
-    c = OnnxClient(3, np.load(d + "/x.npy"), np.load(d + "/y.npy"), np.arange(40), d + "/model.onnx", batch_size=16, seed=5)
-    plan = RoundPlan(2, np.load(d + "/seeds.npy"), 1e-3, "forward", 16, w)
-    open(d + "/upload.bin", "wb").write(c.step(plan).to_bytes())
-    bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.") or m in ("baffle.estimator", "baffle.export"))
-    print(json.dumps({"forbidden": bad}))
+    import json, runpy, sys
+    sys.argv = ["baffle.onnx_client"] + sys.argv[1:]
+    try:
+        runpy.run_module("baffle.onnx_client", run_name="__main__")
+    finally:
+        bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.") or m in ("baffle.estimator", "baffle.export"))
+        print(json.dumps({"forbidden": bad}))
     """
 )
 
@@ -115,11 +111,12 @@ def test_onnx_client_process_never_imports_torch(lenet, tmp_path):
     x, y = _batch(40, seed=1)
     seeds = noise.round_seeds(1, 2, 8)
     (tmp_path / "model.onnx").write_bytes(graph)
-    np.save(tmp_path / "x.npy", x.numpy())
-    np.save(tmp_path / "y.npy", y.numpy())
-    np.save(tmp_path / "seeds.npy", seeds)
+    np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
     np.savez(tmp_path / "weights.npz", **numpy_weights(model.state_dict()))
-    out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    args = ["--model", tmp_path / "model.onnx", "--weights", tmp_path / "weights.npz", "--data", tmp_path / "data.npz",
+            "--client-id", 3, "--run-seed", 1, "--round", 2, "--K", 8, "--sigma", 1e-3, "--batch-size", 16, "--seed", 5,
+            "--out", tmp_path / "upload.bin"]
+    out = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"forbidden": []}
     up = Upload.from_bytes((tmp_path / "upload.bin").read_bytes())

@@ -274,3 +274,40 @@ class OnnxClient:
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m baffle.onnx_client``: answer one round as a plain ONNX Runtime process (no torch).
+
+    Reads the exported model, the round's weights (.npz of the state dict), the client's data (.npz with
+    x, y) and the round's seeds (derived from --run-seed/--round/--K exactly as the server does), writes
+    the ``Upload`` wire bytes. A deployment wraps this in whatever transport it has.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m baffle.onnx_client", description=main.__doc__)
+    ap.add_argument("--model", required=True, help="ONNX file from baffle.export.export_onnx")
+    ap.add_argument("--weights", required=True, help=".npz of the round's global weights (state_dict names)")
+    ap.add_argument("--data", required=True, help=".npz with x (N,C,H,W float32) and y (N int64)")
+    ap.add_argument("--client-id", type=int, required=True)
+    ap.add_argument("--run-seed", type=int, required=True)
+    ap.add_argument("--round", type=int, required=True)
+    ap.add_argument("--K", type=int, required=True)
+    ap.add_argument("--sigma", type=float, required=True)
+    ap.add_argument("--scheme", default="forward", choices=SCHEMES)
+    ap.add_argument("--batch-size", type=int, required=True)
+    ap.add_argument("--seed", type=int, default=0, help="this client's minibatch sampler seed")
+    ap.add_argument("--precision", default="float", choices=PRECISIONS)
+    ap.add_argument("--out", required=True, help="where to write the Upload bytes")
+    args = ap.parse_args(argv)
+    data = np.load(args.data)
+    x, y = data["x"], data["y"]
+    client = OnnxClient(args.client_id, x, y, np.arange(len(y)), args.model, batch_size=args.batch_size, seed=args.seed,
+                        precision=args.precision)
+    seeds = noise.round_seeds(args.run_seed, args.round, args.K)
+    plan = RoundPlan(args.round, seeds, args.sigma, args.scheme, args.batch_size, dict(np.load(args.weights)))
+    Path(args.out).write_bytes(client.step(plan).to_bytes())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The tables of docs/inference-clients.md, from the committed JSON outputs of:
+
+  experiments/inference_accuracy.py  -> experiments/results/inference_accuracy/<run>.json
+  benchmarks/client_resources.py     -> benchmarks/results/client_resources.json
+  experiments/int8_sigma.py          -> experiments/results/int8_sigma.json
+  benchmarks/onnx_export.py          -> benchmarks/results/onnx_export.json
+
+Usage: python benchmarks/inference_table.py   (writes docs/results/inference_clients.md and prints it)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ACC = ROOT / "experiments" / "results" / "inference_accuracy"
+RES = ROOT / "benchmarks" / "results" / "client_resources.json"
+SIGMA = ROOT / "experiments" / "results" / "int8_sigma.json"
+EXPORT = ROOT / "benchmarks" / "results" / "onnx_export.json"
+OUT = ROOT / "docs" / "results" / "inference_clients.md"
+
+# client kind -> (accuracy run, resource kinds, what the run is)
+KINDS = [
+    ("torch float", "torch_float", ["torch_float"], "all 10 clients torch"),
+    ("ONNX Runtime float", "mixed_float", ["onnx_float"], "5 ONNX + 5 torch clients"),
+    ("ONNX Runtime int8", "onnx_int8", ["onnx_int8"], "all 10 clients ONNX int8 (activations)"),
+    ("pruned 50%", "pruned_50", ["pruned_onnx", "pruned_torch"], "5 ONNX + 5 torch, mask kept by server"),
+    ("BP torch (FedSGD)", "fedsgd", ["bp_torch"], "all 10 clients backprop"),
+]
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main_table() -> str:
+    res = _load(RES)
+    rows = {r["kind"]: r for r in res["rows"]} if res else {}
+    lines = [
+        "| client kind | federation | test acc (final) | rounds | CPU ms / client step | wall ms / client step | peak RSS MB (process) | RSS growth in steps MB | torch imported |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, run, kinds, what in KINDS:
+        acc = _load(ACC / f"{run}.json")
+        a = f"{acc['summary']['final_test_acc']:.4f}" if acc else "not run"
+        rounds = str(acc["summary"]["rounds"]) if acc else "-"
+        for kind in kinds:
+            r = rows.get(kind)
+            name = label if len(kinds) == 1 else f"{label} ({kind.split('_')[1]})"
+            if r is None:
+                lines.append(f"| {name} | {what} | {a} | {rounds} | - | - | - | - | - |")
+                continue
+            lines.append(
+                f"| {name} | {what} | {a} | {rounds} | {r['step_cpu_s'] * 1e3:.1f} | {r['step_wall_s'] * 1e3:.1f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['step_peak_increment_mb']:.1f} | {'yes' if r['torch_imported'] else 'no'} |"
+            )
+    if res:
+        lines.append(
+            f"\nResources: K={res['K']}, batch {res['batch_size']}, sigma {res['sigma']}, {res['threads']} thread, median of "
+            f"{res['steps']} steps after a warm-up, one fresh process per kind; 1-minute load average of the shared "
+            f"machine at the end: {res['loadavg_1m_at_end']:.1f} (wall times are inflated by it; CPU times much less)."
+        )
+    return "\n".join(lines)
+
+
+def accuracy_history() -> str:
+    lines = ["| run | " + " | ".join(f"acc @ {h['round']}" for h in _first_history()) + " | wall s |", ""]
+    lines[1] = "|---|" + "---|" * (len(_first_history()) + 1)
+    for _, run, _, _ in KINDS:
+        acc = _load(ACC / f"{run}.json")
+        if acc:
+            lines.append(f"| {run} | " + " | ".join(f"{h['test_acc']:.4f}" for h in acc["history"]) + f" | {acc['wall_s']} |")
+    settings = next((_load(ACC / f"{run}.json")["settings"] for _, run, _, _ in KINDS if (ACC / f"{run}.json").exists()), [])
+    base = [s for s in settings if not s.startswith(("federation.onnx", "model.prune", "run.method"))]
+    return "\n".join(lines) + "\n\nCommon settings: `" + " ".join(base) + "`"
+
+
+def _first_history() -> list[dict]:
+    for _, run, _, _ in KINDS:
+        acc = _load(ACC / f"{run}.json")
+        if acc:
+            return acc["history"]
+    return []
+
+
+def sigma_table() -> str:
+    data = _load(SIGMA)
+    if not data:
+        return "(experiments/int8_sigma.py not run)"
+    out = [f"K={data['K']}, batch {data['batch_size']}, 3 minibatches averaged; 'warm' = after {data['warmup_steps']} SGD steps."]
+    for state, d in data["states"].items():
+        steps = d["weight_int8_steps"]
+        out.append(f"\n**{state}** — int8 weight step max|w|/127 per tensor: " + ", ".join(f"`{k}` {v:.1e}" for k, v in steps.items()) + "\n")
+        out.append("| sigma | cos(int8, float) | cos(int8_weights, float) | median abs dL (float) | median abs dL error int8 | median abs dL error int8_weights | cos(float est., true grad) |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in d["rows"]:
+            out.append(
+                f"| {r['sigma']:g} | {r['cos_int8_float']:.3f} | {r['cos_int8_weights_float']:.3f} | {r['median_abs_dL']:.2e} | "
+                f"{r['median_abs_err_int8']:.2e} | {r['median_abs_err_int8_weights']:.2e} | {r['cos_float_true']:.3f} |"
+            )
+    return "\n".join(out)
+
+
+def export_table() -> str:
+    data = _load(EXPORT)
+    if not data:
+        return "(benchmarks/onnx_export.py not run)"
+    out = [
+        "| model | n | weights as inputs: graph (once) | bytes / round | ms / perturbation (run) | re-export: bytes / round | export ms / round | ms / perturbation (rebuild session + run) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        a, b = r["inputs"], r["reexport"]
+        out.append(
+            f"| {r['model']} | {r['n_params']} | {a['graph_bytes_once']} B | {a['bytes_per_round']} | {a['per_perturbation_s'] * 1e3:.2f} | "
+            f"{b['bytes_per_round']} | {b['export_s_per_round'] * 1e3:.0f} | {b['per_perturbation_s'] * 1e3:.2f} |"
+        )
+    out.append(f"\nMedian CPU time of {data['reps']} repetitions, batch 32, 1 thread; load average at the end {data['loadavg_1m_at_end']:.1f}.")
+    return "\n".join(out)
+
+
+def main() -> None:
+    text = "\n\n".join([
+        "# Inference-only clients: generated tables",
+        "Generated by `benchmarks/inference_table.py`; do not edit by hand.",
+        "## Accuracy and cost per client kind (MNIST, LeNet)", main_table(),
+        "## Accuracy during the runs", accuracy_history(),
+        "## int8 vs sigma", sigma_table(),
+        "## ONNX export: weights as inputs vs re-export", export_table(),
+    ]) + "\n"
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""MNIST accuracy of federations whose clients are torch float, ONNX Runtime float, ONNX int8 or pruned.
+
+Short runs sized to a shared 2-core machine (settings below and in each JSON). Every run is the same
+federation (same data, partition, seeds, server optimizer); only the clients' runtime changes:
+
+  torch_float   every client is the torch client (reference)
+  mixed_float   half the clients are ONNX Runtime processes (numpy + onnxruntime, no torch)
+  onnx_int8     every client is an ONNX client with int8 activations, float weights (baffle.onnx_quant)
+  pruned_50     50% of every weight tensor pruned by magnitude at init (mask kept by the server),
+                half the clients ONNX, half torch
+  fedsgd        the backprop baseline with the same server (one gradient per client per round)
+
+Usage: python experiments/inference_accuracy.py [--runs a,b] [--rounds N]
+Writes experiments/results/inference_accuracy/<run>.json (summary + settings + metrics history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from baffle.config import Config
+from baffle.server import Simulation
+
+OUT = Path(__file__).resolve().parent / "results" / "inference_accuracy"
+
+BASE = [
+    "data.name=mnist",
+    "data.train_subset=10000",
+    "data.test_subset=2000",
+    "data.num_clients=10",
+    "data.eval_train_samples=500",
+    "model.name=lenet",
+    "estimator.K=20",
+    "estimator.sigma=1e-2",
+    "federation.batch_size=16",
+    "optim.lr=0.05",
+    "optim.ema_decay=0.9",
+    "run.threads=1",
+    "run.checkpoint_every=0",
+]
+
+RUNS: dict[str, list[str]] = {
+    "torch_float": [],
+    "mixed_float": ["federation.onnx_clients=0.5"],
+    "onnx_int8": ["federation.onnx_clients=1.0", "federation.onnx_precision=int8"],
+    "pruned_50": ["model.prune=0.5", "federation.onnx_clients=0.5"],
+    "fedsgd": ["run.method=fedsgd"],
+}
+
+
+def run(name: str, rounds: int) -> dict:
+    cfg = Config()
+    settings = BASE + [f"run.rounds={rounds}", f"run.eval_every={max(1, rounds // 4)}"] + RUNS[name]
+    cfg.apply_overrides(settings)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    out_dir = OUT / name
+    summary = Simulation(cfg.validate(), out_dir, progress=False).run()
+    history = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    result = {"run": name, "settings": settings, "summary": summary, "history": [
+        {k: h[k] for k in ("round", "test_acc", "test_loss", "wall_s")} for h in history
+    ], "wall_s": round(time.perf_counter() - t0, 1)}
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    for junk in ("checkpoint.pt", "curves.png", "config.toml", "summary.json", "metrics.jsonl"):
+        (out_dir / junk).unlink(missing_ok=True)
+    out_dir.rmdir()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
+    ap.add_argument("--rounds", type=int, default=200)
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in args.runs.split(","):
+        if name not in RUNS:
+            raise SystemExit(f"unknown run {name!r}; choose from {', '.join(RUNS)}")
+        r = run(name, args.rounds)
+        print(f"{name:12s} final acc {r['summary']['final_test_acc']:.4f}  wall {r['wall_s']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
