@@ -22,7 +22,7 @@ A sweep file::
 Every path in a sweep file (``out``, ``model.init``, ``data.root``) is relative to the directory ``baffle sweep``
 runs from, like the paths of ``baffle run``. Pseudo-keys under ``sweep.`` are consumed here, not by ``Config`` (they may appear in base, grid or runs):
 
-* ``sweep.forward_budget = N``: forward-only runs get ``run.rounds = ceil(N / forward passes per client per
+* ``sweep.forward_budget = N``: forward-only runs get ``run.rounds = round(N / forward passes per client per
   round)``, so runs with different K or scheme cost the same client forward passes (the fair comparison).
 * ``sweep.evals = E``: ``run.eval_every = ceil(rounds / E)`` (about E evaluations whatever the rounds).
 
@@ -209,7 +209,7 @@ def make_config(spec: RunSpec, extra: list[str], where: str = "") -> Config:
             per_round = estimator.forward_passes(e.K, e.scheme)
             if cfg.run.method == "baffle_local":
                 per_round *= cfg.federation.local_steps
-            cfg.run.rounds = max(1, math.ceil(options["forward_budget"] / per_round))
+            cfg.run.rounds = max(1, round(options["forward_budget"] / per_round))  # nearest: equal cost within half a round
         if "evals" in options:
             cfg.run.eval_every = max(1, math.ceil(cfg.run.rounds / options["evals"]))
         cfg.validate()
