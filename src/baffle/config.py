@@ -24,10 +24,10 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     method: str = "baffle"  # baffle (forward-only, scalar uploads) | baffle_local | fedsgd | fedavg (backprop)
-    rounds: int = 400
+    rounds: int = 500
     seed: int = 0
-    eval_every: int = 20
-    checkpoint_every: int = 20
+    eval_every: int = 25
+    checkpoint_every: int = 25
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
 
@@ -62,7 +62,7 @@ class ModelConfig:
 
 @dataclass
 class EstimatorConfig:
-    K: int = 100
+    K: int = 50
     sigma: float = 1e-3
     scheme: str = "forward"  # forward (K+1 forwards) | central (twin-point, 2K forwards)
     engine: str = "batched"  # batched | loop
@@ -76,7 +76,7 @@ class EstimatorConfig:
 @dataclass
 class FederationConfig:
     clients_per_round: float = 1.0  # fraction in (0, 1], or an integer count > 1
-    batch_size: int = 32
+    batch_size: int = 8  # per client; ZO noise is dominated by directions, not data: small batches buy more rounds
     local_steps: int = 10  # baffle_local / fedavg: local steps per round
     local_lr: float = 0.01  # baffle_local / fedavg: client learning rate
     aggregator: str = "mean"
@@ -84,22 +84,35 @@ class FederationConfig:
     min_clients: int = 1  # quorum: a round with fewer valid uploads is skipped
     onnx_clients: float = 0.0  # clients that run ONNX Runtime + numpy only: fraction in [0, 1] or a count > 1
     onnx_precision: str = "float"  # ONNX clients' arithmetic: float | int8 (activations) | int8_weights
+    dropout_rate: float = 0.0  # probability a sampled client fails mid-round (seeded per round and client)
+    straggler_delay_s: float = 0.0  # mean simulated response time (exponential); 0 = instant
+    timeout_s: float = 0.0  # clients slower than this are dropped; 0 = wait for everyone
+    attack: str = "none"  # simulated Byzantine clients: none | scale_neg10 | scale_100 | noise | sign_flip
+    attack_fraction: float = 0.0  # fraction of all clients that are hostile (a fixed seeded set)
 
 
 @dataclass
 class OptimConfig:
     name: str = "adam"
-    lr: float = 0.01
+    lr: float = 0.1
     momentum: float = 0.9  # sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # adam
     weight_decay: float = 5e-4
     clip: float = 0.3  # infinity-norm clip of the gradient estimate; 0 disables
     milestones: list[int] = field(default_factory=list)  # rounds at which lr *= gamma
     gamma: float = 0.2
-    cosine: bool = False  # cosine decay of lr to 0 over the run (applied on top of milestones)
+    cosine: bool = True  # cosine decay of lr to 0 over the run (applied on top of milestones)
     warmup: int = 0  # rounds of linear lr warmup from lr/warmup to lr; 0 disables
-    ema_decay: float = 0.0  # EMA of weights used for evaluation; 0 disables
+    ema_decay: float = 0.98  # EMA of weights used for evaluation; 0 disables
     ema_every: int = 1  # rounds between EMA updates
+
+
+@dataclass
+class PrivacyConfig:
+    mode: str = "none"  # none | local (clients clip + noise before upload) | central (server, on the sum)
+    clip: float = 0.01  # L2 bound C of each client's K-vector (||dL|| ~ sigma * |grad| * sqrt(K))
+    noise_multiplier: float = 1.0  # z: Gaussian noise std = z * C per coordinate
+    delta: float = 1e-5  # epsilon is reported at this delta
 
 
 @dataclass
@@ -110,6 +123,7 @@ class Config:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -131,6 +145,8 @@ class Config:
             text = path.read_text()
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}): TOML files are UTF-8") from None
         try:
             return cls.from_dict(tomllib.loads(text))
         except tomllib.TOMLDecodeError as e:
@@ -180,6 +196,7 @@ class Config:
         from baffle.models import ACTIVATIONS, MODEL_ALIASES, MODEL_NAMES, NORMS
 
         r, d, m, e, f, o = self.run, self.data, self.model, self.estimator, self.federation, self.optim
+        _check_types_and_finite(self)
         _choice("run.method", r.method, METHODS)
         _positive("run.rounds", r.rounds)
         _nonneg("run.seed", r.seed)
@@ -213,7 +230,9 @@ class Config:
         _choice("model.name", m.name, MODEL_NAMES + tuple(MODEL_ALIASES))
         _choice("model.activation", m.activation, ACTIVATIONS)
         _choice("model.norm", m.norm, NORMS)
-        if m.init and not Path(m.init).is_file():
+        if o.gamma <= 0:
+            raise ConfigError(f"optim.gamma must be > 0 (lr multiplier at each milestone), got {o.gamma}")
+        if m.init and ("\0" in m.init or not Path(m.init).is_file()):
             raise ConfigError(f"model.init={m.init!r}: no such file")
         from baffle.adapters import ADAPTERS, LORA_PATTERN
 
@@ -256,6 +275,7 @@ class Config:
         if not 0 <= f.trim_fraction < 0.5:
             raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {f.trim_fraction}")
         _positive("federation.min_clients", f.min_clients)
+        _validate_faults_and_privacy(self)
         _choice("optim.name", o.name, OPTIMIZERS)
         if not o.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
@@ -274,6 +294,62 @@ class Config:
         if any(not isinstance(x, int) or x < 1 for x in o.milestones):
             raise ConfigError(f"optim.milestones must be positive round numbers, got {o.milestones}")
         return self
+
+
+def _check_types_and_finite(cfg: "Config") -> None:
+    """No NaN or infinity anywhere, and list items of the expected kind: comparisons with NaN are all False,
+    so a NaN would slip through every range check below."""
+    import math
+
+    for section in cfg.sections():
+        sub = getattr(cfg, section)
+        default = type(sub)()
+        for fld in dataclasses.fields(sub):
+            value = getattr(sub, fld.name)
+            key = f"{section}.{fld.name}"
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in items):
+                raise ConfigError(f"{key} must be finite, got {value}")
+            kinds = {type(x) for x in getattr(default, fld.name)} if isinstance(value, list) else set()
+            if isinstance(value, list) and fld.name == "trainable":
+                kinds = {str}
+            if kinds:  # lists whose default shows the item kind (an empty default list is checked elsewhere)
+                numeric = kinds <= {int, float}
+                for x in value:
+                    ok = (isinstance(x, (int, float)) and not isinstance(x, bool)) if numeric else isinstance(x, tuple(kinds))
+                    if not ok:
+                        raise ConfigError(f"{key} items must be {'numbers' if numeric else 'strings'}, got {x!r} in {value}")
+
+
+def _validate_faults_and_privacy(cfg: "Config") -> None:
+    from baffle.attacks import ATTACKS
+    from baffle.privacy import MODES
+
+    f, p = cfg.federation, cfg.privacy
+    for key, value in (("dropout_rate", f.dropout_rate), ("attack_fraction", f.attack_fraction)):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"federation.{key} must be in [0, 1], got {value}")
+    for key, value in (("straggler_delay_s", f.straggler_delay_s), ("timeout_s", f.timeout_s)):
+        if not (value >= 0 and value != float("inf")):
+            raise ConfigError(f"federation.{key} must be a finite number of seconds >= 0, got {value}")
+    _choice("federation.attack", f.attack, ATTACKS)
+    if f.attack != "none" and cfg.run.method != "baffle":
+        raise ConfigError(f"federation.attack={f.attack!r} corrupts scalar uploads: it needs run.method='baffle'")
+    _choice("privacy.mode", p.mode, MODES)
+    if p.mode != "none":
+        if cfg.run.method != "baffle":
+            raise ConfigError(f"privacy.mode={p.mode!r} privatizes scalar uploads: it needs run.method='baffle'")
+        if not (0 < p.clip < float("inf")):
+            raise ConfigError(f"privacy.clip must be a finite number > 0, got {p.clip}")
+        if not (0 <= p.noise_multiplier < float("inf")):
+            raise ConfigError(f"privacy.noise_multiplier must be a finite number >= 0, got {p.noise_multiplier}")
+        if not 0 < p.delta < 1:
+            raise ConfigError(f"privacy.delta must be in (0, 1), got {p.delta}")
+        if p.mode == "central" and f.aggregator != "mean":
+            raise ConfigError(
+                f"privacy.mode='central' calibrates noise to a clipped sum: it needs federation.aggregator='mean', "
+                f"got {f.aggregator!r} (use privacy.mode='local' with a robust aggregator)"
+            )
 
 
 def _validate_inference_clients(cfg: "Config") -> None:

@@ -70,13 +70,22 @@ class Upload:
         return UPLOAD_HEADER.pack(self.client_id, self.round, self.num_samples, len(diffs)) + diffs.tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Upload":
+    def from_bytes(cls, data: bytes, expected_k: int | None = None) -> "Upload":
+        """Decode a wire message; anything that is not exactly one well-formed upload is a MessageError.
+
+        Only the framing is checked here; what the values mean (round, sender, finiteness, magnitude) is
+        checked by ``ServerStrategy.validate`` like any other upload."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MessageError(f"upload must be bytes, got {type(data).__name__}")
+        data = bytes(data)
         if len(data) < UPLOAD_HEADER.size:
             raise MessageError(f"upload is {len(data)} bytes, shorter than its {UPLOAD_HEADER.size}-byte header")
         client_id, rnd, num_samples, k = UPLOAD_HEADER.unpack_from(data)
         expected = UPLOAD_HEADER.size + 4 * k
         if len(data) != expected:
             raise MessageError(f"upload declares K={k} ({expected} bytes) but is {len(data)} bytes")
+        if expected_k is not None and k != expected_k:
+            raise MessageError(f"upload carries K={k} loss differences, this round expects {expected_k}")
         diffs = np.frombuffer(data, dtype="<f4", offset=UPLOAD_HEADER.size).astype(np.float32)
         return cls(client_id=client_id, round=rnd, loss_diffs=diffs, num_samples=num_samples)
 

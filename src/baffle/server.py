@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import checkpoint, estimator
+from baffle import attacks, checkpoint, estimator, faults, privacy
 from baffle.baselines import BPClient
 from baffle.client import Client, load_weights
 from baffle.config import Config
@@ -103,6 +104,11 @@ class Counters:
     wall_s: float = 0.0
     rejected: int = 0
     skipped_rounds: int = 0
+    answered: int = 0  # client uploads received in time (all rounds)
+    failed: int = 0  # sampled clients that failed mid-round
+    timed_out: int = 0  # sampled clients dropped for exceeding federation.timeout_s
+    sim_time_s: float = 0.0  # simulated waiting time of the server (straggler model)
+    rejected_by_reason: dict = field(default_factory=dict)  # rejection code -> count
 
 
 @dataclass
@@ -181,6 +187,25 @@ class RoundRunner:
 
     def __init__(self, fed: Federation):
         self.fed = fed
+        cfg = fed.cfg
+        self.attackers = attacks.attacker_ids(cfg.data.num_clients, cfg.federation.attack_fraction, cfg.run.seed)
+        self.ledger = make_ledger(cfg)
+        self.last: RoundResult | None = None
+
+    def availability(self, sampled: list[int], round_idx: int) -> faults.Availability:
+        """Which sampled clients answer this round: decided before any upload is computed."""
+        f = self.fed.cfg.federation
+        return faults.availability(sampled, round_idx, self.fed.cfg.run.seed, f.dropout_rate, f.straggler_delay_s, f.timeout_s)
+
+    def postprocess(self, uploads: list[Upload], round_idx: int) -> list[Upload]:
+        """What actually leaves the clients: local DP noise (honest clients), then Byzantine corruption.
+
+        Applied to computed Upload objects, so it holds for every way of computing them."""
+        cfg = self.fed.cfg
+        p, f = cfg.privacy, cfg.federation
+        if p.mode == "local":
+            uploads = [privacy.privatize_upload(u, p.clip, p.noise_multiplier, cfg.run.seed) for u in uploads]
+        return attacks.apply_attack(uploads, f.attack, self.attackers, cfg.run.seed, round_idx)
 
     def client_uploads(self, sampled: list[int], round_idx: int) -> list[Upload]:
         """All sampled clients answer the round's plan (the client model holds the global weights)."""
@@ -202,25 +227,32 @@ class RoundRunner:
     def run_round(self, round_idx: int) -> RoundResult:
         fed, cfg, c = self.fed, self.fed.cfg, self.fed.counters
         strategy = fed.strategy
-        sampled = sample_clients(cfg, round_idx)
+        all_sampled = sample_clients(cfg, round_idx)
+        avail = self.availability(all_sampled, round_idx)
+        sampled = avail.answered  # from here on only the clients that answer do any work
+        if self.ledger is not None:
+            self.ledger.record(sampled)
         method = cfg.run.method
         weights = strategy.global_weights()
         for client_model in {id(cl.model): cl.model for cl in fed.clients if hasattr(cl, "model")}.values():
             load_weights(client_model, weights)  # the shared torch model (ONNX clients have none)
         bs = cfg.federation.batch_size
-        if method == "baffle":
-            uploads = self.client_uploads(sampled, round_idx)
-            ok, rejected = strategy.validate(uploads, round_idx, set(sampled))
+        if not sampled:
+            log.warning("round %d skipped: none of the %d sampled clients answered", round_idx, len(all_sampled))
+            result = RoundResult(round_idx, 0, skipped=True)
+        elif method == "baffle":
+            uploads = self.postprocess(self.client_uploads(sampled, round_idx), round_idx)
+            ok, rejected = strategy.validate(uploads, round_idx, set(all_sampled))
             fp = estimator.forward_passes(cfg.estimator.K, cfg.estimator.scheme)
-            c.forward_passes += fp * len(uploads)
-            c.forward_samples += fp * sum(u.num_samples for u in uploads)
-            c.upload_bytes += sum(u.nbytes for u in uploads)
+            c.forward_passes += fp * len(sampled)
+            c.forward_samples += fp * sum(u.num_samples for u in ok)
+            c.upload_bytes += sum(u.nbytes for u in uploads if isinstance(u, Upload))
             result = RoundResult(round_idx, len(ok), rejected)
             if len(ok) < cfg.federation.min_clients:
                 log.warning("round %d skipped: %d valid uploads < min_clients=%d", round_idx, len(ok), cfg.federation.min_clients)
                 result.skipped = True
             else:
-                result.grad_norm = strategy.apply_loss_diffs(round_idx, strategy.aggregate_diffs(ok))
+                result.grad_norm = strategy.apply_loss_diffs(round_idx, strategy.aggregate_diffs(ok, round_idx))
         elif method == "fedsgd":
             grads, counts = zip(*(fed.clients[i].gradient(None) for i in sampled))
             w = np.array(counts, dtype=np.float64) / sum(counts)
@@ -247,9 +279,28 @@ class RoundRunner:
             c.upload_bytes += sum(u.nbytes for u in ups)
             strategy.apply_weights(round_idx, ups)
             result = RoundResult(round_idx, len(ups))
+        result.sampled, result.answered = len(all_sampled), len(sampled)
+        result.failed, result.timed_out, result.round_time_s = len(avail.failed), len(avail.timed_out), avail.round_time_s
         c.rejected += len(result.rejected)
         c.skipped_rounds += int(result.skipped)
+        c.answered += len(sampled)
+        c.failed += len(avail.failed)
+        c.timed_out += len(avail.timed_out)
+        c.sim_time_s += avail.round_time_s
+        for rej in result.rejected:
+            c.rejected_by_reason[rej.code] = c.rejected_by_reason.get(rej.code, 0) + 1
+        self.last = result
         return result
+
+
+def make_ledger(cfg: Config) -> privacy.PrivacyLedger | None:
+    p = cfg.privacy
+    if p.mode == "none":
+        return None
+    n = cfg.data.num_clients
+    c = cfg.federation.clients_per_round
+    m = min(n, int(c) if c > 1 else max(1, int(round(c * n))))
+    return privacy.PrivacyLedger(p.mode, p.noise_multiplier, p.delta, n, m)
 
 
 def per_round_costs(cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
@@ -299,10 +350,45 @@ class Simulation:
             cl.load_state_dict(st)
         self.fed.counters = Counters(**state["counters"])
         self.start_round = state["round"]
+        self._replay_ledger()
+        self._truncate_metrics()
+
+    def _replay_ledger(self) -> None:
+        """Rebuild the privacy ledger of the rounds already done (answering sets are pure functions)."""
+        ledger = self.runner.ledger
+        if ledger is None:
+            return
+        for r in range(self.start_round):
+            ledger.record(self.runner.availability(sample_clients(self.cfg, r), r).answered)
+
+    def _truncate_metrics(self) -> None:
+        """Drop evaluations written after the checkpoint (they will be redone) and a torn last line."""
+        assert self.out is not None
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():  # drop evaluations written after the checkpoint: they will be redone
-            keep = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["round"] <= self.start_round]
-            checkpoint.atomic_write_bytes(metrics, ("\n".join(keep) + "\n").encode() if keep else b"")
+        if not metrics.exists():
+            return
+        keep = []
+        for ln in metrics.read_text().splitlines():
+            try:
+                row = json.loads(ln)
+            except json.JSONDecodeError:  # a line cut by a crash mid-append: its round was not checkpointed
+                continue
+            if isinstance(row, dict) and row.get("round", 0) <= self.start_round:
+                keep.append(ln)
+        checkpoint.atomic_write_bytes(metrics, ("\n".join(keep) + "\n").encode() if keep else b"")
+
+    def resume_or_start(self) -> bool:
+        """``--resume``: continue from the checkpoint; a run killed before its first checkpoint starts over.
+
+        Returns True when a checkpoint was loaded. A checkpoint that exists but is truncated or corrupted
+        raises CheckpointError naming the file: it is never silently replaced."""
+        assert self.out is not None
+        if (self.out / CHECKPOINT_NAME).exists():
+            self.resume()
+            return True
+        self.start_round = 0
+        self._truncate_metrics()
+        return False
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self, rounds_done: int) -> dict:
@@ -327,9 +413,38 @@ class Simulation:
             "total_upload_bytes": c.upload_bytes,
             "rejected_uploads": c.rejected,
             "skipped_rounds": c.skipped_rounds,
+            "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
+            "answered_uploads": c.answered,
+            "failed_clients": c.failed,
+            "timed_out_clients": c.timed_out,
+            "sim_wait_s": round(c.sim_time_s, 3),
+            **self._last_round_metrics(),
+            **self._privacy_metrics(),
             "lr": fed.strategy.optimizer.param_groups[0]["lr"],
             "wall_s": round(c.wall_s, 3),
         }
+
+    def _last_round_metrics(self) -> dict:
+        last = self.runner.last
+        if last is None:
+            return {}
+        reasons: dict[str, int] = {}
+        for rej in last.rejected:
+            reasons[rej.code] = reasons.get(rej.code, 0) + 1
+        return {
+            "round_sampled": last.sampled,
+            "round_answered": last.answered,
+            "round_accepted": last.accepted,
+            "round_rejected_by_reason": reasons,
+            "round_skipped": last.skipped,
+        }
+
+    def _privacy_metrics(self) -> dict:
+        ledger = self.runner.ledger
+        if ledger is None:
+            return {}
+        eps = ledger.epsilon()
+        return {"privacy_mode": ledger.mode, "epsilon": eps if eps != float("inf") else None, "delta": ledger.delta}
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
@@ -338,6 +453,7 @@ class Simulation:
         cfg = self.cfg
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
+            checkpoint.remove_stale_temps(self.out)  # debris of a writer killed mid-write (we are the only writer)
             checkpoint.atomic_write_bytes(self.out / "config.toml", cfg.to_toml().encode())
         history = self._read_metrics()
         bar = _progress(cfg.run.rounds, self.start_round, self.progress, cfg.run.method)
@@ -356,7 +472,10 @@ class Simulation:
             if bar is not None:
                 bar.update(1)
                 if last is not None:
-                    bar.set_postfix(acc=f"{last['test_acc']:.4f}", fwd=_si(self.fed.counters.forward_passes), refresh=False)
+                    post = {"acc": f"{last['test_acc']:.4f}", "fwd": _si(self.fed.counters.forward_passes)}
+                    if last.get("epsilon") is not None:  # from the last evaluation: the accountant is not free
+                        post["eps"] = f"{last['epsilon']:.3g}"
+                    bar.set_postfix(post, refresh=False)
         if bar is not None:
             bar.close()
         summary = make_summary(cfg, history, self.fed.counters)
@@ -375,6 +494,8 @@ class Simulation:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the checkpoint that covers this round
 
 
 def make_summary(cfg: Config, history: list[dict], c: Counters) -> dict:
@@ -393,6 +514,9 @@ def make_summary(cfg: Config, history: list[dict], c: Counters) -> dict:
         "total_backward_passes": c.backward_passes,
         "rejected_uploads": c.rejected,
         "skipped_rounds": c.skipped_rounds,
+        "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
+        "answered_uploads": c.answered,
+        "epsilon": history[-1].get("epsilon") if history else None,
         "wall_s": round(c.wall_s, 2),
     }
 

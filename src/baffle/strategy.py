@@ -26,10 +26,29 @@ log = logging.getLogger("baffle")
 MAX_ABS_LOSS_DIFF = 1e4
 
 
+# Rejection codes: the per-reason counters in metrics.jsonl use these keys.
+REJECT_CODES = (
+    "malformed",  # not an Upload / undecodable bytes
+    "bad_client_id",
+    "unknown_sender",
+    "duplicate",
+    "bad_round",  # round id of the wrong type
+    "stale_round",
+    "future_round",
+    "wrong_type",  # loss_diffs not a numpy array
+    "wrong_dtype",
+    "wrong_length",
+    "non_finite",
+    "magnitude",
+    "bad_sample_count",
+)
+
+
 @dataclass
 class Rejection:
     client_id: int
     reason: str
+    code: str = "malformed"  # one of REJECT_CODES
 
 
 @dataclass
@@ -41,6 +60,11 @@ class RoundResult:
     rejected: list[Rejection] = field(default_factory=list)
     skipped: bool = False
     grad_norm: float = 0.0
+    sampled: int = 0
+    answered: int = 0  # sampled clients that uploaded in time (the rest failed or timed out)
+    failed: int = 0
+    timed_out: int = 0
+    round_time_s: float = 0.0  # simulated time the server waited (straggler model)
 
 
 class EMA:
@@ -133,19 +157,45 @@ class ServerStrategy:
         seen: set[int] = set()
         K = self.cfg.estimator.K
         for u in uploads:
-            reason = upload_problem(u, round_idx, K, expected, seen)
-            if reason:
-                log.warning("round %d: rejected upload from client %s: %s", round_idx, getattr(u, "client_id", "?"), reason)
-                rejected.append(Rejection(int(getattr(u, "client_id", -1)), reason))
+            problem = upload_check(u, round_idx, K, expected, seen, max_samples=self.cfg.federation.batch_size)
+            if problem:
+                code, reason = problem
+                cid = getattr(u, "client_id", -1)
+                log.warning("round %d: rejected upload from client %r [%s]: %s", round_idx, cid, code, reason)
+                rejected.append(Rejection(int(cid) if _is_int(cid) else -1, reason, code))
             else:
                 seen.add(u.client_id)
                 ok.append(u)
         return ok, rejected
 
+    def validate_bytes(
+        self, blobs: Sequence[bytes], round_idx: int, expected: set[int] | None = None
+    ) -> tuple[list[Upload], list[Rejection]]:
+        """Decode wire uploads and validate them; undecodable ones are rejected as "malformed"."""
+        from baffle.messages import MessageError
+
+        decoded: list[Upload] = []
+        rejected: list[Rejection] = []
+        for blob in blobs:
+            try:
+                decoded.append(Upload.from_bytes(blob))  # a wrong K is reported as wrong_length below
+            except MessageError as e:
+                log.warning("round %d: rejected undecodable upload [malformed]: %s", round_idx, e)
+                rejected.append(Rejection(-1, str(e), "malformed"))
+        ok, bad = self.validate(decoded, round_idx, expected)
+        return ok, rejected + bad
+
     # ---- updates ------------------------------------------------------------------------------
-    def aggregate_diffs(self, uploads: Sequence[Upload]) -> np.ndarray:
-        f = self.cfg.federation
+    def aggregate_diffs(self, uploads: Sequence[Upload], round_idx: int | None = None) -> np.ndarray:
+        """The round's K-vector from VALIDATED uploads (central DP, when on, clips, sums and noises here)."""
+        f, p = self.cfg.federation, self.cfg.privacy
         vectors = np.stack([np.asarray(u.loss_diffs, dtype=np.float32) for u in uploads])
+        if p.mode == "central":
+            if round_idx is None:  # the noise is seeded per round; reusing one seed would correlate it
+                raise ValueError("privacy.mode='central' needs aggregate_diffs(uploads, round_idx)")
+            from baffle import privacy
+
+            return privacy.central_mean(vectors, p.clip, p.noise_multiplier, self.cfg.run.seed, round_idx)
         weights = np.array([u.num_samples for u in uploads], dtype=np.float64)
         return aggregation.aggregate(vectors, weights, f.aggregator, f.trim_fraction)
 
@@ -209,29 +259,51 @@ class ServerStrategy:
             self.ema.load_state_dict(state["ema"])
 
 
-def upload_problem(u: object, round_idx: int, K: int, expected: set[int] | None, seen: set[int]) -> str | None:
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def upload_problem(
+    u: object, round_idx: int, K: int, expected: set[int] | None, seen: set[int], max_samples: int | None = None
+) -> str | None:
     """Why an upload must be rejected, or None. Checked before anything touches the model."""
+    problem = upload_check(u, round_idx, K, expected, seen, max_samples)
+    return problem[1] if problem else None
+
+
+def upload_check(
+    u: object, round_idx: int, K: int, expected: set[int] | None, seen: set[int], max_samples: int | None = None
+) -> tuple[str, str] | None:
+    """(code, human-readable reason) for a bad upload, or None; codes are REJECT_CODES.
+
+    ``max_samples`` (the round's batch size) bounds the claimed sample count: the count weights the mean,
+    so an unbounded claim would let one client outvote all the others.
+    """
     if not isinstance(u, Upload):
-        return f"not an Upload message ({type(u).__name__})"
-    if not isinstance(u.client_id, (int, np.integer)) or u.client_id < 0:
-        return f"invalid client id {u.client_id!r}"
+        return "malformed", f"not an Upload message ({type(u).__name__})"
+    if not _is_int(u.client_id) or u.client_id < 0:
+        return "bad_client_id", f"invalid client id {u.client_id!r}"
     if expected is not None and u.client_id not in expected:
-        return f"unknown or unsampled sender {u.client_id}"
+        return "unknown_sender", f"unknown or unsampled sender {u.client_id}"
     if u.client_id in seen:
-        return f"duplicate upload from client {u.client_id}"
+        return "duplicate", f"duplicate upload from client {u.client_id}"
+    if not _is_int(u.round):
+        return "bad_round", f"round id {u.round!r} is not an integer"
     if u.round != round_idx:
-        return f"{'stale' if u.round < round_idx else 'future'} round id {u.round} (current round {round_idx})"
+        code = "stale_round" if u.round < round_idx else "future_round"
+        return code, f"{code.split('_')[0]} round id {u.round} (current round {round_idx})"
     arr = u.loss_diffs
     if not isinstance(arr, np.ndarray):
-        return f"loss_diffs is a {type(arr).__name__}, not a numpy array"
+        return "wrong_type", f"loss_diffs is a {type(arr).__name__}, not a numpy array"
     if arr.dtype != np.float32:
-        return f"loss_diffs dtype {arr.dtype}, expected float32"
+        return "wrong_dtype", f"loss_diffs dtype {arr.dtype}, expected float32"
     if arr.shape != (K,):
-        return f"loss_diffs has shape {arr.shape}, expected ({K},)"
+        return "wrong_length", f"loss_diffs has shape {arr.shape}, expected ({K},)"
     if not np.isfinite(arr).all():
-        return "loss_diffs contains NaN or inf"
+        return "non_finite", "loss_diffs contains NaN or inf"
     if np.abs(arr).max(initial=0.0) > MAX_ABS_LOSS_DIFF:
-        return f"loss_diffs magnitude {float(np.abs(arr).max()):.3g} exceeds {MAX_ABS_LOSS_DIFF:g}"
-    if not isinstance(u.num_samples, (int, np.integer)) or u.num_samples < 1:
-        return f"invalid sample count {u.num_samples!r}"
+        return "magnitude", f"loss_diffs magnitude {float(np.abs(arr).max()):.3g} exceeds {MAX_ABS_LOSS_DIFF:g}"
+    if not _is_int(u.num_samples) or u.num_samples < 1 or (max_samples is not None and u.num_samples > max_samples):
+        bound = f" (round batch size {max_samples})" if max_samples is not None else ""
+        return "bad_sample_count", f"invalid sample count {u.num_samples!r}{bound}"
     return None
