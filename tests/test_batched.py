@@ -79,7 +79,7 @@ def test_chunking_by_memory_budget_gives_the_same_answer():
     seeds = noise.round_seeds(5, 0, 13)
     results, chunks = [], []
     for mb in (1, 40, 512):
-        eng = BatchedEngine(mb)
+        eng = BatchedEngine(mb, cache_bytes=2**40)
         results.append(eng(model, params, x, y, seeds, 1e-3, "forward"))
         chunks.append(eng.last_chunk)
     assert chunks[0] < chunks[1] < chunks[2], chunks  # the budget really sets the chunk size

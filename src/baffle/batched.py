@@ -69,7 +69,11 @@ _BINARY_FUNCTIONS: dict[Any, Callable[[Any, Any], Any]] = {
 _PER_CHANNEL_METHODS = frozenset({"relu", "sigmoid", "tanh", "contiguous"})
 
 MIN_CHUNK = 1
-MAX_CHUNK = 128  # beyond this the GEMMs are as large as they get useful on a CPU; more only costs memory
+MAX_CHUNK = 64
+# Members per chunk are also limited so that one layer's input+output for the whole chunk stays within
+# about this many bytes (a last-level cache): bigger chunks were measured slower here, because the
+# norm/activation/pooling passes then stream from DRAM (see docs/performance.md).
+CACHE_BYTES = 32 * 2**20
 
 
 class Unsupported(Exception):
@@ -123,15 +127,16 @@ class _Program:
                     self.batch_stats = True
             elif n.op == "get_attr":
                 raise Unsupported(f"model reads attribute {n.target!r} directly in forward")
-        self._activation_per_sample: dict[tuple[int, ...], int] = {}
+        self._activation_per_sample: dict[tuple[int, ...], tuple[int, int]] = {}
 
     # ---- memory -------------------------------------------------------------------------------
-    def activation_floats_per_sample(self, model: nn.Module, sample_shape: tuple[int, ...]) -> int:
-        """Largest (inputs + output + conv workspace) floats any one layer touches, per sample."""
+    def activation_floats_per_sample(self, model: nn.Module, sample_shape: tuple[int, ...]) -> tuple[int, int]:
+        """Per sample, the largest (inputs + output) floats any one layer touches, and the same including
+        an im2col-sized convolution workspace (a conservative bound for the memory budget)."""
         if sample_shape in self._activation_per_sample:
             return self._activation_per_sample[sample_shape]
         sizes: dict[torch.fx.Node, int] = {}
-        peak = int(math.prod(sample_shape))
+        peak = io_peak = int(math.prod(sample_shape))
         with torch.inference_mode():
             env: dict[torch.fx.Node, Any] = {}
             for n in self.nodes:
@@ -158,8 +163,9 @@ class _Program:
                         kk = math.prod(conv.kernel_size)
                         work = (conv.in_channels * kk) * (out.shape[-1] * out.shape[-2])  # im2col buffer
                     peak = max(peak, ins + sizes[n] + work)
-        self._activation_per_sample[sample_shape] = peak
-        return peak
+                    io_peak = max(io_peak, ins + sizes[n])
+        self._activation_per_sample[sample_shape] = (io_peak, peak)
+        return io_peak, peak
 
     # ---- the batched forward ------------------------------------------------------------------
     def run(self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor]) -> _Value:
@@ -215,6 +221,8 @@ class _Program:
             if m.training and m.p > 0:
                 raise Unsupported("dropout in training mode is random per forward")
             return v
+        if type(m) is nn.MaxPool2d and _is_tiling_pool(m):
+            return _Value(_tiling_max_pool2d(v.t, m.kernel_size), v.batched)
         if type(m) in _PER_CHANNEL_MODULES:
             if getattr(m, "return_indices", False):
                 raise Unsupported("pooling with return_indices")
@@ -298,6 +306,56 @@ def _check_params_shared(m: nn.Module, weights: dict) -> None:
         raise Unsupported(f"perturbed parameters in {type(m).__name__}")
 
 
+def _is_tiling_pool(m: nn.MaxPool2d) -> bool:
+    """A max-pool whose windows tile the input (kernel == stride, no padding/dilation/indices)."""
+    k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
+    return k == s and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.return_indices
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _tiling_max_pool2d(t: torch.Tensor, kernel: Any) -> torch.Tensor:
+    """Max-pool with non-overlapping windows as an elementwise max of k*k strided views.
+
+    Bit-identical to ``F.max_pool2d`` (a max is exact) and, measured on this project's CPU, over 10x
+    faster than torch's NCHW pooling kernel on the wide (B, P*C, H, W) tensors of a chunk
+    (benchmarks/bench_client.py, docs/performance.md).
+    """
+    kh, kw = _pair(kernel)
+    H, W = t.shape[-2] - t.shape[-2] % kh, t.shape[-1] - t.shape[-1] % kw  # floor mode drops the border
+    out: torch.Tensor | None = None
+    for i in range(kh):
+        for j in range(kw):
+            view = t[..., i:H:kh, j:W:kw]
+            out = view.clone() if out is None else torch.maximum(out, view, out=out)
+    assert out is not None
+    return out
+
+
+# Largest im2col buffer (bytes) the shared-input convolution may build; above it, use the direct conv.
+_UNFOLD_LIMIT = 64 * 2**20
+
+
+def _shared_input_conv(m: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Convolution of one shared input with P*C_out filters: im2col once, then one wide GEMM per sample.
+
+    The first layer typically has very few input channels (1 or 3), where the direct convolution kernel
+    is far from peak; the GEMM (P*C_out x C_in*k*k) @ (C_in*k*k x H*W) is not. Same values as
+    ``F.conv2d`` up to float32 summation order.
+    """
+    B = x.shape[0]
+    kh, kw = _pair(m.kernel_size)
+    cols = F.unfold(x, (kh, kw), dilation=m.dilation, padding=m.padding, stride=m.stride)  # (B, Cin*kh*kw, L)
+    Ho = (x.shape[-2] + 2 * _pair(m.padding)[0] - _pair(m.dilation)[0] * (kh - 1) - 1) // _pair(m.stride)[0] + 1
+    Wo = cols.shape[-1] // Ho
+    out = torch.matmul(w.reshape(-1, cols.shape[1]), cols)  # (B, P*Cout, L)
+    if bias is not None:
+        out += bias.view(1, -1, 1)
+    return out.view(B, -1, Ho, Wo)
+
+
 def _conv2d(m: nn.Conv2d, v: _Value, P: int, weights: dict) -> _Value:
     if m.padding_mode != "zeros":
         raise Unsupported(f"conv padding_mode={m.padding_mode!r}")
@@ -308,12 +366,17 @@ def _conv2d(m: nn.Conv2d, v: _Value, P: int, weights: dict) -> _Value:
     assert w is not None
     bias = b.reshape(-1) if b is not None else None
     if not v.batched and w_pert:  # shared input: one convolution with P*C_out output channels
+        kk = math.prod(_pair(m.kernel_size))
+        if m.groups == 1 and not isinstance(m.padding, str) and v.t.numel() * kk * 4 <= _UNFOLD_LIMIT:
+            return _Value(_shared_input_conv(m, v.t, w, bias), True)
         out = F.conv2d(v.t, w.reshape(-1, *m.weight.shape[1:]), bias, m.stride, m.padding, m.dilation, m.groups)
         return _Value(out, True)
     if not v.batched:  # only the bias differs
         out = F.conv2d(v.t, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
         out = _lift(out, P)
         return _Value(out + bias.view(1, -1, 1, 1), True)  # type: ignore[union-attr]
+    # per-member input: a grouped convolution, one group per member (measured no slower than P separate
+    # convolutions at small P, and much faster with 2 threads, where each call costs a thread barrier)
     out = F.conv2d(v.t, w.reshape(-1, *m.weight.shape[1:]), bias, m.stride, m.padding, m.dilation, m.groups * P)
     return _Value(out, True)
 
@@ -407,13 +470,14 @@ def _per_sample_losses(logits: torch.Tensor, y: torch.Tensor, P: int, loss_fn: L
 class BatchedEngine:
     """Callable with the signature of ``estimator.loss_differences``; see the module docstring."""
 
-    def __init__(self, max_memory_mb: int = 512, max_chunk: int = MAX_CHUNK):
+    def __init__(self, max_memory_mb: int = 512, max_chunk: int = MAX_CHUNK, cache_bytes: int = CACHE_BYTES):
         if not isinstance(max_memory_mb, int) or isinstance(max_memory_mb, bool) or max_memory_mb < 1:
             raise ValueError(f"max_memory_mb must be a positive integer, got {max_memory_mb!r}")
         if max_chunk < 1:
             raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
         self.max_memory_mb = max_memory_mb
         self.max_chunk = max_chunk
+        self.cache_bytes = cache_bytes
         self._programs: weakref.WeakKeyDictionary[nn.Module, _Program | str] = weakref.WeakKeyDictionary()
         self.last_chunk = 0  # members per chunk of the last call (for benchmarks and tests)
 
@@ -477,11 +541,12 @@ class BatchedEngine:
         prog = self._program(model)
         if not isinstance(prog, _Program):
             return 1
-        act = prog.activation_floats_per_sample(model, tuple(sample_shape))
-        per_member = 4 * (3 * n + 2 * act * batch)  # directions + weights (+ slack) + in/out activations
+        io, act = prog.activation_floats_per_sample(model, tuple(sample_shape))
+        per_member = 4 * (3 * n + 2 * act * batch)  # directions + weights (+ slack) + activations, workspace
         budget = self.max_memory_mb * 2**20
-        P = max(MIN_CHUNK, min(self.max_chunk, total, budget // max(per_member, 1)))
-        return int(P)
+        by_memory = budget // max(per_member, 1)
+        by_cache = self.cache_bytes // max(4 * io * batch, 1)
+        return int(max(MIN_CHUNK, min(self.max_chunk, total, by_memory, by_cache)))
 
     # ---- internals ----------------------------------------------------------------------------
     def _program(self, model: nn.Module) -> _Program | str:
