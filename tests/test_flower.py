@@ -78,7 +78,8 @@ def test_replica_mismatch_falls_back_to_weights(tmp_path, monkeypatch):
     real = server_core.weights_digest
     calls = {"n": 0}
 
-    def flaky(state):  # the server's digest for round 2 plans is wrong once: nodes must refuse, then recover
+    def flaky(state):  # the 3rd digest computed (a node checking its replica in round 0) comes out wrong once:
+        # that node must refuse the round (error reply), and the server must fall back to sending it weights
         calls["n"] += 1
         return b"x" * 32 if calls["n"] == 3 else real(state)
 
