@@ -6,7 +6,9 @@
 #
 #   -n NODES       SuperNodes to start (default 2); partition-id 0..N-1, num-partitions N
 #   -p PORT        SuperLink HTTP port (Fleet + Control API; default 9093); SuperNodes use PORT+1..PORT+N
-#   --tls          self-signed CA + server certificate (openssl), SuperLink over TLS, nodes verify it
+#   --tls          self-signed CA + server certificate (python cryptography), SuperLink over TLS
+#   --auth         SuperNode authentication (implies --tls): one ECDSA key pair per node, public keys
+#                  registered with `flwr supernode register`, SuperLink started with --enable-supernode-auth
 #   --fail P:R     node with partition P raises at (0-based) round R: a dropout test
 #   after --       passed to `flwr run`, e.g. -- -c 'num-server-rounds=3 estimator-k=20'
 #
@@ -19,12 +21,14 @@ BIN="${FLWR_BIN:-$REPO/.venv/bin}"
 NODES=2
 PORT=9093
 TLS=0
+AUTH=0
 FAIL=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -n) NODES="$2"; shift 2 ;;
     -p) PORT="$2"; shift 2 ;;
     --tls) TLS=1; shift ;;
+    --auth) TLS=1; AUTH=1; shift ;;
     --fail) FAIL="$2"; shift 2 ;;
     --) shift; break ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
@@ -60,25 +64,32 @@ trap cleanup EXIT INT TERM
 LINK_TLS=(--insecure); NODE_TLS=(--insecure); ROOT_CERT=()
 if [[ $TLS -eq 1 ]]; then
   CERTS="$FLWR_HOME/certs"; mkdir -p "$CERTS"
-  "$BIN/python" -m baffle.flower.certs "$CERTS" >/dev/null
+  "$BIN/python" -m baffle.flower.certs "$CERTS" "$NODES" >/dev/null
   LINK_TLS=(--ssl-ca-certfile "$CERTS/ca.crt" --ssl-certfile "$CERTS/server.pem" --ssl-keyfile "$CERTS/server.key")
   NODE_TLS=(--root-certificates "$CERTS/ca.crt")
   ROOT_CERT=(--root-certificates "$CERTS/ca.crt")
 fi
 "$BIN/python" -m baffle.flower.connections --address "127.0.0.1:$PORT" "${ROOT_CERT[@]}" >/dev/null
 
-flower-superlink "${LINK_TLS[@]}" --host 127.0.0.1 --port "$PORT" --disable-runtime-dependency-installation \
+LINK_AUTH=(); [[ $AUTH -eq 1 ]] && LINK_AUTH=(--enable-supernode-auth)
+flower-superlink "${LINK_TLS[@]}" "${LINK_AUTH[@]}" --host 127.0.0.1 --port "$PORT" --disable-runtime-dependency-installation \
   >"$LOGS/superlink.log" 2>&1 &
 PIDS+=($!)
 for i in $(seq 1 60); do
-  grep -q "Starting Flower SuperLink\|Flower Deployment Runtime\|listening\|HTTP" "$LOGS/superlink.log" 2>/dev/null && break
+  grep -q "Uvicorn running" "$LOGS/superlink.log" 2>/dev/null && break
   sleep 0.5
 done
 
+if [[ $AUTH -eq 1 ]]; then
+  for ((i = 0; i < NODES; i++)); do
+    flwr supernode register "$CERTS/node-keys/node_$i.pub" local-deployment >>"$LOGS/register.log" 2>&1
+  done
+fi
 for ((i = 0; i < NODES; i++)); do
+  NODE_AUTH=(); [[ $AUTH -eq 1 ]] && NODE_AUTH=(--auth-supernode-private-key "$CERTS/node-keys/node_$i")
   cfg="partition-id=$i num-partitions=$NODES"
   if [[ -n "$FAIL" && "${FAIL%%:*}" == "$i" ]]; then cfg="$cfg fail-at-round=${FAIL##*:}"; fi
-  flower-supernode "${NODE_TLS[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + 1 + i))" \
+  flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + 1 + i))" \
     --node-config "$cfg" >"$LOGS/supernode-$i.log" 2>&1 &
   PIDS+=($!)
 done

@@ -3,7 +3,7 @@
 ``scripts/deploy_local.sh`` does the work; the test checks the ServerApp's result file (training
 happened: rounds done, every node answered, weights moved, only scalars came back) and that no process
 of the deployment survives. The CI version is one round on 2 nodes (process start-up dominates: every
-message starts a ClientApp process); the slow one adds TLS, SecAgg+, a third node and a dropout.
+message starts a ClientApp process); the slow one adds TLS, SuperNode authentication, SecAgg+, a third node and a dropout.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def test_loopback_deployment_trains(tmp_path):
 
 
 @pytest.mark.slow
-def test_tls_secagg_deployment_with_a_dropout(tmp_path):
+def test_tls_auth_secagg_deployment_with_a_dropout(tmp_path):
     cfg = f"num-server-rounds=2 {TINY} secure=true secagg-bits=16"
-    res, log, took = deploy(tmp_path, 3, cfg, "--tls", "--fail", "1:1", timeout=600)
+    res, log, took = deploy(tmp_path, 3, cfg, "--auth", "--fail", "1:1", timeout=900)  # --auth implies --tls
     assert res["mode"] == "secagg+" and res["rounds_done"] == 2 and res["num_partitions"] == 3
     assert res["skipped_rounds"] == 0 and res["failures"] == 1  # node 1 raised in round 1; the round went on
-    print(f"TLS + SecAgg+ deployment took {took:.0f} s")
+    assert "--enable-supernode-auth" in (REPO / "scripts" / "deploy_local.sh").read_text()
+    print(f"TLS + node auth + SecAgg+ deployment took {took:.0f} s")

@@ -7,7 +7,8 @@ already depends on: no network, no openssl binary needed. Then:
     flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key ...
     flower-supernode --root-certificates ca.crt ...     # and root-certificates = ca.crt for `flwr run`
 
-Usage: ``python -m baffle.flower.certs DIR``
+Usage: ``python -m baffle.flower.certs DIR [NUM_NODE_KEYS]`` (node keys for SuperNode authentication go
+to ``DIR/node-keys``).
 """
 
 from __future__ import annotations
@@ -62,8 +63,30 @@ def write_certs(out: str | Path, days: int = 2) -> dict[str, Path]:
     return {name: out / name for name in paths}
 
 
+def write_node_keys(out: str | Path, count: int) -> list[tuple[Path, Path]]:
+    """One ECDSA (P-384) key pair per SuperNode, in the OpenSSH formats Flower reads: ``node_i`` (private,
+    for ``flower-supernode --auth-supernode-private-key``) and ``node_i.pub`` (for ``flwr supernode register``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i in range(count):
+        key = ec.generate_private_key(ec.SECP384R1())
+        priv, pub = out / f"node_{i}", out / f"node_{i}.pub"
+        priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        priv.chmod(0o600)
+        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+        pairs.append((priv, pub))
+    return pairs
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m baffle.flower.certs DIR")
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m baffle.flower.certs DIR [NUM_NODE_KEYS]")
     for p in write_certs(sys.argv[1]).values():
         print(p)
+    if len(sys.argv) == 3:
+        for priv, pub in write_node_keys(Path(sys.argv[1]) / "node-keys", int(sys.argv[2])):
+            print(priv, pub)
