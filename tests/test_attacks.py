@@ -57,7 +57,7 @@ def test_robust_aggregators_beat_the_mean_at_30_percent(attack):
     w = np.ones(len(vectors))
     cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     mean_cos = cos(aggregation.aggregate(vectors, w, "mean"), signal)
-    for method in ("median", "trimmed_mean"):
+    for method in ("median", "trimmed_mean", "multi_krum"):
         agg = aggregation.aggregate(vectors, w, method, trim_fraction=0.3)
         assert cos(agg, signal) > 0.9, (method, cos(agg, signal))
     if attack == "scale_neg10":
@@ -98,3 +98,16 @@ def test_attack_config_is_validated():
         tiny(**{"federation.attack_fraction": 1.5})
     with pytest.raises(ConfigError, match="run.method='baffle'"):
         tiny(**{"federation.attack": "noise", "run.method": "fedavg"})
+
+
+def test_multi_krum_keeps_the_close_vectors_and_equals_the_mean_without_byzantines():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0, 1, (10, 30)).astype(np.float32)
+    w = rng.integers(1, 5, 10).astype(float)
+    assert np.allclose(aggregation.aggregate(v, w, "multi_krum", 0.0), aggregation.aggregate(v, w, "mean"), atol=1e-6)
+    far = v.copy()
+    far[[2, 7]] *= 100
+    kept = aggregation.aggregate(far, w, "multi_krum", 0.2)  # f = 2: both giants dropped
+    honest = np.delete(np.arange(10), [2, 7])
+    assert np.allclose(kept, aggregation.weighted_mean(v[honest], w[honest]), atol=1e-6)
+    assert aggregation.aggregate(v[:1], w[:1], "multi_krum", 0.3).shape == (30,)  # one client: itself

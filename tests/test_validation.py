@@ -137,3 +137,18 @@ def test_from_bytes_rejects_non_bytes_and_wrong_k():
     with pytest.raises(MessageError, match="expects 8"):
         Upload.from_bytes(good().to_bytes(), expected_k=8)
     assert Upload.from_bytes(bytearray(good().to_bytes()), expected_k=K).num_samples == BS
+
+
+def test_audit_twin_federations_never_diverge():
+    """benchmarks/validation_audit.py in small: bad uploads next to honest ones change nothing, bit for bit."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "validation_audit.py"
+    spec = importlib.util.spec_from_file_location("validation_audit", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.audit(rounds=5)
+    assert res["injected_bad_uploads"] == 60 and res["rejected"] == 60
+    assert res["accepted_bad_uploads"] == 0 and res["corrupted_rounds"] == 0
+    assert res["every_rejection_has_its_own_reason"] and res["rounds_skipped_all_bad"] == 1

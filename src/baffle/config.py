@@ -14,7 +14,7 @@ from typing import Any
 
 METHODS = ("baffle", "baffle_local", "fedsgd", "fedavg")
 OPTIMIZERS = ("adam", "sgd")
-AGGREGATORS = ("mean", "median", "trimmed_mean", "clipped_mean")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "clipped_mean", "multi_krum")
 
 
 class ConfigError(ValueError):
