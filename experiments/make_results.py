@@ -99,7 +99,7 @@ def main() -> int:
             if (res / name / png).exists():
                 shutil.copy(res / name / png, dst / png)
         if name == "finetune":
-            info = res.parent / "results" / "pretrain" / "lenet_digits04.json"
+            info = Path("results/pretrain/lenet_digits04.json")  # run_all.sh writes it there in both modes
             if info.exists():
                 i = json.loads(info.read_text())
                 shutil.copy(info, dst / "pretrain.json")

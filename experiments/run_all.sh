@@ -3,7 +3,8 @@
 #   experiments/run_all.sh          quick budget (~1.4 M client minibatch forwards; about 40-60 min on 2 CPU cores)
 #   experiments/run_all.sh --full   10x the rounds / forward budget, the whole test set (~10x longer)
 # Finished runs are reused and interrupted ones resume, so it can be stopped and restarted at any time.
-# Extra arguments after the mode go to every `baffle sweep` call (e.g. --set estimator.engine=loop).
+# Extra arguments after the mode go to every `baffle sweep` call (e.g. --set estimator.engine=loop). On a machine
+# shared with other jobs add `--set run.threads=1`: two contending torch threads were 12x slower here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=quick

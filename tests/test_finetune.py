@@ -19,7 +19,8 @@ from pretrain import pretrain  # noqa: E402
 BASE = ["data.name=synthetic", "data.image_size=8", "model.name=mlp", "run.threads=1", "data.train_subset=1000",
         "data.test_subset=300", "data.eval_train_samples=100"]
 FT = ["data.classes=[5,6,7,8,9]", "estimator.engine=loop", "estimator.K=20", "estimator.sigma=1e-2", "data.num_clients=4",
-      "federation.batch_size=16", "run.eval_every=10", "run.checkpoint_every=0", "optim.lr=0.05"]
+      "federation.batch_size=16", "run.eval_every=10", "run.checkpoint_every=0", "optim.lr=0.05", "optim.ema_decay=0",
+      "optim.cosine=false"]  # pinned: the defaults are tuned for the long default run
 
 
 @pytest.fixture(autouse=True)

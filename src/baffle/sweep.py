@@ -332,7 +332,7 @@ def results_table(rows: list[dict], varied_keys: list[str]) -> str:
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        vals = [r["name"]] + [_fmt(r["varied"].get(k, "")) for k in varied_keys]
+        vals = [r["name"]] + [_fmt(r["varied"].get(k, "")).replace("*", "\\*") for k in varied_keys]  # globs: not emphasis
         if r.get("error"):
             vals += ["FAILED: " + r["error"].replace("|", "/")] + [""] * 7
         else:
