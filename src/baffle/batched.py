@@ -73,7 +73,7 @@ MAX_CHUNK = 64
 # Members per chunk are also limited so that one layer's input+output for the whole chunk stays within
 # about this many bytes (a last-level cache): bigger chunks were measured slower here, because the
 # norm/activation/pooling passes then stream from DRAM (see docs/performance.md).
-CACHE_BYTES = 32 * 2**20
+CACHE_BYTES = 16 * 2**20
 
 
 class Unsupported(Exception):

