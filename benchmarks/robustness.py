@@ -97,7 +97,7 @@ AGGREGATORS = ("mean", "median", "trimmed_mean", "clipped_mean", "multi_krum")
 ATTACKS = ("scale_neg10", "scale_100", "noise", "sign_flip")
 FRACTIONS = (0.1, 0.3)
 DP_BASE = {"data.num_clients": 100, "federation.clients_per_round": 10, "privacy.clip": 0.002, "privacy.delta": 1e-5}
-DP_RUNS = [("none", 0.0), ("central", 1.0), ("central", 2.0), ("central", 4.0), ("central", 8.0), ("local", 4.0)]
+DP_RUNS = [("none", 0.0), ("central", 1.0), ("central", 2.0), ("central", 4.0), ("central", 8.0), ("local", 1.0), ("local", 4.0)]
 
 
 def run_one(overrides: dict, rounds: int) -> dict:

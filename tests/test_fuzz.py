@@ -21,7 +21,7 @@ from baffle.server import RoundRunner, Simulation
 from baffle.strategy import REJECT_CODES
 from tinycfg import tiny
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 # ---- config files ---------------------------------------------------------------------------------
 

@@ -69,6 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"after {summary['rounds']} rounds, {summary['wall_s']:.0f} s of training; "
         f"{summary['upload_bytes_per_client_per_round']} bytes uploaded per client per round; outputs in {out}/"
     )
+    if summary.get("epsilon") is not None:
+        print(f"privacy ({cfg.privacy.mode} DP): epsilon {summary['epsilon']:.3g} at delta {cfg.privacy.delta:g}")
     return 0
 
 
