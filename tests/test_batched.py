@@ -208,3 +208,12 @@ def test_fused_path_declines_batch_statistics_and_foreign_clients():
     assert fused_uploads(fed.clients, plan) is None
     fed.clients[1].__class__ = Flaky.__mro__[1]
     assert fused_uploads(fed.clients, plan) is not None
+
+
+def test_batch_split_into_slices_gives_the_same_answer():
+    torch.manual_seed(9)
+    model = build_model("lenet")
+    x, y = _batch((1, 28, 28), 12, seed=9)
+    eng = BatchedEngine(512, cache_bytes=300_000)  # one member at the full batch does not fit: slices
+    _check(model, x, y, None, "forward", K=3, engine=eng)
+    assert eng.last_chunk == 1 and 1 <= eng.last_sub_batch < 12
