@@ -8,7 +8,8 @@
    dequantize) for several (clip, bits). Reported: cosine with the unquantized weighted mean (worst and
    median over rounds), relative L2 error, and the fraction of scalars clipped. The K-vector IS the
    gradient estimate's coordinates in the seeded basis, so the cosine of the vectors equals the cosine of
-   the reconstructed gradients up to the basis' non-orthogonality.
+   the reconstructed gradients up to the basis' non-orthogonality. A cosine of 0 means the quantized
+   mean was all zeros (the signal fell below one step).
 2. Accuracy: the same run repeated with ``secure = true`` (real SecAgg+ workflow and secaggplus_mod) at the
    default 22 bits and at a coarse 8 bits; final test accuracy of each next to the plain run.
 Writes OUT/quantization.json and OUT/quantization.md.
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, (v, w) in enumerate(rounds):
                 exact = (w @ v.astype(np.float64)) / w.sum()
                 q = secure_mean_model(v, w, spec, batch, seed=i).astype(np.float64)
-                cos.append(float(q @ exact / (np.linalg.norm(q) * np.linalg.norm(exact))))
+                nq = np.linalg.norm(q)  # 0 when every coordinate fell below one quantization step
+                cos.append(float(q @ exact / (nq * np.linalg.norm(exact))) if nq > 0 else 0.0)
                 rel.append(float(np.linalg.norm(q - exact) / np.linalg.norm(exact)))
                 clipped.append(float((np.abs(v) > clip).mean()))
             est.append({"clip": clip, "bits": bits, "cos_min": min(cos), "cos_median": float(np.median(cos)),
