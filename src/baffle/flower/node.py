@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,7 +61,7 @@ def node_identity(node_config: Mapping[str, Any]) -> NodeIdentity:
 
 @lru_cache(maxsize=4)
 def _partition_data(cfg_key: str, num_partitions: int) -> tuple[Dataset, list[np.ndarray]]:
-    cfg = Config.from_dict(__import__("json").loads(cfg_key))
+    cfg = Config.from_dict(json.loads(cfg_key))
     train, _ = load_data(cfg)
     d = cfg.data
     parts = partition(train.y.numpy(), num_partitions, d.partition, alpha=d.alpha, shards_per_client=d.shards_per_client, seed=cfg.run.seed)
@@ -69,8 +70,6 @@ def _partition_data(cfg_key: str, num_partitions: int) -> tuple[Dataset, list[np
 
 def data_key(cfg: Config) -> str:
     """What determines the training data and its split (cache key for the node process)."""
-    import json
-
     d = cfg.data
     return json.dumps({"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in ("name", "root", "image_size", "partition", "alpha", "shards_per_client", "train_subset", "test_subset")}}, sort_keys=True)
 
