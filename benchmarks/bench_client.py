@@ -99,12 +99,12 @@ def step_times(models: list[str], ks: list[int], batches: list[int], reps: dict[
                 total = flops * b * (k + 1)
                 row = {
                     "model": name, "batch": b, "K": k, "forwards": k + 1, "flops_per_sample": flops,
-                    "loop_s": t_loop, "batched_s": t_bat, "speedup": t_loop / t_bat, "chunk": engine.last_chunk,
-                    "loop_gflops": total / t_loop / 1e9, "batched_gflops": total / t_bat / 1e9, "reps": reps[name],
+                    "loop_s": t_loop, "batched_s": t_bat, "speedup": t_loop / t_bat, "chunk": engine.last_chunk, "sub_batch": engine.last_sub_batch,
+                    "loop_gflops": total / t_loop / 1e9, "batched_gflops": total / t_bat / 1e9, "reps": reps[name], "load1": round(os.getloadavg()[0], 1),
                 }  # fmt: skip
                 rows.append(row)
                 print(f"  {name:8s} B={b:3d} K={k:4d}  loop {t_loop:8.3f}s  batched {t_bat:8.3f}s  x{row['speedup']:.2f}"
-                      f"  {row['loop_gflops']:.1f} -> {row['batched_gflops']:.1f} GFLOP/s (chunk {engine.last_chunk})", flush=True)
+                      f"  {row['loop_gflops']:.1f} -> {row['batched_gflops']:.1f} GFLOP/s (chunk {engine.last_chunk} x {engine.last_sub_batch} samples)", flush=True)
     return rows
 
 
@@ -255,17 +255,18 @@ def write_doc(res: dict) -> None:
     L += ["## Client step: loop of K+1 forwards vs batched engine", "",
           "`loop` = `estimator.loss_differences` (one forward per perturbation); `batched` = "
           "`baffle.batched` with the default `estimator.max_memory_mb`; `chunk` = perturbed models per "
-          "batched call. GFLOP/s = `count_flops` x batch x (K+1) / time; `% peak` is the batched rate over "
+          "batched call, each on slices of `slice` samples; `load` = the machine's 1-minute load average when the "
+          "row finished (2 cores, shared: higher load, noisier and slower rows). GFLOP/s = `count_flops` x batch x (K+1) / time; `% peak` is the batched rate over "
           "the matmul peak.", "",
-          "| model | batch | K | loop s | batched s | speed-up | loop GFLOP/s | batched GFLOP/s | % peak | chunk |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| model | batch | K | loop s | batched s | speed-up | loop GFLOP/s | batched GFLOP/s | % peak | chunk x slice | load |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["steps"]:
         if "skipped" in r:
-            L.append(f"| {r['model']} | {r['batch']} | {r['K']} | {r['skipped']} | | | | | | |")
+            L.append(f"| {r['model']} | {r['batch']} | {r['K']} | {r['skipped']} | | | | | | | |")
             continue
         L.append(f"| {r['model']} | {r['batch']} | {r['K']} | {r['loop_s']:.3f} | {r['batched_s']:.3f} | "
                  f"{r['speedup']:.2f}x | {r['loop_gflops']:.1f} | {r['batched_gflops']:.1f} | "
-                 f"{100 * r['batched_gflops'] / res['matmul_peak_gflops']:.0f}% | {r['chunk']} |")
+                 f"{100 * r['batched_gflops'] / res['matmul_peak_gflops']:.0f}% | {r['chunk']} x {r['sub_batch']} | {r['load1']} |")
     L += ["", "## Client peak memory of one step", "",
           "Each number is from a fresh process (1 thread): after imports, model and data are set up the "
           "child resets the kernel's peak-RSS counter (`echo 5 > /proc/self/clear_refs`), reads VmRSS, runs "
@@ -322,6 +323,9 @@ Measured while building it (single thread, same shared machine, alternating runs
   made the WRN-10-2 step both faster than the loop and far smaller in memory than the full-batch forward.
 * an im2col + batched-GEMM formulation of the per-member convolutions was 5-8x slower than grouped
   convolution (the im2col buffer is 25x the activation for 5x5 kernels).
+* the speed-up depends on how busy the shared machine is: under heavy load (load average 15-20) the
+  smaller per-call working sets of the batched engine gained the most; on a quieter machine the loop's
+  own forwards run closer to the GEMM peak and the margin shrinks (compare the `load` column).
 * the remaining gap to the matmul peak is the per-member convolution itself (the same GEMM shape as in the
   loop: batching perturbations cannot make a 16->64 channel convolution a bigger GEMM) plus the
   memory-bound normalisation and activation passes, which scale with K.

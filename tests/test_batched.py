@@ -217,3 +217,17 @@ def test_batch_split_into_slices_gives_the_same_answer():
     eng = BatchedEngine(512, cache_bytes=300_000)  # one member at the full batch does not fit: slices
     _check(model, x, y, None, "forward", K=3, engine=eng)
     assert eng.last_chunk == 1 and 1 <= eng.last_sub_batch < 12
+
+
+def test_batchnorm_with_running_statistics():
+    torch.manual_seed(10)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10)
+    )
+    x, y = _batch((1, 8, 8), 6, seed=10)
+    model.train()  # every loop forward updates the running statistics: the engine must use the loop
+    eng = make_batched_engine(64)
+    assert not eng.supports(model)
+    model.eval()  # fixed statistics: batchable, and the clients' batches may be fused
+    eng = _check(model, x, y, None, "forward")
+    assert eng.supports(model) and eng.can_fuse_clients(model)

@@ -127,8 +127,11 @@ class _Program:
         for n in self.nodes:
             if n.op == "call_module":
                 m = self.modules[n.target]
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
-                    self.batch_stats = True
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    if m.training and m.running_mean is not None:
+                        # every forward would update the running statistics (the loop reproduces that)
+                        raise Unsupported("BatchNorm updating running statistics in training mode")
+                    self.batch_stats = self.batch_stats or m.running_mean is None
             elif n.op == "get_attr":
                 raise Unsupported(f"model reads attribute {n.target!r} directly in forward")
         self._activation_per_sample: dict[tuple[int, ...], tuple[int, int]] = {}
@@ -371,7 +374,8 @@ def _conv2d(m: nn.Conv2d, v: _Value, P: int, weights: dict) -> _Value:
     bias = b.reshape(-1) if b is not None else None
     if not v.batched and w_pert:  # shared input: one convolution with P*C_out output channels
         kk = math.prod(_pair(m.kernel_size))
-        if m.groups == 1 and not isinstance(m.padding, str) and v.t.numel() * kk * 4 <= _UNFOLD_LIMIT:
+        # the im2col GEMM pays off through its wide P*C_out rows; for a single member use the direct conv
+        if P > 1 and m.groups == 1 and not isinstance(m.padding, str) and v.t.numel() * kk * 4 <= _UNFOLD_LIMIT:
             return _Value(_shared_input_conv(m, v.t, w, bias), True)
         out = F.conv2d(v.t, w.reshape(-1, *m.weight.shape[1:]), bias, m.stride, m.padding, m.dilation, m.groups)
         return _Value(out, True)
