@@ -327,6 +327,7 @@ def collect(sweep: Sweep, extra: list[str] | None = None) -> list[dict]:
 
 def results_table(rows: list[dict], varied_keys: list[str]) -> str:
     """The Markdown table of results.md."""
+    varied_keys = [k for k in varied_keys if k not in ("run.method", "run.rounds")]  # fixed columns already
     cols = ["run"] + [_short(k) for k in varied_keys] + [
         "method", "rounds", "final acc %", "best acc %", "fwd/client/round", "total fwd", "upload B/client/round", "wall s",
     ]
