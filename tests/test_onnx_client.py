@@ -13,7 +13,7 @@ from baffle import estimator, noise, onnx_client, pruning
 from baffle.config import Config, ConfigError
 from baffle.data import BatchSampler
 from baffle.export import export_onnx, numpy_weights
-from baffle.messages import RoundPlan, Upload
+from baffle.messages import Upload
 from baffle.models import build_model
 from baffle.server import Simulation
 
