@@ -214,14 +214,20 @@ def goals(res: dict) -> list[dict]:
     def add(goal, value, target, met, detail):
         out.append({"goal": goal, "value": value, "target": target, "met": bool(met), "detail": detail})
 
+    peak = res["matmul_peak_gflops"]
     le = [r for r in steps if r["model"] == "lenet" and r["K"] == 100]
     if le:
-        v = min(r["speedup"] for r in le)
-        add("batched >= 3x the loop, LeNet K=100", round(v, 2), 3.0, v >= 3, "worst over batch sizes")
+        worst = min(le, key=lambda r: r["speedup"])
+        loop_pct = 100 * worst["loop_gflops"] / peak
+        add("batched >= 3x the loop, LeNet K=100", round(worst["speedup"], 2), 3.0, worst["speedup"] >= 3,
+            f"worst over batch sizes (B={worst['batch']}); the loop itself ran at {loop_pct:.0f}% of the matmul "
+            f"peak there, so 3x would need {3 * loop_pct:.0f}% of peak")
     wrn = [r for r in steps if r["model"] == "wrn10_2"]
     if wrn:
-        v = min(r["speedup"] for r in wrn)
-        add("batched never slower than the loop, WRN-10-2", round(v, 2), 1.0, v >= 1, "worst speed-up over measured K, batch")
+        worst = min(wrn, key=lambda r: r["speedup"])
+        add("batched never slower than the loop, WRN-10-2", round(worst["speedup"], 2), 1.0, worst["speedup"] >= 1,
+            f"worst over measured K and batch (B={worst['batch']}, K={worst['K']}); the loop ran at "
+            f"{100 * worst['loop_gflops'] / peak:.0f}% of the matmul peak")
     le5 = [r for r in steps if r["model"] == "lenet" and r["K"] == 500]
     if le5:
         v = max(r["batched_gflops"] for r in le5) / res["matmul_peak_gflops"]
@@ -247,9 +253,9 @@ def write_doc(res: dict) -> None:
           f"Load average when the run started / ended: {m['load_start']} / {m['load_end']}. "
           "The machine is shared with other jobs, so absolute times are noisy; each engine pair was run "
           "alternately and the best of the repeats kept, and every ratio below comes from this one run.", ""]
-    L += ["## Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
+    L += ["## Goals", "", "| goal | measured | target | met | how measured / gap |", "|---|---|---|---|---|"]
     for g in res["goals"]:
-        L.append(f"| {g['goal']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} |")
+        L.append(f"| {g['goal']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} | {g['detail']} |")
     L += ["", f"Measured float32 matmul peak (2048^3 GEMM, best of 5, same process): "
           f"**{res['matmul_peak_gflops']:.1f} GFLOP/s**.", ""]
     L += ["## Client step: loop of K+1 forwards vs batched engine", "",
@@ -319,8 +325,13 @@ Measured while building it (single thread, same shared machine, alternating runs
 * large chunks are slower, not faster: beyond about 16 members at batch 32 the norm/activation passes
   stream from DRAM; the chunk therefore keeps one layer's input+output under ~16 MiB.
 * when a single member at the full batch is over that bound (WRN-10-2 at batch 32 and 64), the batch is
-  evaluated in equal slices (exact for models without batch statistics: the losses are per sample); this
-  made the WRN-10-2 step both faster than the loop and far smaller in memory than the full-batch forward.
+  evaluated in equal slices (exact for models without batch statistics: the losses are per sample). This
+  is what keeps the WRN-10-2 step far below BP's memory (memory table). It does not make WRN-10-2 faster:
+  its convolutions already run near the GEMM peak in the loop, and in the table above the batched WRN step
+  is slightly slower than the loop (spot checks under heavier load had it faster; the cause of the gap on
+  a quieter machine is not pinned down: it is an open item).
+* for LeNet the batched engine trades memory for speed: a chunk of several members costs more RAM than one
+  BP step (memory table). `estimator.max_memory_mb` bounds it; the loop engine stays below BP.
 * an im2col + batched-GEMM formulation of the per-member convolutions was 5-8x slower than grouped
   convolution (the im2col buffer is 25x the activation for 5x5 kernels).
 * the speed-up depends on how busy the shared machine is: under heavy load (load average 15-20) the
@@ -343,7 +354,14 @@ def main() -> None:
                     help="torch threads (default 1: on a shared machine every multi-threaded op waits at a barrier "
                          "for descheduled threads, which made 2-thread timings swing by 5x here)")
     ap.add_argument("--memory-k", type=int, default=20, help="K of the memory measurements")
+    ap.add_argument("--doc-only", action="store_true", help="rewrite docs/performance.md from the saved JSON")
     args = ap.parse_args()
+    if args.doc_only:
+        res = json.loads(RESULTS.read_text())
+        res["goals"] = goals(res)
+        RESULTS.write_text(json.dumps(res, indent=1) + "\n")
+        write_doc(res)
+        return
     if args.memory_child:
         kind, name, b, k = args.memory_child
         print(json.dumps(memory_child(kind, name, int(b), int(k))))
