@@ -326,10 +326,9 @@ Measured while building it (single thread, same shared machine, alternating runs
   stream from DRAM; the chunk therefore keeps one layer's input+output under ~16 MiB.
 * when a single member at the full batch is over that bound (WRN-10-2 at batch 32 and 64), the batch is
   evaluated in equal slices (exact for models without batch statistics: the losses are per sample). This
-  is what keeps the WRN-10-2 step far below BP's memory (memory table). It does not make WRN-10-2 faster:
-  its convolutions already run near the GEMM peak in the loop, and in the table above the batched WRN step
-  is slightly slower than the loop (spot checks under heavier load had it faster; the cause of the gap on
-  a quieter machine is not pinned down: it is an open item).
+  is what keeps the WRN-10-2 step far below BP's memory (memory table). It does not reliably make
+  WRN-10-2 faster: the loop already runs its convolutions close to the GEMM peak, and across runs on this
+  shared machine the WRN ratio has landed on both sides of 1 (see the table; the worst row sets the goal).
 * for LeNet the batched engine trades memory for speed: a chunk of several members costs more RAM than one
   BP step (memory table). `estimator.max_memory_mb` bounds it; the loop engine stays below BP.
 * an im2col + batched-GEMM formulation of the per-member convolutions was 5-8x slower than grouped
