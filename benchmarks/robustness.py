@@ -215,6 +215,13 @@ metrics.jsonl (`epsilon`, `delta`, `privacy_mode`) and shown in the progress bar
 """
 
 
+GOAL_CELLS = [
+    ("clean", {}),
+    ("sign_flip/0.3", {"federation.attack": "sign_flip", "federation.attack_fraction": 0.3}),
+    ("scale_neg10/0.3", {"federation.attack": "scale_neg10", "federation.attack_fraction": 0.3}),
+]
+
+
 def honest_correlation(rounds: int = 20) -> dict:
     """How alike are honest clients' K-vectors? Mean pairwise Pearson correlation over the first rounds of
     the clean run. Vector-level defences (Krum, norm or cosine filters) can only single out a sign-flipped
@@ -295,6 +302,18 @@ def render() -> str:
                 gap = 100 * (clean - acc)
                 lines.append(f"| {attack} | {agg} | {_pct(acc)} | {gap:.2f} | {'yes' if gap <= 3 else 'NO'} |")
         lines.append("")
+    s1 = _load(RESULTS / "robustness_seed1.json").get("runs", {})
+    if s1:
+        lines += [
+            "### The goal's cells with a second seed (run.seed = 1)",
+            "",
+            "| aggregator | " + " | ".join(f"{cell} seed 0 / seed 1" for cell, _ in GOAL_CELLS) + " |",
+            "|---|" + "---|" * len(GOAL_CELLS),
+        ]
+        for agg in AGGREGATORS:
+            cells = [f"{_pct(runs.get(f'{agg}/{cell}', {}).get('test_acc'))} / {_pct(s1.get(f'{agg}/{cell}', {}).get('test_acc'))}" for cell, _ in GOAL_CELLS]
+            lines.append(f"| {agg} | " + " | ".join(cells) + " |")
+        lines.append("")
     snr = RESULTS / "snr.json"
     if snr.exists():
         c = json.loads(snr.read_text())
@@ -331,7 +350,7 @@ def render() -> str:
             r = druns.get(f"{mode}/{z}")
             if r is None:
                 continue
-            eps = "inf (no DP)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+            eps = "inf (no clipping, no noise)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
             lines.append(f"| {mode} | {z if mode != 'none' else '-'} | {eps} | {_pct(r['test_acc'])} |")
         lines.append("")
     audit = RESULTS / "validation_audit.json"
@@ -366,7 +385,9 @@ def render() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--part", choices=("robustness_30", "robustness_10", "robustness_krum", "privacy", "snr", "all", "doc"), default="all"
+        "--part",
+        choices=("robustness_30", "robustness_10", "robustness_krum", "seed1", "privacy", "snr", "all", "doc"),
+        default="all",
     )
     ap.add_argument("--rounds", type=int, default=100)
     args = ap.parse_args()
@@ -376,6 +397,9 @@ def main() -> None:
             sweep(f"robustness_{int(100 * frac)}", robustness_jobs(frac), args.rounds)
     if args.part in ("robustness_krum", "all"):
         sweep("robustness_krum", robustness_jobs(None, ("multi_krum",)), args.rounds)
+    if args.part in ("seed1", "all"):  # the goal's cells again with another seed: how noisy is one run?
+        jobs = [(f"{agg}/{cell}", {**ov, "federation.aggregator": agg, "run.seed": 1}) for agg in AGGREGATORS for cell, ov in GOAL_CELLS]
+        sweep("robustness_seed1", jobs, args.rounds)
     if args.part in ("snr", "all"):
         _save(RESULTS / "snr.json", honest_correlation())
     if args.part in ("privacy", "all"):
