@@ -215,6 +215,7 @@ metrics.jsonl (`epsilon`, `delta`, `privacy_mode`) and shown in the progress bar
 """
 
 
+EXTRA_SEEDS = (1, 2)
 GOAL_CELLS = [
     ("clean", {}),
     ("sign_flip/0.3", {"federation.attack": "sign_flip", "federation.attack_fraction": 0.3}),
@@ -308,22 +309,23 @@ def render() -> str:
                 gap = 100 * (clean - acc)
                 lines.append(f"| {attack} | {agg} | {_pct(acc)} | {gap:.2f} | {'yes' if gap <= 3 else 'NO'} |")
         lines.append("")
-    s1 = _load(RESULTS / "robustness_seed1.json").get("runs", {})
-    if s1:
+    seeds = [runs] + [r for n in EXTRA_SEEDS if (r := _load(RESULTS / f"robustness_seed{n}.json").get("runs", {}))]
+    if len(seeds) > 1:
+        names = " / ".join(f"seed {i}" for i in range(len(seeds)))
         lines += [
-            "### The goal's cells with a second seed (run.seed = 1)",
+            f"### The goal's cells with {len(seeds)} seeds (run.seed = {', '.join(str(i) for i in range(len(seeds)))})",
             "",
-            "| aggregator | " + " | ".join(f"{cell} seed 0 / seed 1" for cell, _ in GOAL_CELLS) + " |",
+            "| aggregator | " + " | ".join(f"{cell}: {names}" for cell, _ in GOAL_CELLS) + " |",
             "|---|" + "---|" * len(GOAL_CELLS),
         ]
         for agg in AGGREGATORS:
-            cells = [f"{_pct(runs.get(f'{agg}/{cell}', {}).get('test_acc'))} / {_pct(s1.get(f'{agg}/{cell}', {}).get('test_acc'))}" for cell, _ in GOAL_CELLS]
+            cells = [" / ".join(_pct(sd.get(f"{agg}/{cell}", {}).get("test_acc")) for sd in seeds) for cell, _ in GOAL_CELLS]
             lines.append(f"| {agg} | " + " | ".join(cells) + " |")
         lines.append("")
 
         def both(key: str) -> float | None:
-            a, b = runs.get(key, {}).get("test_acc"), s1.get(key, {}).get("test_acc")
-            return None if a is None or b is None else (a + b) / 2
+            vals = [sd.get(key, {}).get("test_acc") for sd in seeds]
+            return None if any(v is None for v in vals) else sum(vals) / len(vals)
 
         clean2 = both("mean/clean")
         if clean2 is not None:
@@ -336,9 +338,9 @@ def render() -> str:
                     rows.append(f"| {cell.split('/')[0]} | {agg} | {_pct(acc)} | {gap:.2f} | {'yes' if gap <= 3 else 'NO'} |")
             if rows:
                 lines += [
-                    f"Averaged over the two seeds: clean (mean) {_pct(clean2)}%.",
+                    f"Averaged over the {len(seeds)} seeds: clean (mean) {_pct(clean2)}%.",
                     "",
-                    "| attack (30%) | best robust aggregator (2-seed mean) | its accuracy | gap to clean (points) | within 3? |",
+                    f"| attack (30%) | best robust aggregator ({len(seeds)}-seed mean) | its accuracy | gap to clean (points) | within 3? |",
                     "|---|---|---|---|---|",
                     *rows,
                     "",
@@ -415,7 +417,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--part",
-        choices=("robustness_30", "robustness_10", "robustness_krum", "seed1", "privacy", "snr", "all", "doc"),
+        choices=("robustness_30", "robustness_10", "robustness_krum", "seed1", "seed2", "privacy", "snr", "all", "doc"),
         default="all",
     )
     ap.add_argument("--rounds", type=int, default=100)
@@ -426,9 +428,10 @@ def main() -> None:
             sweep(f"robustness_{int(100 * frac)}", robustness_jobs(frac), args.rounds)
     if args.part in ("robustness_krum", "all"):
         sweep("robustness_krum", robustness_jobs(None, ("multi_krum",)), args.rounds)
-    if args.part in ("seed1", "all"):  # the goal's cells again with another seed: how noisy is one run?
-        jobs = [(f"{agg}/{cell}", {**ov, "federation.aggregator": agg, "run.seed": 1}) for agg in AGGREGATORS for cell, ov in GOAL_CELLS]
-        sweep("robustness_seed1", jobs, args.rounds)
+    for seed in EXTRA_SEEDS:  # the goal's cells again with other seeds: how noisy is one run?
+        if args.part in (f"seed{seed}", "all"):
+            jobs = [(f"{agg}/{cell}", {**ov, "federation.aggregator": agg, "run.seed": seed}) for agg in AGGREGATORS for cell, ov in GOAL_CELLS]
+            sweep(f"robustness_seed{seed}", jobs, args.rounds)
     if args.part in ("snr", "all"):
         _save(RESULTS / "snr.json", honest_correlation())
     if args.part in ("privacy", "all"):
