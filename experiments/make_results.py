@@ -30,7 +30,7 @@ GOALS = [  # (goal, run in main_table, threshold)
 
 # The exact extra arguments of the "tiny" runs (an overloaded machine; see docs/experiments.md).
 TINY_ARGS = {
-    "beyond_paper": "--only '^(paper|small_k|tuned_opt)$' --set run.threads=1 --set sweep.forward_budget=1010 --set sweep.evals=5",
+    "beyond_paper": "--set run.threads=1 --set sweep.forward_budget=1010 --set sweep.evals=5",
     "finetune": "--set run.threads=1 --set run.rounds=10 --set sweep.evals=5 --set optim.lr=0.01 --set optim.ema_decay=0.9",
     "finetune_lr0.1": "--only '^(ft_classifier|ft_all|bp_ft_classifier|ft_lora2_classifier)$' --set run.threads=1 "
     "--set run.rounds=20 --set sweep.evals=5 --set optim.lr=0.1 --set optim.ema_decay=0",
