@@ -85,8 +85,12 @@ def loss_differences(
     sigma: float,
     scheme: str = "forward",
     loss_fn: LossFn = F.cross_entropy,
+    *,
+    mask: torch.Tensor | None = None,
 ) -> np.ndarray:
     """K loss differences for one minibatch, forward passes only (the reference loop implementation).
+
+    ``mask`` (0/1 over the flat parameter vector) restricts every direction to the unpruned weights.
 
     forward: dL_k = L(W + sigma eps_k) - L(W)                (K+1 forwards)
     central: dL_k = [L(W + sigma eps_k) - L(W - sigma eps_k)] / 2   (2K forwards)
@@ -96,10 +100,14 @@ def loss_differences(
     out = np.empty(len(seeds), dtype=np.float32)
     with torch.inference_mode():
         pert = Perturber(params)
+        if mask is not None and mask.numel() != pert.n:
+            raise ValueError(f"mask has {mask.numel()} entries, parameters have {pert.n}")
         try:
             base = batch_loss(model, x, y, loss_fn) if scheme == "forward" else 0.0
             for k, seed in enumerate(seeds):
                 eps = torch.from_numpy(noise.direction(seed, pert.n))
+                if mask is not None:
+                    eps = eps * mask
                 pert.set(eps, sigma)
                 plus = batch_loss(model, x, y, loss_fn)
                 if scheme == "forward":

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator, noise
+from baffle import estimator
 
 
 def magnitude_mask(params: Sequence[tuple[str, torch.Tensor]], fraction: float) -> np.ndarray:
@@ -65,26 +65,6 @@ def masked_loss_differences(mask: np.ndarray) -> Callable[..., np.ndarray]:
         scheme: str = "forward",
         loss_fn: estimator.LossFn = F.cross_entropy,
     ) -> np.ndarray:
-        if scheme not in estimator.SCHEMES:
-            raise ValueError(f"unknown scheme {scheme!r}; valid: {estimator.SCHEMES}")
-        out = np.empty(len(seeds), dtype=np.float32)
-        with torch.inference_mode():
-            pert = estimator.Perturber(params)
-            if keep.numel() != pert.n:
-                raise ValueError(f"mask has {keep.numel()} entries, parameters have {pert.n}")
-            try:
-                base = estimator.batch_loss(model, x, y, loss_fn) if scheme == "forward" else 0.0
-                for k, seed in enumerate(seeds):
-                    eps = torch.from_numpy(noise.direction(seed, pert.n)) * keep
-                    pert.set(eps, sigma)
-                    plus = estimator.batch_loss(model, x, y, loss_fn)
-                    if scheme == "forward":
-                        out[k] = plus - base
-                    else:
-                        pert.set(eps, -sigma)
-                        out[k] = (plus - estimator.batch_loss(model, x, y, loss_fn)) / 2.0
-            finally:
-                pert.restore()
-        return out
+        return estimator.loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, mask=keep)
 
     return engine
