@@ -24,7 +24,7 @@ def _build(name: str, shape: tuple[int, int, int], **kw: str) -> nn.Module:
 
 
 def test_constants_are_tuples() -> None:
-    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp"}
+    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp", "lenet_small"}
     assert isinstance(ACTIVATIONS, tuple) and set(ACTIVATIONS) == {"hardswish", "relu", "gelu"}
     assert isinstance(NORMS, tuple) and set(NORMS) == {"group", "batch", "none"}
 
@@ -52,6 +52,14 @@ def test_lenet_parameter_count() -> None:
     assert num_parameters(build_model("lenet", in_channels=1, image_size=32)) == n
     # Exact value of the paper architecture (non-affine norms, conv biases).
     assert n == 416 + 25_664 + 650
+
+
+def test_lenet_small_parameter_count() -> None:
+    # conv1 8*(25+1) + conv2 16*(8*25+1) + classifier (16*3*3)*10+10 at 14x14; the head grows with the image.
+    assert num_parameters(build_model("lenet_small", image_size=14)) == 208 + 3_216 + 1_450
+    assert num_parameters(build_model("lenet_small", image_size=28)) == 208 + 3_216 + 7_850
+    with pytest.raises(ValueError, match="at least 4x4"):
+        build_model("lenet_small", image_size=3)
 
 
 def test_wrn_parameter_count() -> None:
