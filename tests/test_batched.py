@@ -44,6 +44,16 @@ def test_lenet_matches_loop(norm, scheme):
     assert eng.supports(model)
 
 
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_lenet_small_matches_loop(scheme):
+    # the default model: two max-pools then a flatten of per-member feature maps into a batched matmul
+    torch.manual_seed(4)
+    model = build_model("lenet_small", image_size=14)
+    x, y = _batch((1, 14, 14), 16, seed=4)
+    eng = _check(model, x, y, None, scheme)
+    assert eng.supports(model) and eng.can_fuse_clients(model)
+
+
 @pytest.mark.parametrize("norm", ["group", "batch", "none"])
 def test_mlp_matches_loop_including_trainable_subset(norm):
     torch.manual_seed(1)

@@ -23,7 +23,7 @@ from baffle import attacks, checkpoint, estimator, faults, privacy
 from baffle.baselines import BPClient
 from baffle.client import Client, load_weights
 from baffle.config import Config
-from baffle.data import Dataset, augment_cifar, load_dataset, partition
+from baffle.data import DATASET_INFO, Dataset, augment_cifar, load_dataset, partition
 from baffle.messages import LocalPlan, Upload
 from baffle.models import build_model
 from baffle.strategy import RoundResult, ServerStrategy
@@ -47,6 +47,10 @@ def load_data(cfg: Config) -> tuple[Dataset, Dataset]:
     root = d.root or None
     train = load_dataset(d.name, split="train", root=root, image_size=size)
     test = load_dataset(d.name, split="test", root=root, image_size=size)
+    native = DATASET_INFO[d.name].native_size if d.name in DATASET_INFO else None
+    if size and native and native > 28 and size < native:  # the 14x14 default is tuned for the 28x28 sets
+        log.warning("data.image_size=%d downsamples %s's %dx%d images; set data.image_size=0 for the native size",
+                    size, d.name, native, native)
     if d.classes or d.transform != "none":  # a shifted task for fine-tuning (baffle.tasks)
         from baffle.tasks import task_view
 
