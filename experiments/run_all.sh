@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every experiment behind docs/results.md, then the document itself.
-#   experiments/run_all.sh          quick budget (about 50-60 min on 2 CPU cores: two lanes of one thread each)
-#   experiments/run_all.sh --full   10x the rounds / forward budget, the whole test set (~10x longer)
+#   experiments/run_all.sh          quick budget (about 80 min on 2 CPU cores: three lanes of one thread each)
+#   experiments/run_all.sh --full   the same runs scored on the whole 10,000-image test set (into results_full/)
 # Finished runs are reused and interrupted ones resume, so it can be stopped and restarted at any time.
 # Extra arguments after the mode go to every `baffle sweep` call (e.g. --set estimator.engine=loop); note that
 # they change the runs' configs, so earlier outputs are then refused (pass --force to recompute them).
@@ -13,7 +13,7 @@ EXTRA=("$@")
 RES=results
 if [[ $MODE == full ]]; then
   RES=results_full
-  EXTRA+=(--set sweep.forward_budget=40400 --set data.test_subset=0)
+  EXTRA+=(--set data.test_subset=0)
 fi
 BAFFLE="nice -n 10 .venv/bin/baffle"
 PY="nice -n 10 .venv/bin/python"
@@ -25,11 +25,13 @@ if [[ ! -f $CKPT ]]; then
 fi
 mkdir -p "$RES"
 sweep() { $BAFFLE sweep "experiments/$1.toml" --out "$RES/$1" "${EXTRA[@]}" --no-progress || echo "sweep $1 had failures"; }
-# Two lanes of single-threaded runs keep both cores busy (one run with 2 threads is slower on these small models).
+# Lanes of single-threaded runs keep both cores busy (one run with 2 threads is slower on these small models).
 ( sweep main_table ) > "$RES/lane1.log" 2>&1 &
 LANE1=$!
 ( for name in beyond_paper k_sweep ablations finetune; do sweep "$name"; done ) > "$RES/lane2.log" 2>&1 &
 LANE2=$!
-echo "running: lane 1 (main_table) -> $RES/lane1.log, lane 2 (beyond_paper, k_sweep, ablations, finetune) -> $RES/lane2.log"
-wait $LANE1 $LANE2
+( sweep goals ) > "$RES/lane3.log" 2>&1 &
+LANE3=$!
+echo "running: lane 1 (main_table), lane 2 (beyond_paper, k_sweep, ablations, finetune), lane 3 (goals); logs in $RES/lane*.log"
+wait $LANE1 $LANE2 $LANE3
 $PY experiments/make_results.py --results "$RES" --mode "$MODE"

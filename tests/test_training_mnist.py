@@ -7,23 +7,24 @@ from baffle.config import Config
 from baffle.server import Simulation
 
 
-def test_short_forward_only_run_on_real_mnist_beats_chance(tmp_path):
+def test_default_recipe_learns_real_mnist_forward_only(tmp_path):
+    """The shipped default recipe (lenet_small, 14x14, K=20, Adam lr 0.01), shortened to 300 rounds on a 6k-image
+    subset: 81.5% on the machine that wrote this (chance is 10%); no backward pass anywhere."""
     cfg = Config()
     cfg.apply_overrides(
         [
             "data.train_subset=6000",
             "data.test_subset=1000",
             "data.eval_train_samples=500",
-            "estimator.K=20",
-            "federation.batch_size=8",
-            "run.rounds=80",
-            "run.eval_every=80",
-            "optim.lr=0.1",
+            "run.rounds=300",
+            "run.eval_every=100",
+            "run.threads=1",
         ]
     )
     summary = Simulation(cfg.validate(), tmp_path, progress=False).run()
     assert summary["total_backward_passes"] == 0
-    assert summary["final_test_acc"] > 0.25, summary  # chance is 0.1
+    assert summary["upload_bytes_per_client_per_round"] == 16 + 4 * 20  # K float32 scalars and a small header
+    assert summary["final_test_acc"] > 0.70, summary
 
 
 @pytest.mark.slow

@@ -317,7 +317,8 @@ def collect(sweep: Sweep, extra: list[str] | None = None) -> list[dict]:
             continue
         history, summary = read_run(run_dir)
         row.update(summary=summary, history=[
-            {"round": h["round"], "test_acc": h["test_acc"], "total_forward_passes": h["total_forward_passes"], "wall_s": h["wall_s"]}
+            {"round": h["round"], "test_acc": h["test_acc"], "total_forward_passes": h["total_forward_passes"],
+             "total_forward_samples": h.get("total_forward_samples"), "wall_s": h["wall_s"]}
             for h in history
         ])
         row["client_forward_passes_per_round"] = history[-1]["client_forward_passes"] if history else None
@@ -329,13 +330,14 @@ def results_table(rows: list[dict], varied_keys: list[str]) -> str:
     """The Markdown table of results.md."""
     varied_keys = [k for k in varied_keys if k not in ("run.method", "run.rounds")]  # fixed columns already
     cols = ["run"] + [_short(k) for k in varied_keys] + [
-        "method", "rounds", "final acc %", "best acc %", "fwd/client/round", "total fwd", "upload B/client/round", "wall s",
+        "method", "rounds", "final acc %", "best acc %", "fwd/client/round", "total fwd", "fwd samples", "upload B/client/round",
+        "wall s",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         vals = [r["name"]] + [_fmt(r["varied"].get(k, "")).replace("*", "\\*") for k in varied_keys]  # globs: not emphasis
         if r.get("error"):
-            vals += ["FAILED: " + r["error"].replace("|", "/")] + [""] * 7
+            vals += ["FAILED: " + r["error"].replace("|", "/")] + [""] * 8
         else:
             s = r["summary"]
             vals += [
@@ -345,11 +347,18 @@ def results_table(rows: list[dict], varied_keys: list[str]) -> str:
                 _pct(s["best_test_acc"]),
                 str(r["client_forward_passes_per_round"]),
                 str(s["total_forward_passes"]),
+                _samples(r["history"]),
                 str(s["upload_bytes_per_client_per_round"]),
                 f"{s['wall_s']:.0f}",
             ]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
+
+
+def _samples(history: list[dict]) -> str:
+    """Samples pushed through forward passes by all clients, in millions: passes alone hide the batch size."""
+    n = history[-1].get("total_forward_samples") if history else None
+    return "n/a" if n is None else f"{n / 1e6:.2f}M"
 
 
 def _pct(x: float | None) -> str:
@@ -374,7 +383,7 @@ def write_results(sweep: Sweep, rows: list[dict]) -> None:
         "",
     ]
     (out / "results.md").write_text("\n".join(text))
-    (out / "results.json").write_text(json.dumps({"title": sweep.title, "varied_keys": sweep.varied_keys, "runs": rows}, indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps({"title": sweep.title, "description": sweep.description.strip(), "varied_keys": sweep.varied_keys, "runs": rows}, indent=1) + "\n")
     curves = {r["name"]: r["history"] for r in done if r["history"]}
     plot_accuracy(curves, out / "acc_vs_rounds.png", "round", "round")
     plot_accuracy(curves, out / "acc_vs_forward_passes.png", "total_forward_passes", "client minibatch forward passes (all clients)", log_x=True)

@@ -53,6 +53,7 @@ KEY_MAP: dict[str, str] = {
     "optim-milestones": "optim.milestones",
     "optim-gamma": "optim.gamma",
     "optim-cosine": "optim.cosine",
+    "optim-warmup": "optim.warmup",
     "optim-ema-decay": "optim.ema_decay",
     "optim-ema-every": "optim.ema_every",
 }
