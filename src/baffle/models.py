@@ -135,6 +135,22 @@ def _make_norm(norm: str, channels: int, *, dims: int = 2) -> nn.Module:
     return nn.Identity()
 
 
+def _two_convs(in_channels: int, channels: tuple[int, int], activation: str, norm: str) -> list[nn.Module]:
+    """The LeNet trunk both LeNets share: conv5x5(c1) -> norm -> act -> maxpool2 -> conv5x5(c2) -> norm -> act
+    ("same" padding). A bias right before BatchNorm is cancelled exactly, so it is dropped there."""
+    bias = norm != "batch"
+    c1, c2 = channels
+    return [
+        nn.Conv2d(in_channels, c1, kernel_size=5, padding=2, bias=bias),
+        _make_norm(norm, c1),
+        _make_activation(activation),
+        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(c1, c2, kernel_size=5, padding=2, bias=bias),
+        _make_norm(norm, c2),
+        _make_activation(activation),
+    ]
+
+
 class LeNet(nn.Module):
     """LeNet as in the BAFFLE code: conv5x5(16) -> norm -> act -> maxpool2 ->
     conv5x5(64) -> norm -> act -> global average pool -> linear.
@@ -154,19 +170,8 @@ class LeNet(nn.Module):
         norm: str = "group",
     ) -> None:
         super().__init__()
-        bias = norm != "batch"  # a bias right before BatchNorm is cancelled exactly
-        c1, c2 = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=5, padding=2, bias=bias),
-            _make_norm(norm, c1),
-            _make_activation(activation),
-            nn.MaxPool2d(kernel_size=2, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2, bias=bias),
-            _make_norm(norm, c2),
-            _make_activation(activation),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+        c2 = channels[1]
+        self.features = nn.Sequential(*_two_convs(in_channels, channels, activation, norm), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(c2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,18 +203,9 @@ class LeNetSmall(nn.Module):
         super().__init__()
         if image_size < 4:
             raise ValueError(f"lenet_small needs images of at least 4x4 (two 2x2 poolings), got {image_size}")
-        bias = norm != "batch"
-        c1, c2 = channels
+        c2 = channels[1]
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=5, padding=2, bias=bias),
-            _make_norm(norm, c1),
-            _make_activation(activation),
-            nn.MaxPool2d(kernel_size=2, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2, bias=bias),
-            _make_norm(norm, c2),
-            _make_activation(activation),
-            nn.MaxPool2d(kernel_size=2, stride=2),
-            nn.Flatten(),
+            *_two_convs(in_channels, channels, activation, norm), nn.MaxPool2d(kernel_size=2, stride=2), nn.Flatten()
         )
         self.classifier = nn.Linear(c2 * (image_size // 4) ** 2, num_classes)
 
