@@ -152,3 +152,12 @@ def test_audit_twin_federations_never_diverge():
     assert res["injected_bad_uploads"] == 60 and res["rejected"] == 60
     assert res["accepted_bad_uploads"] == 0 and res["corrupted_rounds"] == 0
     assert res["every_rejection_has_its_own_reason"] and res["rounds_skipped_all_bad"] == 1
+
+
+def test_aggregating_no_upload_is_a_clear_error_not_a_numpy_one():
+    from baffle.models import build_model
+    from baffle.strategy import ServerStrategy
+
+    strategy = ServerStrategy(build_model("mlp"), tiny())
+    with pytest.raises(ValueError, match="at least one validated upload"):
+        strategy.aggregate_diffs([])

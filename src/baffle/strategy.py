@@ -189,6 +189,8 @@ class ServerStrategy:
     def aggregate_diffs(self, uploads: Sequence[Upload], round_idx: int | None = None) -> np.ndarray:
         """The round's K-vector from VALIDATED uploads (central DP, when on, clips, sums and noises here)."""
         f, p = self.cfg.federation, self.cfg.privacy
+        if not uploads:
+            raise ValueError("aggregate_diffs needs at least one validated upload (skip the round when none is valid)")
         vectors = np.stack([np.asarray(u.loss_diffs, dtype=np.float32) for u in uploads])
         if p.mode == "central":
             if round_idx is None:  # the noise is seeded per round; reusing one seed would correlate it
