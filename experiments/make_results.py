@@ -21,6 +21,7 @@ SWEEPS = [
     ("ablations", "The paper's guidelines as ablations"),
     ("beyond_paper", "Beyond the paper: from the paper's recipe to the fast recipe at equal forward passes"),
     ("finetune", "Forward-only fine-tuning of a pretrained model"),
+    ("lr_sweep", "Server learning rate of the fast recipe"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),
