@@ -50,3 +50,32 @@ def test_cifar10_wrn_config_smoke_run_on_fixture(tmp_path):
     s = done[0]["summary"]
     assert s["model"] == "wrn10_2" and s["dataset"] == "cifar10" and s["total_forward_passes"] == 2 * 3
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["name"] == "method=baffle"
+
+
+def _row(name, accs, passes_per_eval, samples_per_pass=8):
+    history = [{"round": i + 1, "test_acc": a, "total_forward_passes": (i + 1) * passes_per_eval,
+                "total_forward_samples": (i + 1) * passes_per_eval * samples_per_pass, "wall_s": 1.0} for i, a in enumerate(accs)]
+    summary = {"final_test_acc": accs[-1], "best_test_acc": max(accs), "rounds": len(accs),
+               "total_forward_passes": len(accs) * passes_per_eval}
+    return {"name": name, "summary": summary, "history": history}
+
+
+def test_results_doc_judges_goals_and_forward_pass_fractions():
+    """docs/results.md's verdicts are computed, not typed: a goal is met only at or above its threshold, the
+    longest-budget run is preferred, and 'passes to reach the paper's accuracy' reads the curves."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_results", EXP / "make_results.py")
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    rows = {
+        "main_table": [_row("iid_baffle__name=mnist", [0.5, 0.96], 10), _row("dir0.5_baffle__name=mnist", [0.9, 0.951], 10)],
+        "goals": [_row("mnist_iid", [0.9, 0.972], 10)],
+    }
+    text = "\n".join(mr.goal_rows(rows))
+    assert "`goals/mnist_iid` | 97.20% / 97.20% | 2 | yes" in text  # the long run wins over the main table's
+    assert "`main_table/dir0.5_baffle__name=mnist` | 95.10% / 95.10% | 2 | yes" in text
+    assert "Fashion-MNIST, IID, forward-only: >= 85% | not run | | | no" in text
+    beyond = "\n".join(mr.beyond_table([_row("paper", [0.1, 0.2, 0.3, 0.4], 100, 32), _row("fast", [0.45, 0.6], 50)]))
+    assert "| paper | 40.00 | 400 | 1.00 | 1.000 |" in beyond
+    assert "| fast | 60.00 | 50 | 0.12 | 0.031 |" in beyond  # 50/400 passes, 50*8 / (400*32) samples
