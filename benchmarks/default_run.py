@@ -1,6 +1,6 @@
 """Run the default `baffle run` job (and optionally its backprop twin) and write docs/default-run.md.
 
-    .venv/bin/python benchmarks/default_run.py            # default job only (~10 min on 2 cores)
+    .venv/bin/python benchmarks/default_run.py            # default job only (a few minutes on 2 cores)
     .venv/bin/python benchmarks/default_run.py --with-bp  # plus BP FedSGD with the same config
 
 Every number in docs/default-run.md comes from the summary.json / metrics.jsonl this script produces

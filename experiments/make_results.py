@@ -28,7 +28,7 @@ GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budg
     ("MNIST, Dirichlet alpha=0.5, forward-only: >= 95%",
      [("goals", "mnist_dir0.5"), ("main_table", "dir0.5_baffle__name=mnist")], 0.95),
     ("Fashion-MNIST, IID, forward-only: >= 85%",
-     [("goals", "fashion_iid"), ("main_table", "iid_baffle__name=fashion_mnist")], 0.85),
+     [("goals", "fashion_iid_k100"), ("goals", "fashion_iid"), ("main_table", "iid_baffle__name=fashion_mnist")], 0.85),
 ]
 TOML: dict[str, str] = {}  # output folder -> sweep file, where they differ
 
@@ -76,22 +76,24 @@ def beyond_table(rows: list[dict]) -> list[str]:
 
 
 def goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
+    """One line per goal and per long run of it (all of them, not the best); the main table's run only when no
+    long run exists."""
     lines = ["| goal | run | measured (final / best) | rounds | met |", "|---|---|---|---|---|"]
     for goal, candidates, thr in GOALS:
-        found = None
+        found = []
         for sweep, run in candidates:
             r = next((r for r in all_rows.get(sweep, []) if r["name"] == run and not r.get("error")), None)
             if r is not None:
-                found = (sweep, run, r)
-                break
-        if found is None:
+                found.append((sweep, run, r))
+        long_runs = [f for f in found if f[0] == "goals"]
+        found = long_runs or found[:1]
+        if not found:
             lines.append(f"| {goal} | not run | | | no |")
-            continue
-        sweep, run, r = found
-        s = r["summary"]
-        final = s["final_test_acc"]
-        met = "yes" if final >= thr else f"no (gap {100 * (thr - final):.2f} points)"
-        lines.append(f"| {goal} | `{sweep}/{run}` | {100 * final:.2f}% / {100 * s['best_test_acc']:.2f}% | {s['rounds']} | {met} |")
+        for sweep, run, r in found:
+            s = r["summary"]
+            final = s["final_test_acc"]
+            met = "yes" if final >= thr else f"no (gap {100 * (thr - final):.2f} points)"
+            lines.append(f"| {goal} | `{sweep}/{run}` | {100 * final:.2f}% / {100 * s['best_test_acc']:.2f}% | {s['rounds']} | {met} |")
     return lines
 
 

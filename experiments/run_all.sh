@@ -31,11 +31,11 @@ LANE1=$!
 ( for name in beyond_paper k_sweep ablations finetune lr_sweep; do sweep "$name"; done ) > "$RES/lane2.log" 2>&1 &
 LANE2=$!
 GOAL_LANES=()
-for run in mnist_iid mnist_dir0.5 fashion_iid; do  # the three long runs side by side (one sweep each)
+for run in mnist_iid mnist_dir0.5 fashion_iid fashion_iid_k100; do  # the long runs side by side (one sweep each)
   ( $BAFFLE sweep experiments/goals.toml --out "$RES/goals" --only "^$run\$" "${EXTRA[@]}" --no-progress ) > "$RES/goals_$run.log" 2>&1 &
   GOAL_LANES+=($!)
 done
-echo "running: lane 1 (main_table), lane 2 (beyond_paper, k_sweep, ablations, finetune, lr_sweep), goals (3 runs); logs in $RES/*.log"
+echo "running: lane 1 (main_table), lane 2 (beyond_paper, k_sweep, ablations, finetune, lr_sweep), goals (4 runs); logs in $RES/*.log"
 wait $LANE1 $LANE2 "${GOAL_LANES[@]}"
 sweep goals  # all three finished: rewrite the goals table with every run
 $PY experiments/make_results.py --results "$RES" --mode "$MODE"

@@ -21,7 +21,7 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 3), ("lr_sweep", 4), ("cifar10_wrn", 2)])
+@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 4), ("lr_sweep", 4), ("cifar10_wrn", 2)])
 def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
     extra = []
     if name == "finetune":  # model.init must exist: a LeNet state_dict for the 5-way task
