@@ -113,8 +113,9 @@ def main() -> int:
         f"`experiments/run_all.sh{flag}` (finished runs are reused, interrupted ones resume). Each table names the "
         f"command that regenerates it. Budget: **{args.mode}**"
         + (" (2,000 test samples per evaluation; `--full` scores the whole 10,000)." if args.mode == "quick" else " (whole test set).")
-        + " Machine: 2 CPU cores, every run single-threaded, two runs at a time. One seed per run: differences of a "
-        "point or two between runs are within seed noise.",
+        + " Machine: 2 CPU cores, every run single-threaded, up to five runs sharing the 2 cores (experiments/run_all.sh), "
+        "so a run's wall time depends on what ran beside it: compare costs by forward passes and samples, not wall "
+        "time. One seed per run: differences of a point or two between runs are within seed noise.",
         "",
         "Vocabulary: a *forward pass* is one minibatch forward of one client; *fwd samples* counts the images pushed "
         "through all forward passes (a pass of 8 samples is 4x cheaper than one of 32); BP runs count a "
