@@ -91,16 +91,21 @@ def plot_accuracy(
 ) -> None:
     """One line per run: test accuracy against ``x_key`` of its metrics rows (``baffle sweep``'s plots)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, history in curves.items():
+    many = len(curves) > 8  # beyond the default colour cycle: 20 colours, solid then dashed, legend outside
+    fig, ax = plt.subplots(figsize=(10, 5) if many else (7, 4.5))
+    colors = plt.get_cmap("tab20").colors
+    for i, (label, history) in enumerate(curves.items()):
         xs = [max(h[x_key], 1) if log_x else h[x_key] for h in history]
-        ax.plot(xs, [100 * h["test_acc"] for h in history], marker=".", label=label)
+        style = {"color": colors[i % 20], "linestyle": "-" if i < 20 else "--"} if many else {}
+        ax.plot(xs, [100 * h["test_acc"] for h in history], marker=".", label=label, **style)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     if log_x:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    if curves:
+    if many:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    elif curves:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
