@@ -25,7 +25,7 @@ if [[ ! -f $CKPT ]]; then
 fi
 mkdir -p "$RES"
 sweep() { $BAFFLE sweep "experiments/$1.toml" --out "$RES/$1" "${EXTRA[@]}" --no-progress || echo "sweep $1 had failures"; }
-# Lanes of single-threaded runs keep both cores busy (one run with 2 threads is slower on these small models).
+# Single-threaded runs side by side keep both cores busy.
 ( sweep main_table ) > "$RES/lane1.log" 2>&1 &
 LANE1=$!
 ( for name in beyond_paper k_sweep ablations finetune lr_sweep; do sweep "$name"; done ) > "$RES/lane2.log" 2>&1 &
@@ -37,5 +37,5 @@ for run in mnist_iid mnist_dir0.5 fashion_iid fashion_iid_k100; do  # the long r
 done
 echo "running: lane 1 (main_table), lane 2 (beyond_paper, k_sweep, ablations, finetune, lr_sweep), goals (4 runs); logs in $RES/*.log"
 wait $LANE1 $LANE2 "${GOAL_LANES[@]}"
-sweep goals  # all three finished: rewrite the goals table with every run
+sweep goals  # all finished: rewrite the goals table with every run
 $PY experiments/make_results.py --results "$RES" --mode "$MODE"
