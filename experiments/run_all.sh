@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every experiment behind docs/results.md, then the document itself.
-#   experiments/run_all.sh          quick budget (about 80-90 min on 2 CPU cores: five single-threaded processes at once)
+#   experiments/run_all.sh          quick budget (about 2 hours on 2 CPU cores: up to six single-threaded processes at once)
 #   experiments/run_all.sh --full   the same runs scored on the whole 10,000-image test set (into results_full/)
 # Finished runs are reused and interrupted ones resume, so it can be stopped and restarted at any time.
 # Extra arguments after the mode go to every `baffle sweep` call (e.g. --set estimator.engine=loop); note that
