@@ -30,21 +30,13 @@ GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budg
     ("Fashion-MNIST, IID, forward-only: >= 85%",
      [("goals", "fashion_iid_k100"), ("goals", "fashion_iid"), ("main_table", "iid_baffle__name=fashion_mnist")], 0.85),
 ]
-TOML: dict[str, str] = {}  # output folder -> sweep file, where they differ
 
 
-def passes_to_reach(history: list[dict], target: float) -> int | None:
-    """Total client forward passes at the first evaluation reaching ``target`` accuracy, or None."""
+def first_reaching(history: list[dict], target: float, key: str = "total_forward_passes") -> int | None:
+    """``key`` (client forward passes, or samples) at the first evaluation reaching ``target`` accuracy, or None."""
     for h in history:
         if h["test_acc"] >= target:
-            return h["total_forward_passes"]
-    return None
-
-
-def samples_to_reach(history: list[dict], target: float) -> int | None:
-    for h in history:
-        if h["test_acc"] >= target:
-            return h.get("total_forward_samples")
+            return h.get(key)
     return None
 
 
@@ -65,8 +57,8 @@ def beyond_table(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for name, r in ok.items():
-        p = passes_to_reach(r["history"], target)
-        smp = samples_to_reach(r["history"], target)
+        p = first_reaching(r["history"], target)
+        smp = first_reaching(r["history"], target, "total_forward_samples")
         frac_s = f"{smp / total_samples:.3f}" if smp is not None and total_samples else "-"
         out.append(
             f"| {name} | {100 * r['summary']['final_test_acc']:.2f} | {p if p is not None else 'not reached'} | "
@@ -113,7 +105,7 @@ def main() -> int:
         f"`experiments/run_all.sh{flag}` (finished runs are reused, interrupted ones resume). Each table names the "
         f"command that regenerates it. Budget: **{args.mode}**"
         + (" (2,000 test samples per evaluation; `--full` scores the whole 10,000)." if args.mode == "quick" else " (whole test set).")
-        + " Machine: 2 CPU cores, every run single-threaded, up to five runs sharing the 2 cores (experiments/run_all.sh), "
+        + " Machine: 2 CPU cores, every run single-threaded, up to six runs sharing the 2 cores (experiments/run_all.sh), "
         "so a run's wall time depends on what ran beside it: compare costs by forward passes and samples, not wall "
         "time. One seed per run: differences of a point or two between runs are within seed noise.",
         "",
@@ -129,7 +121,7 @@ def main() -> int:
     for name, heading in SWEEPS:
         sections += [f"## {heading}", ""]
         src = res / name / "results.json"
-        cmd = f"baffle sweep experiments/{TOML.get(name, name)}.toml --out {res}/{name}"
+        cmd = f"baffle sweep experiments/{name}.toml --out {res}/{name}"
         if args.mode == "full":
             cmd += " --set data.test_subset=0"
         if not src.exists():
@@ -159,7 +151,7 @@ def main() -> int:
         sections += [
             f"Regenerate: `{cmd}` (then this script). Data: [results.json](results/{name}/results.json).",
             "",
-            data.get("description", "").strip() or "",
+            data.get("description", "").strip(),
             "",
             results_table(rows, data["varied_keys"]),
             "",

@@ -337,7 +337,8 @@ def results_table(rows: list[dict], varied_keys: list[str]) -> str:
     for r in rows:
         vals = [r["name"]] + [_fmt(r["varied"].get(k, "")).replace("*", "\\*") for k in varied_keys]  # globs: not emphasis
         if r.get("error"):
-            vals += ["FAILED: " + r["error"].replace("|", "/")] + [""] * 8
+            vals += ["FAILED: " + r["error"].replace("|", "/")]
+            vals += [""] * (len(cols) - len(vals))
         else:
             s = r["summary"]
             vals += [
