@@ -1,0 +1,1 @@
+"""Run records: run directories, checkpoints, the metrics schema, reports and tables."""

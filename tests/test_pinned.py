@@ -1,0 +1,146 @@
+"""What a refactor must not change: the final weights of a short run of every training path.
+
+Each case runs a few rounds of the tiny federation and hashes the final global weights and the EMA weights
+the run evaluates; ``tests/pinned_hashes.json`` holds the values of the code as it was when they were
+recorded. Floating-point results depend on the CPU's kernel path, so the values are keyed by torch version
+and CPU capability; on a machine with another key the test says so and skips (regenerate with
+``BAFFLE_PIN_WRITE=1 pytest tests/test_pinned.py`` when a change is *meant* to alter results).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinycfg import tiny
+
+PINS = Path(__file__).with_name("pinned_hashes.json")
+WRITE = os.environ.get("BAFFLE_PIN_WRITE") == "1"
+
+CASES: dict[str, dict] = {
+    "baffle_loop": {},
+    "baffle_batched": {"estimator.engine": "batched", "estimator.fuse_clients": "false"},
+    "baffle_fused": {"estimator.engine": "batched", "estimator.fuse_clients": "true"},
+    "baffle_central_scheme": {"estimator.scheme": "central"},
+    "baffle_local": {"run.method": "baffle_local", "federation.local_steps": 2},
+    "fedsgd": {"run.method": "fedsgd"},
+    "fedavg": {"run.method": "fedavg", "federation.local_steps": 2},
+    "pruned": {"model.prune": 0.5},
+    "mixed_onnx": {"federation.onnx_clients": 2},
+    "dp_local": {"privacy.mode": "local", "privacy.clip": 0.05},
+    "dp_central": {"privacy.mode": "central", "privacy.clip": 0.05},
+    "median": {"federation.aggregator": "median", "data.num_clients": 6},
+    "trimmed_mean": {"federation.aggregator": "trimmed_mean", "federation.trim_fraction": 0.2, "data.num_clients": 6},
+    "clipped_mean": {"federation.aggregator": "clipped_mean"},
+    "multi_krum": {"federation.aggregator": "multi_krum", "federation.trim_fraction": 0.34, "data.num_clients": 6},
+    "faults_attack_sampling": {"federation.clients_per_round": 0.75, "federation.dropout_rate": 0.2,
+                               "federation.attack": "sign_flip", "federation.attack_fraction": 0.25},
+    "shaping_seed_pool": {"estimator.baseline": "mean", "estimator.shaping": "rank", "estimator.seed_pool": 32},
+}
+
+
+def machine_key() -> str:
+    return f"torch-{torch.__version__.split('+')[0]}/{torch.backends.cpu.get_cpu_capability()}"
+
+
+def digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k, v in state.items():
+        t = v.detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def run_digest(sim) -> str:
+    strategy = sim.fed.strategy
+    return digest(strategy.model.state_dict()) + ":" + digest(dict(strategy.eval_weights()))
+
+
+def simulate(cfg, out=None):
+    from baffle.server import Simulation
+
+    sim = Simulation(cfg, out, progress=False)
+    sim.run()
+    return sim
+
+
+def case_digest(name: str, tmp_path: Path) -> str:
+    if name == "resume_mid_run":
+        return resume_digest(tmp_path)
+    if name == "flower_simulation":
+        return flower_digest(tmp_path)
+    return run_digest(simulate(tiny(4, **CASES[name])))
+
+
+def resume_digest(tmp_path: Path) -> str:
+    """Crash after round 2 (checkpointed every round), resume in a fresh process-like object, finish."""
+    from baffle.server import Simulation
+
+    class Crash(Exception):
+        pass
+
+    cfg = tiny(4)
+    first = Simulation(cfg, tmp_path / "run", progress=False)
+    real = first.runner.run_round
+
+    def crashing(r):
+        if r == 2:
+            raise Crash()
+        return real(r)
+
+    first.runner.run_round = crashing
+    with pytest.raises(Crash):
+        first.run()
+    second = Simulation(tiny(4), tmp_path / "run", progress=False)
+    assert second.resume_or_start() and second.start_round == 2
+    second.run()
+    return run_digest(second)
+
+
+def flower_digest(tmp_path: Path) -> str:
+    pytest.importorskip("flwr")
+    import tomllib
+
+    from baffle.flower.inmemory import run_inmemory
+
+    repo = Path(__file__).resolve().parents[1]
+    rc = dict(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    rc.update({"num-server-rounds": 3, "eval-every": 3, "data-name": "synthetic", "train-subset": 300,
+               "test-subset": 100, "estimator-k": 8, "estimator-engine": "loop", "result-dir": str(tmp_path / "fl")})
+    run_inmemory(rc, 3)
+    return json.loads((tmp_path / "fl" / "result.json").read_text())["weights_sha256"][:32]
+
+
+ALL = [*CASES, "resume_mid_run", "flower_simulation"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_final_weights_are_pinned(name, tmp_path):
+    pins = json.loads(PINS.read_text()) if PINS.exists() else {}
+    key = machine_key()
+    got = case_digest(name, tmp_path)
+    if WRITE:
+        pins.setdefault(key, {})[name] = got
+        PINS.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
+        return
+    if key not in pins:
+        pytest.skip(f"no pinned hashes for {key} (recorded for: {', '.join(pins)})")
+    assert name in pins[key], f"case {name} has no pinned hash; record it with BAFFLE_PIN_WRITE=1"
+    assert got == pins[key][name], f"{name}: final weights changed ({got} != {pins[key][name]})"
+
+
+def test_cases_differ_from_each_other():
+    """A pin that every path shares would not pin the path: the recorded values must be distinct."""
+    pins = json.loads(PINS.read_text()).get(machine_key())
+    if not pins:
+        pytest.skip("no pinned hashes for this machine")
+    values = [v for k, v in pins.items() if k not in ("flower_simulation", "resume_mid_run", "baffle_fused")]
+    assert len(set(values)) == len(values)
+    assert pins["baffle_fused"] == pins["baffle_batched"], "fusing clients must not change any upload"
+    assert pins["resume_mid_run"] == pins["baffle_loop"], "a resumed run must end where the uninterrupted one does"
