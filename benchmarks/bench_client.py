@@ -73,7 +73,8 @@ def _timed(fn) -> float:
 
 # ---- 2. client step ----------------------------------------------------------------------------------
 def step_times(models: list[str], ks: list[int], batches: list[int], reps: dict[str, int], wrn_max_k: int) -> list[dict]:
-    from baffle import estimator, noise
+    from baffle import estimator
+    from baffle.protocol import noise
     from baffle.batched import make_batched_engine
     from baffle.config import EstimatorConfig
     from baffle.models import count_flops
@@ -123,7 +124,8 @@ def memory_child(kind: str, name: str, b: int, k: int) -> dict:
     from baffle.client import Client
     from baffle.config import EstimatorConfig
     from baffle.data import Dataset
-    from baffle import estimator, noise
+    from baffle import estimator
+    from baffle.protocol import noise
     from baffle.messages import RoundPlan
 
     torch.set_num_threads(1)

@@ -46,7 +46,7 @@ def child(kind: str, work: Path, K: int, batch: int, steps: int, sigma: float) -
     x, y = np.load(work / "x.npy"), np.load(work / "y.npy")
     weights = dict(np.load(work / "weights.npz"))
     mask = np.load(work / "mask.npy") if kind.startswith("pruned") else None
-    from baffle import noise
+    from baffle.protocol import noise
     from baffle.messages import RoundPlan
 
     if kind.startswith("onnx") or kind == "pruned_onnx":

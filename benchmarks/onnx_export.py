@@ -27,7 +27,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from baffle import noise
+from baffle.protocol import noise
 from baffle.export import export_onnx, numpy_weights
 from baffle.models import build_model
 from baffle.onnx_client import check_weights, make_session

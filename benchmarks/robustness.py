@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator, noise
+from baffle import estimator
+from baffle.protocol import noise
 from baffle.config import Config
 from baffle.messages import Upload
 from baffle.server import RoundRunner, Simulation

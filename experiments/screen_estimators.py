@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator, noise
+from baffle import estimator
+from baffle.protocol import noise
 from baffle.data import load_dataset
 from baffle.models import build_model
 from baffle.shaping import shape_diffs

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator, noise
+from baffle import estimator
+from baffle.protocol import noise
 from baffle.batched import BatchedEngine, make_batched_engine
 from baffle.models import build_model
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from baffle import estimator, noise
+from baffle import estimator
+from baffle.protocol import noise
 from baffle.client import Client, load_weights
 from baffle.data import load_dataset
 from baffle.messages import RoundPlan, Upload

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator, noise
+from baffle import estimator
+from baffle.protocol import noise
 
 
 def _problem(seed=0):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from baffle import noise
+from baffle.protocol import noise
 
 # Test vector of "baffle-noise-v1". If numpy ever changes Philox or its float32 normal sampler,
 # this fails before a federation silently diverges.
@@ -38,7 +38,7 @@ def test_rounds_and_extra_components_give_different_seeds():
 
 def test_bit_identical_in_a_separate_process():
     code = (
-        "import numpy as np, sys; from baffle import noise; "
+        "import numpy as np, sys; from baffle.protocol import noise; "
         "s = noise.round_seeds(99, 5, 3); "
         "sys.stdout.buffer.write(np.concatenate([noise.direction(x, 1000) for x in s]).tobytes())"
     )

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from baffle import estimator, noise, onnx_client, pruning
+from baffle import estimator, onnx_client, pruning
+from baffle.protocol import noise
 from baffle.config import Config, ConfigError
 from baffle.data import BatchSampler
 from baffle.export import export_onnx, numpy_weights

@@ -41,7 +41,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from baffle import estimator, noise
+from baffle import estimator
+from baffle.protocol import noise
 
 log = logging.getLogger("baffle")
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator, noise
+from baffle import estimator
+from baffle.protocol import noise
 from baffle.data import BatchSampler, Dataset
 from baffle.messages import LocalPlan, RoundPlan, Upload, WeightsUpload
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import noise
+from baffle.protocol import noise
 
 SCHEMES = ("forward", "central")
 

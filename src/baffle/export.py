@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import torch
 
-from baffle.noise import NOISE_SPEC
+from baffle.protocol.noise import NOISE_SPEC
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "logits"

@@ -2,11 +2,11 @@
 
 This is the paper's practical promise made literal: a device that can only run inference answers a
 round with the same K loss differences as the torch client. It imports numpy, onnxruntime and the
-numpy-only parts of baffle (``baffle.noise``, ``baffle.messages``); ``tests/test_onnx_client.py`` runs it
+numpy-only parts of baffle (``baffle.protocol.noise``, ``baffle.messages``); ``tests/test_onnx_client.py`` runs it
 in a fresh process and checks that ``torch`` never enters ``sys.modules``.
 
 The model comes from :func:`baffle.export.export_onnx` (weights are graph inputs, exported once); each
-round the client receives the global weights as arrays, regenerates eps_k with ``baffle.noise.direction``
+round the client receives the global weights as arrays, regenerates eps_k with ``baffle.protocol.noise.direction``
 (the same numpy code as the server, so bit-identical), and feeds W + sigma * eps_k to the same session.
 The flat-vector layout is that of :func:`baffle.estimator.select_parameters`: ``named_parameters``
 order (stored in the model's metadata), filtered by the same glob patterns.
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from baffle import noise
+from baffle.protocol import noise
 from baffle.messages import RoundPlan, Upload
 
 INPUT_NAME = "x"  # mirrors baffle.export (which imports torch, so it is not imported here)

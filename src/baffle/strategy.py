@@ -15,7 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from baffle import aggregation, estimator, noise
+from baffle import aggregation, estimator
+from baffle.protocol import noise
 from baffle.config import Config
 from baffle.messages import RoundPlan, Upload, WeightsUpload
 from baffle.shaping import shape_diffs
