@@ -1,0 +1,45 @@
+"""The valid choices of every enumerated config key, in one place.
+
+Each tuple is the single definition: the feature modules that implement a choice (models, data, schemes,
+aggregation, attacks, privacy, shaping, adapters, tasks, the ONNX client) import their tuple from here, and
+config validation checks values against it. Adding a choice means adding it here and implementing it there;
+``tests/test_config.py`` checks the two stay in step. Nothing here imports torch or any baffle module.
+"""
+
+from __future__ import annotations
+
+# [run]
+METHODS: tuple[str, ...] = ("baffle", "baffle_local", "fedsgd", "fedavg")
+DEVICES: tuple[str, ...] = ("cpu",)  # run.device: every engine runs on the CPU today
+
+# [data]
+#: number of classes of each dataset: data.classes is checked against it without loading any data
+NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
+DATASET_NAMES: tuple[str, ...] = tuple(NUM_CLASSES)
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shard")
+TRANSFORMS: tuple[str, ...] = ("none", "invert", "rotate90", "hflip")
+
+# [model]
+MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small")
+MODEL_ALIASES: dict[str, str] = {"wrn-10-2": "wrn10_2"}  # alternative spelling -> canonical name
+ACTIVATIONS: tuple[str, ...] = ("hardswish", "relu", "gelu")
+NORMS: tuple[str, ...] = ("group", "batch", "none")
+ADAPTERS: tuple[str, ...] = ("none", "lora")
+LORA_PATTERN = "*lora_*"  # the model.trainable glob that selects LoRA adapter parameters
+
+# [estimator]
+SCHEMES: tuple[str, ...] = ("forward", "central")
+ENGINES: tuple[str, ...] = ("batched", "loop")
+BASELINES: tuple[str, ...] = ("none", "mean")
+SHAPINGS: tuple[str, ...] = ("none", "rank")
+
+# [federation]
+AGGREGATORS: tuple[str, ...] = ("mean", "median", "trimmed_mean", "clipped_mean", "multi_krum")
+ATTACKS: tuple[str, ...] = ("none", "scale_neg10", "scale_100", "noise", "sign_flip")
+ONNX_PRECISIONS: tuple[str, ...] = ("float", "int8", "int8_weights")
+
+# [optim]
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+
+# [privacy]
+PRIVACY_MODES: tuple[str, ...] = ("none", "local", "central")

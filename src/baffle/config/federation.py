@@ -1,0 +1,64 @@
+"""[federation]: client sampling, batch size, local steps, aggregation, and the simulator's clients
+(ONNX clients, dropouts, stragglers, Byzantine attacks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from baffle.config.checks import ConfigError, choice, fraction_or_count, positive
+from baffle.config.choices import AGGREGATORS, ATTACKS, ONNX_PRECISIONS
+
+if TYPE_CHECKING:
+    from baffle.config.core import Config
+
+
+@dataclass
+class FederationConfig:
+    clients_per_round: float = 1.0  # fraction in (0, 1], or an integer count > 1
+    batch_size: int = 8  # per client; ZO noise is dominated by directions, not data: small batches buy more rounds
+    local_steps: int = 10  # baffle_local / fedavg: local steps per round
+    local_lr: float = 0.01  # baffle_local / fedavg: client learning rate
+    aggregator: str = "mean"
+    trim_fraction: float = 0.1
+    min_clients: int = 1  # quorum: a round with fewer valid uploads is skipped
+    onnx_clients: float = 0.0  # clients that run ONNX Runtime + numpy only: fraction in [0, 1] or a count > 1
+    onnx_precision: str = "float"  # ONNX clients' arithmetic: float | int8 (activations) | int8_weights
+    dropout_rate: float = 0.0  # probability a sampled client fails mid-round (seeded per round and client)
+    straggler_delay_s: float = 0.0  # mean simulated response time (exponential); 0 = instant
+    timeout_s: float = 0.0  # clients slower than this are dropped; 0 = wait for everyone
+    attack: str = "none"  # simulated Byzantine clients: none | scale_neg10 | scale_100 | noise | sign_flip
+    attack_fraction: float = 0.0  # fraction of all clients that are hostile (a fixed seeded set)
+
+
+def validate(f: FederationConfig, cfg: "Config") -> None:
+    method, num_clients = cfg.run.method, cfg.data.num_clients
+    fraction_or_count("federation.clients_per_round", f.clients_per_round, num_clients, closed_at_zero=False)
+    positive("federation.batch_size", f.batch_size)
+    positive("federation.local_steps", f.local_steps)
+    if not f.local_lr > 0:
+        raise ConfigError(f"federation.local_lr must be > 0, got {f.local_lr}")
+    choice("federation.aggregator", f.aggregator, AGGREGATORS)
+    if not 0 <= f.trim_fraction < 0.5:
+        raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {f.trim_fraction}")
+    positive("federation.min_clients", f.min_clients)
+    # faults and attacks (baffle.faults, baffle.attacks)
+    for key, value in (("dropout_rate", f.dropout_rate), ("attack_fraction", f.attack_fraction)):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"federation.{key} must be in [0, 1], got {value}")
+    for key, value in (("straggler_delay_s", f.straggler_delay_s), ("timeout_s", f.timeout_s)):
+        if not (value >= 0 and value != float("inf")):
+            raise ConfigError(f"federation.{key} must be a finite number of seconds >= 0, got {value}")
+    choice("federation.attack", f.attack, ATTACKS)
+    if f.attack != "none" and method != "baffle":
+        raise ConfigError(f"federation.attack={f.attack!r} corrupts scalar uploads: it needs run.method='baffle'")
+    # ONNX Runtime clients (docs/inference-clients.md)
+    fraction_or_count("federation.onnx_clients", f.onnx_clients, num_clients, closed_at_zero=True)
+    choice("federation.onnx_precision", f.onnx_precision, ONNX_PRECISIONS)
+    if f.onnx_clients > 0 and method != "baffle":
+        raise ConfigError(f"federation.onnx_clients is implemented for scalar-upload rounds: it needs run.method='baffle', got {method!r}")
+    if f.onnx_clients > 0 and cfg.data.name.startswith("cifar"):
+        raise ConfigError(
+            f"federation.onnx_clients with data.name={cfg.data.name!r}: ONNX clients do not run the CIFAR "
+            "augmentation (torch); use mnist, fashion_mnist or synthetic"
+        )
