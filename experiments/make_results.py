@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from baffle.records.tables import percent, table_lines
 from baffle.sweep import results_table
 
 SWEEPS = [
@@ -53,24 +54,22 @@ def beyond_table(rows: list[dict]) -> list[str]:
         f"({100 * target:.2f}%, after {total} client forward passes); the goal is at most half of them. Resolution: "
         f"{n_evals} evaluations per run; the paper row shows where its own curve first reached that value.",
         "",
-        "| run | final acc % | passes to reach paper's final acc | fraction of paper's passes | fraction of paper's samples |",
-        "|---|---|---|---|---|",
     ]
+    rows_out = []
     for name, r in ok.items():
         p = first_reaching(r["history"], target)
         smp = first_reaching(r["history"], target, "total_forward_samples")
         frac_s = f"{smp / total_samples:.3f}" if smp is not None and total_samples else "-"
-        out.append(
-            f"| {name} | {100 * r['summary']['final_test_acc']:.2f} | {p if p is not None else 'not reached'} | "
-            f"{f'{p / total:.2f}' if p is not None else '-'} | {frac_s} |"
-        )
-    return out + [""]
+        rows_out.append([name, percent(r["summary"]["final_test_acc"]), "not reached" if p is None else p,
+                         "-" if p is None else f"{p / total:.2f}", frac_s])
+    headers = ["run", "final acc %", "passes to reach paper's final acc", "fraction of paper's passes", "fraction of paper's samples"]
+    return out + table_lines(headers, rows_out) + [""]
 
 
 def goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
     """One line per goal and per long run of it (all of them, not the best); the main table's run only when no
     long run exists."""
-    lines = ["| goal | run | measured (final / best) | rounds | met |", "|---|---|---|---|---|"]
+    rows = []
     for goal, candidates, thr in GOALS:
         found = []
         for sweep, run in candidates:
@@ -80,13 +79,14 @@ def goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
         long_runs = [f for f in found if f[0] == "goals"]
         found = long_runs or found[:1]
         if not found:
-            lines.append(f"| {goal} | not run | | | no |")
+            rows.append([goal, "not run", "", "", "no"])
         for sweep, run, r in found:
             s = r["summary"]
             final = s["final_test_acc"]
             met = "yes" if final >= thr else f"no (gap {100 * (thr - final):.2f} points)"
-            lines.append(f"| {goal} | `{sweep}/{run}` | {100 * final:.2f}% / {100 * s['best_test_acc']:.2f}% | {s['rounds']} | {met} |")
-    return lines
+            measured = f"{percent(final, sign=True)} / {percent(s['best_test_acc'], sign=True)}"
+            rows.append([goal, f"`{sweep}/{run}`", measured, s["rounds"], met])
+    return table_lines(["goal", "run", "measured (final / best)", "rounds", "met"], rows)
 
 
 def main() -> int:
@@ -172,14 +172,12 @@ def main() -> int:
             f"differences, mean of {s['reps']} seed sets; LeNet on MNIST ({s['n_params']} parameters). The sigma->0 limit "
             f"of the forward estimator at this K has cosine ~{s['ideal_forward_cos_approx']:.3f}.",
             "",
-            "| backprop steps before | sigma | scheme | K | fwd passes | plain | baseline | rank | baseline+rank |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in s["rows"]:
-            lines.append(
-                f"| {r['bp_steps']} | {r['sigma']:g} | {r['scheme']} | {r['K']} | {r['forward_passes']} | {r['cos_plain']:.4f} | "
-                f"{r['cos_baseline']:.4f} | {r['cos_rank']:.4f} | {r['cos_baseline+rank']:.4f} |"
-            )
+        lines += table_lines(
+            ["backprop steps before", "sigma", "scheme", "K", "fwd passes", "plain", "baseline", "rank", "baseline+rank"],
+            [[r["bp_steps"], f"{r['sigma']:g}", r["scheme"], r["K"], r["forward_passes"]]
+             + [f"{r[f'cos_{v}']:.4f}" for v in ("plain", "baseline", "rank", "baseline+rank")] for r in s["rows"]],
+        )
         lines.append("")
     wall = sum(r["summary"]["wall_s"] for rows in all_rows.values() for r in rows if not r.get("error"))
     fwd = sum(r["summary"]["total_forward_passes"] for rows in all_rows.values() for r in rows if not r.get("error"))

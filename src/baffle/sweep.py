@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 from baffle import estimator
 from baffle.config import Config, ConfigError
+from baffle.records.tables import markdown_table, percent
 
 TOP_LEVEL_KEYS = ("out", "title", "description", "base", "grid", "runs")
 SWEEP_KEYS = ("forward_budget", "evals")
@@ -333,37 +334,32 @@ def results_table(rows: list[dict], varied_keys: list[str]) -> str:
         "method", "rounds", "final acc %", "best acc %", "fwd/client/round", "total fwd", "fwd samples", "upload B/client/round",
         "wall s",
     ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table = []
     for r in rows:
         vals = [r["name"]] + [_fmt(r["varied"].get(k, "")).replace("*", "\\*") for k in varied_keys]  # globs: not emphasis
         if r.get("error"):
-            vals += ["FAILED: " + r["error"].replace("|", "/")]
-            vals += [""] * (len(cols) - len(vals))
+            vals += ["FAILED: " + r["error"].replace("|", "/")]  # the writer pads the rest of the row
         else:
             s = r["summary"]
             vals += [
                 s["method"],
-                str(s["rounds"]),
-                _pct(s["final_test_acc"]),
-                _pct(s["best_test_acc"]),
-                str(r["client_forward_passes_per_round"]),
-                str(s["total_forward_passes"]),
+                s["rounds"],
+                percent(s["final_test_acc"]),
+                percent(s["best_test_acc"]),
+                r["client_forward_passes_per_round"],
+                s["total_forward_passes"],
                 _samples(r["history"]),
-                str(s["upload_bytes_per_client_per_round"]),
+                s["upload_bytes_per_client_per_round"],
                 f"{s['wall_s']:.0f}",
             ]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines)
+        table.append(vals)
+    return markdown_table(cols, table)
 
 
 def _samples(history: list[dict]) -> str:
     """Samples pushed through forward passes by all clients, in millions: passes alone hide the batch size."""
     n = history[-1].get("total_forward_samples") if history else None
     return "n/a" if n is None else f"{n / 1e6:.2f}M"
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
 
 
 def write_results(sweep: Sweep, rows: list[dict]) -> None:
