@@ -75,3 +75,67 @@ def test_clients_per_round_accepts_fraction_and_count():
         cfg = Config()
         cfg.set("federation.clients_per_round", v)
         cfg.validate()
+
+
+def test_run_device_is_cpu_only_with_a_clear_error():
+    Config().validate()  # the default, "cpu"
+    with pytest.raises(ConfigError, match="run.device='cuda' is not supported.*CPU"):
+        _bad("run.device=cuda")
+
+
+def _first_module(*names):
+    import importlib
+
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+    raise AssertionError(f"none of {names} imports")
+
+
+@pytest.mark.parametrize("modules, attr, choice", [
+    (("baffle.models",), "MODEL_NAMES", "MODEL_NAMES"),
+    (("baffle.models",), "MODEL_ALIASES", "MODEL_ALIASES"),
+    (("baffle.models",), "ACTIVATIONS", "ACTIVATIONS"),
+    (("baffle.models",), "NORMS", "NORMS"),
+    (("baffle.adapters",), "ADAPTERS", "ADAPTERS"),
+    (("baffle.adapters",), "LORA_PATTERN", "LORA_PATTERN"),
+    (("baffle.shaping",), "BASELINES", "BASELINES"),
+    (("baffle.shaping",), "SHAPINGS", "SHAPINGS"),
+    (("baffle.tasks",), "TRANSFORMS", "TRANSFORMS"),
+    (("baffle.privacy",), "MODES", "PRIVACY_MODES"),
+    (("baffle.sim.attacks", "baffle.attacks"), "ATTACKS", "ATTACKS"),
+    (("baffle.protocol.schemes", "baffle.estimator"), "SCHEMES", "SCHEMES"),
+    (("baffle.data",), "DATASET_NAMES", "DATASET_NAMES"),
+    (("baffle.data",), "PARTITION_SCHEMES", "PARTITION_SCHEMES"),
+])
+def test_feature_modules_use_the_config_choices(modules, attr, choice):
+    """One list of valid choices per key: a feature module's tuple is baffle.config.choices' (not a copy)."""
+    from baffle.config import choices
+
+    assert getattr(_first_module(*modules), attr) == getattr(choices, choice)
+
+
+def test_dataset_class_counts_match_the_registry():
+    from baffle.config.choices import NUM_CLASSES
+    from baffle.data import DATASET_INFO
+
+    assert {k: v.num_classes for k, v in DATASET_INFO.items()} == NUM_CLASSES
+
+
+def test_config_imports_no_feature_module_and_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, baffle.config; c = baffle.config.Config().validate(); " \
+           "print(sorted(m for m in sys.modules if m == 'torch' or (m.startswith('baffle') and not m.startswith('baffle.config'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['baffle']", out
+
+
+def test_every_key_is_listed_once():
+    keys = list(Config.keys())
+    assert len(keys) == len(set(keys)) and "estimator.K" in keys and "privacy.delta" in keys
+    cfg = Config()
+    assert all(cfg.get(k) == getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in keys)

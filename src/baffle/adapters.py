@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-ADAPTERS = ("none", "lora")
-LORA_PATTERN = "*lora_*"
+from baffle.config.choices import ADAPTERS, LORA_PATTERN  # the one list of valid choices per key
 
 
 class LoRA(nn.Module):

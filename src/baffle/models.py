@@ -71,15 +71,10 @@ __all__ = [
     "resolve_model_name",
 ]
 
-#: Canonical model names accepted by :func:`build_model`.
-MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small")
-#: Alternative spellings, mapped to their canonical name.
-MODEL_ALIASES: dict[str, str] = {"wrn-10-2": "wrn10_2"}
-#: Activation functions accepted by :func:`build_model` (``hardswish`` is the
-#: paper's recommendation: smooth almost everywhere, cheap, ReLU-like).
-ACTIVATIONS: tuple[str, ...] = ("hardswish", "relu", "gelu")
-#: Normalisation layers accepted by :func:`build_model`.
-NORMS: tuple[str, ...] = ("group", "batch", "none")
+# Canonical model names, their alternative spellings, activations (``hardswish`` is the paper's
+# recommendation: smooth almost everywhere, cheap, ReLU-like) and norms accepted by :func:`build_model`:
+# the one list of valid choices per key lives in the config layer.
+from baffle.config.choices import ACTIVATIONS, MODEL_ALIASES, MODEL_NAMES, NORMS  # noqa: E402
 
 _ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "hardswish": lambda: nn.Hardswish(inplace=False),

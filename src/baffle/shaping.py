@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BASELINES = ("none", "mean")
-SHAPINGS = ("none", "rank")
+from baffle.config.choices import BASELINES, SHAPINGS  # the one list of valid choices per key
 
 
 def centered_ranks(x: np.ndarray) -> np.ndarray:

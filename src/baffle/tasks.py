@@ -13,22 +13,9 @@ from typing import Sequence
 
 import torch
 
+from baffle.config.choices import TRANSFORMS  # the one list of valid choices per key
+from baffle.config.data import check_classes  # config validation runs the same check
 from baffle.data import DATASET_INFO, Dataset
-
-TRANSFORMS = ("none", "invert", "rotate90", "hflip")
-
-
-def check_classes(classes: Sequence[int], num_classes: int, key: str = "data.classes") -> None:
-    """Raise ValueError unless ``classes`` are distinct integers in [0, num_classes)."""
-    if any(isinstance(c, bool) or not isinstance(c, int) for c in classes):
-        raise ValueError(f"{key} must be a list of integer class labels, got {list(classes)}")
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"{key} has repeated labels: {list(classes)}")
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad:
-        raise ValueError(f"{key}: labels {bad} are outside [0, {num_classes})")
-    if len(classes) == 1:
-        raise ValueError(f"{key}: a task needs at least two classes, got {list(classes)}")
 
 
 def select_classes(ds: Dataset, classes: Sequence[int]) -> Dataset:
