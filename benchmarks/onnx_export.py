@@ -30,7 +30,8 @@ from onnx import numpy_helper
 from baffle.protocol import noise
 from baffle.export import export_onnx, numpy_weights
 from baffle.models import build_model
-from baffle.onnx_client import check_weights, make_session
+from baffle.onnx_client import check_weights
+from baffle.onnx_session import make_session
 
 OUT = Path(__file__).resolve().parent / "results" / "onnx_export.json"
 

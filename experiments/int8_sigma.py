@@ -18,9 +18,7 @@ Writes experiments/results/int8_sigma.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,10 +29,13 @@ from baffle.protocol import noise
 from baffle.data import load_dataset
 from baffle.export import export_onnx, numpy_weights
 from baffle.models import build_model
-from baffle.onnx_client import loss_differences, make_session, parameter_names
+from baffle.onnx_client import loss_differences, parameter_names
+from baffle.onnx_session import make_session
 from baffle.onnx_quant import quantized_session
+from baffle.records.results import results_dir, write_json
+from baffle.records.tables import table_lines
 
-OUT = Path(__file__).resolve().parent / "results" / "int8_sigma.json"
+OUT = results_dir(__file__) / "int8_sigma.json"
 SIGMAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
@@ -114,8 +115,7 @@ def main() -> None:
         result["states"][state] = {"weight_int8_steps": weight_steps(model), "rows": measure(model, graph, batches, args.K)}
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["warmup_steps"] = args.warmup_steps
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(OUT, result)
     print(table(result))
 
 
@@ -124,13 +124,13 @@ def table(result: dict) -> str:
     for state, data in result["states"].items():
         steps = data["weight_int8_steps"]
         lines.append(f"\n**{state}** (int8 weight steps max|w|/127: " + ", ".join(f"{k} {v:.1e}" for k, v in steps.items()) + ")\n")
-        lines.append("| sigma | cos(int8, float) | cos(int8_weights, float) | median abs dL | abs err int8 | abs err int8_weights | cos(float, true grad) |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for r in data["rows"]:
-            lines.append(
-                f"| {r['sigma']:g} | {r['cos_int8_float']:.3f} | {r['cos_int8_weights_float']:.3f} | {r['median_abs_dL']:.2e} | "
-                f"{r['median_abs_err_int8']:.2e} | {r['median_abs_err_int8_weights']:.2e} | {r['cos_float_true']:.3f} |"
-            )
+        lines += table_lines(
+            ["sigma", "cos(int8, float)", "cos(int8_weights, float)", "median abs dL", "abs err int8", "abs err int8_weights",
+             "cos(float, true grad)"],
+            [[f"{r['sigma']:g}", f"{r['cos_int8_float']:.3f}", f"{r['cos_int8_weights_float']:.3f}", f"{r['median_abs_dL']:.2e}",
+              f"{r['median_abs_err_int8']:.2e}", f"{r['median_abs_err_int8_weights']:.2e}", f"{r['cos_float_true']:.3f}"]
+             for r in data["rows"]],
+        )
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from baffle import estimator
 from baffle.protocol import noise
+from baffle.protocol.schemes import forward_passes
 from baffle.data import load_dataset
 from baffle.models import build_model
 from baffle.shaping import shape_diffs
@@ -72,7 +73,7 @@ def main() -> None:
                     for v, (b, s) in VARIANTS.items():
                         cos[v].append(cosine(estimator.reconstruct(shape_diffs(d, b, s), seeds, sigma, n), g))
                 row = {"bp_steps": steps, "loss": float(loss), "sigma": sigma, "scheme": scheme, "K": K,
-                       "forward_passes": estimator.forward_passes(K, scheme),
+                       "forward_passes": forward_passes(K, scheme),
                        **{f"cos_{v}": float(np.mean(c)) for v, c in cos.items()}}
                 rows.append(row)
                 print(json.dumps(row), flush=True)

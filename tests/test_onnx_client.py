@@ -12,11 +12,15 @@ import torch
 from baffle import estimator, onnx_client, pruning
 from baffle.protocol import noise
 from baffle.config import Config, ConfigError
-from baffle.data import BatchSampler
+from baffle.engine import MaskedEngine
+from baffle.engine.loop import loss_differences
 from baffle.export import export_onnx, numpy_weights
-from baffle.messages import Upload
+from baffle.onnx_session import make_session
+from baffle.protocol.layout import select_names
+from baffle.protocol.sampler import BatchSampler
+from baffle.protocol.messages import Upload
 from baffle.models import build_model
-from baffle.server import Simulation
+from baffle.sim.loop import Simulation
 
 pytest.importorskip("onnxruntime")
 
@@ -35,7 +39,7 @@ def _batch(n=24, seed=0):
 
 def test_export_has_weights_as_named_inputs_and_layout_metadata(lenet):
     model, graph = lenet
-    session = onnx_client.make_session(graph)
+    session = make_session(graph)
     inputs = [i.name for i in session.get_inputs()]
     assert inputs[0] == "x" and set(inputs[1:]) == set(model.state_dict())
     assert onnx_client.parameter_names(session) == [n for n, _ in model.named_parameters()]
@@ -45,10 +49,10 @@ def test_export_has_weights_as_named_inputs_and_layout_metadata(lenet):
 @pytest.mark.parametrize("trainable", [[], ["classifier.*", "features.0.bias"]])
 def test_select_names_matches_select_parameters(lenet, trainable):
     model, graph = lenet
-    names = onnx_client.parameter_names(onnx_client.make_session(graph))
-    assert onnx_client.select_names(names, trainable) == [n for n, _ in estimator.select_parameters(model, trainable)]
+    names = onnx_client.parameter_names(make_session(graph))
+    assert select_names(names, trainable) == [n for n, _ in estimator.select_parameters(model, trainable)]
     with pytest.raises(ValueError, match="matches no parameter"):
-        onnx_client.select_names(names, ["classifer.*"])
+        select_names(names, ["classifer.*"])
 
 
 @pytest.mark.parametrize("scheme,trainable", [("forward", []), ("central", []), ("forward", ["features.4.*", "classifier.weight"])])
@@ -56,9 +60,9 @@ def test_onnx_loss_differences_equal_torch_ones(lenet, scheme, trainable):
     model, graph = lenet
     x, y = _batch()
     seeds = noise.round_seeds(7, 3, 12)
-    ref = estimator.loss_differences(model, estimator.select_parameters(model, trainable), x, y, seeds, 1e-3, scheme)
-    session = onnx_client.make_session(graph)
-    names = onnx_client.select_names(onnx_client.parameter_names(session), trainable)
+    ref = loss_differences(model, estimator.select_parameters(model, trainable), x, y, seeds, 1e-3, scheme)
+    session = make_session(graph)
+    names = select_names(onnx_client.parameter_names(session), trainable)
     got = onnx_client.loss_differences(session, numpy_weights(model.state_dict()), names, x.numpy(), y.numpy(), seeds, 1e-3, scheme)
     assert got.dtype == np.float32 and got.shape == (12,)
     # float32 tolerance: the two runtimes' convolutions round differently at ~1e-7 of the loss
@@ -72,20 +76,9 @@ def test_cross_entropy_matches_torch():
     assert abs(onnx_client.cross_entropy(logits.numpy(), y.numpy()) - ref) < 1e-5
 
 
-def test_sampler_draws_the_batch_sampler_batches():
-    idx = np.arange(3, 40, 2)
-    a, b = BatchSampler(idx, 7, seed=11), onnx_client.Sampler(idx, 7, seed=11)
-    for _ in range(9):  # crosses epoch boundaries, including a short last batch
-        np.testing.assert_array_equal(a.next_batch(), b.next_batch())
-    assert a.state_dict() == b.state_dict()
-    c = onnx_client.Sampler(idx, 7, seed=11)
-    c.load_state_dict(a.state_dict())
-    np.testing.assert_array_equal(a.next_batch(), c.next_batch())
-
-
 def test_weights_that_do_not_fit_are_refused(lenet):
     model, graph = lenet
-    session = onnx_client.make_session(graph)
+    session = make_session(graph)
     w = numpy_weights(model.state_dict())
     with pytest.raises(ValueError, match="missing"):
         onnx_client.check_weights(session, {k: v for k, v in w.items() if k != "classifier.bias"})
@@ -123,7 +116,7 @@ def test_onnx_client_process_never_imports_torch(lenet, tmp_path):
     up = Upload.from_bytes((tmp_path / "upload.bin").read_bytes())
     assert (up.client_id, up.round, up.num_samples) == (3, 2, 16)
     idx = BatchSampler(np.arange(40), 16, seed=5).next_batch()  # the torch client would draw this batch
-    ref = estimator.loss_differences(model, estimator.select_parameters(model), x[idx], y[idx], seeds, 1e-3)
+    ref = loss_differences(model, estimator.select_parameters(model), x[idx], y[idx], seeds, 1e-3)
     np.testing.assert_allclose(up.loss_diffs, ref, rtol=0, atol=2e-5)
 
 
@@ -137,7 +130,7 @@ def test_int8_estimate_points_like_the_float_one_at_the_documented_sigma(lenet):
     model, graph = lenet
     x, y = _batch(32, seed=2)
     w = numpy_weights(model.state_dict())
-    session = onnx_client.make_session(graph)
+    session = make_session(graph)
     names = onnx_client.parameter_names(session)
     n = sum(w[k].size for k in names)
     seeds = noise.round_seeds(0, 0, 48)
@@ -171,7 +164,7 @@ def test_pruned_clients_never_perturb_masked_weights(lenet):
     x, y = _batch(16, seed=3)
     seeds = noise.round_seeds(4, 1, 6)
     # ONNX client: every evaluated weight vector is zero wherever the mask prunes
-    session = onnx_client.make_session(graph)
+    session = make_session(graph)
     names = onnx_client.parameter_names(session)
     rec = _Recorder(session, names)
     w = numpy_weights(model.state_dict())
@@ -181,7 +174,7 @@ def test_pruned_clients_never_perturb_masked_weights(lenet):
     # torch client with the masked engine: same property, same numbers
     seen = []
     hook = model.register_forward_pre_hook(lambda m, a: seen.append(torch.cat([p.reshape(-1) for _, p in params]).clone()))
-    d_torch = pruning.masked_loss_differences(mask)(model, params, x, y, seeds, 1e-2, "central")
+    d_torch = MaskedEngine(mask)(model, params, x, y, seeds, 1e-2, "central")
     hook.remove()
     assert len(seen) == 12 and all(torch.all(v[torch.from_numpy(~mask)] == 0) for v in seen)
     np.testing.assert_allclose(d_onnx, d_torch, rtol=0, atol=2e-5)
@@ -190,7 +183,7 @@ def test_pruned_clients_never_perturb_masked_weights(lenet):
 def test_server_keeps_pruned_weights_at_zero():
     cfg = Config()
     cfg.apply_overrides(["data.name=synthetic", "model.name=lenet", "model.prune=0.5", "estimator.K=4", "optim.ema_decay=0.9"])
-    from baffle.strategy import ServerStrategy
+    from baffle.server.strategy import ServerStrategy
 
     torch.manual_seed(0)
     strategy = ServerStrategy(build_model("lenet", image_size=14), cfg.validate())

@@ -24,13 +24,9 @@ import onnx
 import torch
 
 from baffle.protocol.noise import NOISE_SPEC
+from baffle.protocol.onnx_names import INPUT_NAME, META_BUFFERS, META_NOISE, META_PARAMETERS, OUTPUT_NAME
 
-INPUT_NAME = "x"
-OUTPUT_NAME = "logits"
 OPSET = 17
-META_PARAMETERS = "baffle.parameters"
-META_BUFFERS = "baffle.buffers"
-META_NOISE = "baffle.noise_spec"
 
 
 def export_onnx(

@@ -18,7 +18,7 @@ import torch
 from baffle.config import Config
 from baffle.data import Dataset
 from baffle.export import export_onnx, numpy_weights
-from baffle.messages import RoundPlan
+from baffle.protocol.messages import RoundPlan
 from baffle.onnx_client import OnnxClient
 
 

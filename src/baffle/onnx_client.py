@@ -2,13 +2,14 @@
 
 This is the paper's practical promise made literal: a device that can only run inference answers a
 round with the same K loss differences as the torch client. It imports numpy, onnxruntime and the
-numpy-only parts of baffle (``baffle.protocol.noise``, ``baffle.messages``); ``tests/test_onnx_client.py`` runs it
-in a fresh process and checks that ``torch`` never enters ``sys.modules``.
+torch-free protocol layer (``baffle.protocol``: noise, messages, the flat layout and its selection rule,
+the schemes, the minibatch sampler, the ONNX names); ``tests/test_onnx_client.py`` runs it in a fresh
+process and checks that ``torch`` never enters ``sys.modules``.
 
 The model comes from :func:`baffle.export.export_onnx` (weights are graph inputs, exported once); each
 round the client receives the global weights as arrays, regenerates eps_k with ``baffle.protocol.noise.direction``
 (the same numpy code as the server, so bit-identical), and feeds W + sigma * eps_k to the same session.
-The flat-vector layout is that of :func:`baffle.estimator.select_parameters`: ``named_parameters``
+The flat-vector layout is :mod:`baffle.protocol.layout`, as for the torch client: ``named_parameters``
 order (stored in the model's metadata), filtered by the same glob patterns.
 
 Optional variants (see docs/inference-clients.md):
@@ -19,7 +20,6 @@ Optional variants (see docs/inference-clients.md):
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,25 +27,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from baffle.onnx_session import make_session
 from baffle.protocol import noise
-from baffle.messages import RoundPlan, Upload
+from baffle.protocol.layout import FlatLayout, select_names
+from baffle.protocol.messages import RoundPlan, Upload
+from baffle.protocol.onnx_names import INPUT_NAME, META_NOISE, META_PARAMETERS
+from baffle.protocol.sampler import BatchSampler
+from baffle.protocol.schemes import SCHEMES, check_scheme
 
-INPUT_NAME = "x"  # mirrors baffle.export (which imports torch, so it is not imported here)
-META_PARAMETERS = "baffle.parameters"
-META_NOISE = "baffle.noise_spec"
-SCHEMES = ("forward", "central")
 PRECISIONS = ("float", "int8", "int8_weights")
-
-
-def select_names(names: Sequence[str], trainable: Sequence[str] | None = None) -> list[str]:
-    """The perturbed parameter names, in order: the numpy twin of ``estimator.select_parameters``."""
-    names = list(names)
-    if not trainable:
-        return names
-    for pat in trainable:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise ValueError(f"trainable pattern {pat!r} matches no parameter; parameters are: {', '.join(names)}")
-    return [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in trainable)]
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -56,16 +46,6 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(log_norm - z[np.arange(len(y)), y]))
 
 
-def make_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session, ``threads`` intra-op threads (clients share small machines)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-
-
 def parameter_names(session: ort.InferenceSession) -> list[str]:
     """Parameter names in ``named_parameters`` order, from the model's baffle metadata."""
     meta = session.get_modelmeta().custom_metadata_map
@@ -74,26 +54,6 @@ def parameter_names(session: ort.InferenceSession) -> list[str]:
     if meta.get(META_NOISE, noise.NOISE_SPEC) != noise.NOISE_SPEC:
         raise ValueError(f"model was exported for noise spec {meta[META_NOISE]!r}, this client has {noise.NOISE_SPEC!r}")
     return list(json.loads(meta[META_PARAMETERS]))
-
-
-class FlatLayout:
-    """Where each perturbed tensor lives in the flat vector of length n."""
-
-    def __init__(self, names: Sequence[str], weights: Mapping[str, np.ndarray]):
-        self.names = list(names)
-        self.shapes = [tuple(np.shape(weights[n])) for n in self.names]
-        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
-        self.n = int(sum(self.sizes))
-
-    def flatten(self, weights: Mapping[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(weights[k], dtype=np.float32).reshape(-1) for k in self.names])
-
-    def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        out, offset = {}, 0
-        for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = flat[offset : offset + size].reshape(shape)
-            offset += size
-        return out
 
 
 def check_weights(session: ort.InferenceSession, weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -127,8 +87,7 @@ def loss_differences(
     The K perturbed models are evaluated one ``session.run`` each: the graph has one weight set, and on
     a CPU a loop costs about what a perturbation-batched graph would (see docs/inference-clients.md).
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; valid: {SCHEMES}")
+    check_scheme(scheme)
     layout = FlatLayout(names, weights)
     if mask is not None and np.shape(mask) != (layout.n,):
         raise ValueError(f"pruning mask has shape {np.shape(mask)}, expected ({layout.n},)")
@@ -155,47 +114,6 @@ def loss_differences(
         else:
             out[k] = (plus - loss_at(orig - scale * eps)) / 2.0
     return out
-
-
-class Sampler:
-    """Numpy twin of ``baffle.data.BatchSampler`` (same batches, same state dict), without torch."""
-
-    def __init__(self, indices: np.ndarray, batch_size: int, seed: int):
-        self.indices = np.asarray(indices).astype(np.int64)
-        if self.indices.ndim != 1 or self.indices.size == 0:
-            raise ValueError(f"indices must be a non-empty 1-D array, got shape {self.indices.shape}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self.epoch, self.position = 0, 0
-        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation) cache
-
-    def next_batch(self) -> np.ndarray:
-        if self.indices.size - self.position <= 0:
-            self.epoch, self.position = self.epoch + 1, 0
-        if self._perm is None or self._perm[0] != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            self._perm = (self.epoch, self.indices[rng.permutation(self.indices.size)])
-        perm = self._perm[1]
-        batch = perm[self.position : self.position + self.batch_size].copy()
-        self.position += len(batch)
-        return batch
-
-    def state_dict(self) -> dict[str, int | bool]:
-        return {
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_indices": int(self.indices.size),
-            "drop_last": False,
-            "epoch": self.epoch,
-            "position": self.position,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for key, mine in self.state_dict().items():
-            if key in ("seed", "batch_size", "num_indices", "drop_last") and key in state and state[key] != mine:
-                raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler has {mine!r}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
 class OnnxClient:
@@ -235,7 +153,7 @@ class OnnxClient:
         self.names = select_names(parameter_names(self.session), trainable)
         self.mask = mask
         self.precision = precision
-        self.sampler = Sampler(self.indices, batch_size, seed)
+        self.sampler = BatchSampler(self.indices, batch_size, seed)
         self.weights: dict[str, np.ndarray] | None = None
 
     @property

@@ -28,7 +28,8 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from baffle.onnx_client import INPUT_NAME, make_session
+from baffle.onnx_session import make_session
+from baffle.protocol.onnx_names import INPUT_NAME
 
 
 class _OneBatch(CalibrationDataReader):

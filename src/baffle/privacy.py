@@ -30,7 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-from baffle.messages import Upload
+from baffle.protocol import streams
+from baffle.protocol.messages import Upload
 
 MODES = ("none", "local", "central")
 
@@ -46,7 +47,7 @@ def clip_l2(vector: np.ndarray, clip: float) -> np.ndarray:
 
 def gaussian_noise(std: float, size: int, seed: int, round_idx: int, stream: int) -> np.ndarray:
     """Reproducible noise: ``stream`` is a client id (local mode) or -1 (the server, central mode)."""
-    rng = np.random.default_rng([seed, 10, round_idx, stream + 1])
+    rng = streams.rng(seed, streams.DP_NOISE, round_idx, stream + 1)
     return rng.normal(0.0, std, size)
 
 
