@@ -11,9 +11,11 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from baffle.config import ConfigError  # noqa: E402
+from baffle.config import Config, ConfigError  # noqa: E402
 from baffle.flower import server_core  # noqa: E402
-from baffle.flower.config import KEY_MAP, parse_run_config, to_run_config  # noqa: E402
+from baffle.flower.config import (  # noqa: E402
+    NOT_ON_FLOWER, FlowerOptions, config_keys, option_keys, parse_run_config, render_app_config, to_run_config,
+)
 from baffle.flower.inmemory import run_inmemory  # noqa: E402
 from baffle.flower.secure import QuantSpec, secure_mean_model  # noqa: E402
 
@@ -23,8 +25,10 @@ APP_CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"
 
 def tiny(tmp_path: Path, name: str, **extra) -> dict:
     rc = dict(APP_CONFIG)
-    rc.update({"num-server-rounds": 3, "eval-every": 3, "data-name": "synthetic", "train-subset": 300, "test-subset": 100,
-               "estimator-k": 8, "estimator-engine": "loop", "result-dir": str(tmp_path / name)})
+    rc.update({"num-server-rounds": 3, "run-eval-every": 3, "run-threads": 1, "data-name": "synthetic", "data-image-size": 0,
+               "data-train-subset": 300, "data-test-subset": 100, "model-name": "lenet", "estimator-k": 8,
+               "estimator-engine": "loop", "federation-batch-size": 32, "optim-warmup": 0, "optim-ema-decay": 0.0,
+               "result-dir": str(tmp_path / name)})
     rc.update(extra)
     return rc
 
@@ -33,17 +37,35 @@ def result(rc: dict) -> dict:
     return json.loads((Path(rc["result-dir"]) / "result.json").read_text())
 
 
-def test_pyproject_app_config_parses_and_maps_every_key():
+def test_pyproject_app_config_is_generated_from_config_defaults():
+    """pyproject's [tool.flwr.app.config] is exactly the derived table (scripts/flower_app_config.py writes it)."""
+    derived = to_run_config()
+    assert APP_CONFIG == derived, "run scripts/flower_app_config.py"
+    assert {k: type(v) for k, v in APP_CONFIG.items()} == {k: type(v) for k, v in derived.items()}
+    assert (REPO / "pyproject.toml").read_text().count(render_app_config()) == 1  # comments and order too
     cfg, opts = parse_run_config(APP_CONFIG)
-    assert cfg.estimator.K == APP_CONFIG["estimator-k"] and cfg.run.rounds == APP_CONFIG["num-server-rounds"]
-    assert opts.transport == "weights" and opts.secure is False
-    back = to_run_config(cfg, opts)
-    assert set(KEY_MAP) <= set(back)
-    cfg2, _ = parse_run_config(back)
-    assert cfg2.to_dict() == cfg.to_dict()
+    assert cfg.to_dict() == Config().validate().to_dict() and opts == FlowerOptions()
+
+
+def test_every_baffle_run_key_is_an_app_key_or_excluded_with_a_reason():
+    keys = config_keys()
+    assert sorted([*keys.values(), *NOT_ON_FLOWER]) == sorted(Config.keys())
+    assert keys["estimator-k"] == "estimator.K" and keys["federation-batch-size"] == "federation.batch_size"
+    assert keys["num-server-rounds"] == "run.rounds" and keys["fraction-train"] == "federation.clients_per_round"
+    assert not set(keys) & set(option_keys())
+    # a non-default value of every app key survives the round trip through the flat run config
+    cfg = Config()
+    cfg.apply_overrides(["run.rounds=7", "model.trainable=classifier.*,features.0.*", "optim.milestones=[3, 5]",
+                         "optim.betas=[0.8, 0.9]", "data.classes=[1, 2, 3]", "federation.clients_per_round=3"])
+    back, _ = parse_run_config(to_run_config(cfg))
+    assert back.to_dict() == cfg.to_dict()
 
 
 @pytest.mark.parametrize("bad, match", [({"estimator-kk": 3}, "unknown Flower app config key"),
+                                        ({"batch-size": 3}, "did you mean 'federation-batch-size'"),
+                                        ({"run-rounds": 3}, "called 'num-server-rounds'"),
+                                        ({"federation-attack": "noise"}, "simulator-only"),
+                                        ({"run-device": "cuda"}, "run.device"),
                                         ({"estimator-k": "many"}, "estimator.K"),
                                         ({"secure": 1}, "true or false"),
                                         ({"transport": "carrier-pigeon"}, "transport")])

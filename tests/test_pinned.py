@@ -111,8 +111,11 @@ def flower_digest(tmp_path: Path) -> str:
 
     repo = Path(__file__).resolve().parents[1]
     rc = dict(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
-    rc.update({"num-server-rounds": 3, "eval-every": 3, "data-name": "synthetic", "train-subset": 300,
-               "test-subset": 100, "estimator-k": 8, "estimator-engine": "loop", "result-dir": str(tmp_path / "fl")})
+    # every key the pinned hash depends on that differs from the app defaults (the pre-issue-12 app table)
+    rc.update({"num-server-rounds": 3, "run-eval-every": 3, "run-threads": 1, "data-name": "synthetic",
+               "data-image-size": 0, "data-train-subset": 300, "data-test-subset": 100, "model-name": "lenet",
+               "estimator-k": 8, "estimator-engine": "loop", "federation-batch-size": 32, "optim-warmup": 0,
+               "optim-ema-decay": 0.0, "result-dir": str(tmp_path / "fl")})
     run_inmemory(rc, 3)
     return json.loads((tmp_path / "fl" / "result.json").read_text())["weights_sha256"][:32]
 

@@ -1,11 +1,20 @@
 """``[tool.flwr.app.config]`` (kebab-case, flat) <-> ``baffle.config.Config`` (sections) + Flower options.
 
-Flower run configs are flat and only hold bool/int/float/str, so every ``baffle run`` key that the
-Flower app supports gets a kebab-case name here; lists (``optim-milestones``, ``model-trainable``) are
-comma-separated strings, parsed by ``Config.set`` exactly like ``--set`` on the command line. The keys
-that only make sense on Flower (transport mode, SecAgg+, where to write results) go to
-``FlowerOptions``. Unknown keys are an error naming the valid ones: a typo must not silently train
-with a default.
+The app's keys are derived from ``Config``, not listed by hand: ``section.key`` becomes ``section-key``
+(lower case, ``_`` -> ``-``: ``estimator.K`` -> ``estimator-k``, ``federation.batch_size`` ->
+``federation-batch-size``), except two keys that carry Flower's own names because Flower users expect them
+there: ``num-server-rounds`` (``run.rounds``) and ``fraction-train`` (``federation.clients_per_round``: a
+fraction of the nodes, or a whole count > 1 as in ``baffle run``). The defaults are ``Config()``'s, so
+``[tool.flwr.app.config]`` in pyproject.toml is generated from this module (``render_app_config``,
+``scripts/flower_app_config.py``) and a test checks it has not drifted.
+
+Flower run configs are flat and hold only bool/int/float/str, so list keys (``model-trainable``,
+``optim-betas``, ``optim-milestones``, ``data-classes``) are comma-separated strings, parsed by
+``Config.set`` exactly like ``--set`` on the command line. A few keys have no meaning in the Flower app
+(``NOT_ON_FLOWER`` says why for each) and are not app keys. The keys that only make sense on Flower
+(transport, SecAgg+, where to write results, node waiting) go to ``FlowerOptions``. Unknown keys are an
+error naming the valid ones: a typo must not silently train with a default. Flower itself refuses a
+``--run-config`` key that is not in the pyproject table, so every app key is in that table.
 """
 
 from __future__ import annotations
@@ -15,47 +24,30 @@ from typing import Any, Mapping
 
 from baffle.config import Config, ConfigError
 
-# kebab-case app key -> dotted baffle config key (the same key `baffle run --set` takes)
-KEY_MAP: dict[str, str] = {
-    "num-server-rounds": "run.rounds",
-    "seed": "run.seed",
-    "eval-every": "run.eval_every",
-    "threads": "run.threads",
-    "data-name": "data.name",
-    "data-root": "data.root",
-    "image-size": "data.image_size",
-    "partition": "data.partition",
-    "alpha": "data.alpha",
-    "shards-per-client": "data.shards_per_client",
-    "train-subset": "data.train_subset",
-    "test-subset": "data.test_subset",
-    "model-name": "model.name",
-    "model-activation": "model.activation",
-    "model-norm": "model.norm",
-    "model-init": "model.init",
-    "model-trainable": "model.trainable",
-    "estimator-k": "estimator.K",
-    "estimator-sigma": "estimator.sigma",
-    "estimator-scheme": "estimator.scheme",
-    "estimator-engine": "estimator.engine",
-    "estimator-max-memory-mb": "estimator.max_memory_mb",
-    "clients-per-round": "federation.clients_per_round",
-    "batch-size": "federation.batch_size",
-    "aggregator": "federation.aggregator",
-    "trim-fraction": "federation.trim_fraction",
-    "min-clients": "federation.min_clients",
-    "optim-name": "optim.name",
-    "optim-lr": "optim.lr",
-    "optim-momentum": "optim.momentum",
-    "optim-betas": "optim.betas",
-    "optim-weight-decay": "optim.weight_decay",
-    "optim-clip": "optim.clip",
-    "optim-milestones": "optim.milestones",
-    "optim-gamma": "optim.gamma",
-    "optim-cosine": "optim.cosine",
-    "optim-warmup": "optim.warmup",
-    "optim-ema-decay": "optim.ema_decay",
-    "optim-ema-every": "optim.ema_every",
+# keys that keep Flower's name (what Flower users write in every Flower app)
+FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.clients_per_round": "fraction-train"}
+
+# `baffle run` keys that are not app keys, and why (delete an entry when the Flower path implements it)
+NOT_ON_FLOWER: dict[str, str] = {
+    "run.method": "the Flower app runs the scalar-upload protocol (run.method='baffle') only",
+    "run.checkpoint_every": "a Flower run writes no checkpoint yet",
+    "data.num_clients": "the number of partitions is the nodes' num-partitions (their node config)",
+    "data.eval_train_samples": "the Flower server scores the test set only (no train_loss metric)",
+    "model.prune": "the Flower nodes do not apply the server's pruning mask yet",
+    "estimator.fuse_clients": "simulator-only: each Flower node computes its own upload",
+    "federation.local_steps": "local training is for run.method=baffle_local|fedavg, not run by the app",
+    "federation.local_lr": "local training is for run.method=baffle_local|fedavg, not run by the app",
+    "federation.onnx_clients": "simulator-only: a Flower node runs the torch client",
+    "federation.onnx_precision": "simulator-only: a Flower node runs the torch client",
+    "federation.dropout_rate": "simulator-only fault: real nodes fail for real (see round-timeout-s)",
+    "federation.straggler_delay_s": "simulator-only fault: real nodes are slow for real (see round-timeout-s)",
+    "federation.timeout_s": "simulator-only: use the Flower option round-timeout-s",
+    "federation.attack": "simulator-only: Byzantine nodes are not simulated by the app",
+    "federation.attack_fraction": "simulator-only: Byzantine nodes are not simulated by the app",
+    "privacy.mode": "differential privacy is not wired into the Flower path yet",
+    "privacy.clip": "differential privacy is not wired into the Flower path yet",
+    "privacy.noise_multiplier": "differential privacy is not wired into the Flower path yet",
+    "privacy.delta": "differential privacy is not wired into the Flower path yet",
 }
 
 TRANSPORTS = ("weights", "replay")
@@ -99,24 +91,51 @@ class FlowerOptions:
         return self
 
 
-def _option_keys() -> dict[str, str]:
+def derived_name(dotted: str) -> str:
+    """``section.key`` -> ``section-key`` (lower case, ``_`` -> ``-``), the mechanical app name."""
+    return dotted.replace(".", "-").replace("_", "-").lower()
+
+
+def app_key(dotted: str) -> str:
+    return FLOWER_NAMES.get(dotted) or derived_name(dotted)
+
+
+def config_keys() -> dict[str, str]:
+    """App key -> dotted ``Config`` key, for every ``baffle run`` key the app takes (declaration order)."""
+    return {app_key(k): k for k in Config.keys() if k not in NOT_ON_FLOWER}
+
+
+def option_keys() -> dict[str, str]:
+    """App key -> ``FlowerOptions`` field."""
     return {f.name.replace("_", "-"): f.name for f in fields(FlowerOptions)}
 
 
 def valid_keys() -> list[str]:
-    return sorted([*KEY_MAP, *_option_keys()])
+    return [*config_keys(), *option_keys()]
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    derived = {derived_name(k): k for k in Config.keys()}
+    if key in derived and derived[key] in NOT_ON_FLOWER:
+        dotted = derived[key]
+        return ConfigError(f"{key} ({dotted}) is not a Flower app key: {NOT_ON_FLOWER[dotted]}")
+    if key in derived and derived[key] in FLOWER_NAMES:
+        return ConfigError(f"{key} is called {FLOWER_NAMES[derived[key]]!r} in the Flower app (Flower's own name)")
+    hints = [app_key(d) for name, d in derived.items() if name.endswith("-" + key) and d not in NOT_ON_FLOWER]
+    hint = f"; did you mean {' or '.join(repr(h) for h in hints)}?" if hints else ""
+    return ConfigError(f"unknown Flower app config key {key!r}{hint} valid keys: {', '.join(valid_keys())}")
 
 
 def parse_run_config(run_config: Mapping[str, Any]) -> tuple[Config, FlowerOptions]:
     """Build (validated Config, validated FlowerOptions) from a Flower run config."""
     cfg = Config()
     opts = FlowerOptions()
-    option_keys = _option_keys()
+    cfg_keys, opt_keys = config_keys(), option_keys()
     for key, value in run_config.items():
-        if key in KEY_MAP:
-            cfg.set(KEY_MAP[key], value)
-        elif key in option_keys:
-            name = option_keys[key]
+        if key in cfg_keys:
+            cfg.set(cfg_keys[key], value)
+        elif key in opt_keys:
+            name = opt_keys[key]
             current = getattr(opts, name)
             if isinstance(current, bool):
                 if not isinstance(value, bool):
@@ -127,19 +146,40 @@ def parse_run_config(run_config: Mapping[str, Any]) -> tuple[Config, FlowerOptio
                 raise ConfigError(f"{key} must be a {type(current).__name__}, got {value!r}")
             setattr(opts, name, value)
         else:
-            raise ConfigError(f"unknown Flower app config key {key!r}; valid keys: {', '.join(valid_keys())}")
-    cfg.run.method = "baffle"  # the Flower app runs the scalar protocol only
+            raise _unknown_key_error(key)
     cfg.validate()
     return cfg, opts.validate()
 
 
-def to_run_config(cfg: Config, opts: FlowerOptions | None = None) -> dict[str, Any]:
-    """The inverse: a flat run config reproducing ``cfg`` (used to compare with ``baffle run``)."""
-    out: dict[str, Any] = {}
-    for key, dotted in KEY_MAP.items():
-        section, name = dotted.split(".")
-        value = getattr(getattr(cfg, section), name)
-        out[key] = ",".join(str(v) for v in value) if isinstance(value, list) else value
-    for key, name in _option_keys().items():
-        out[key] = getattr(opts or FlowerOptions(), name)
+def _flat(value: Any) -> Any:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+
+def to_run_config(cfg: Config | None = None, opts: FlowerOptions | None = None) -> dict[str, Any]:
+    """The inverse: the flat run config of ``cfg`` and ``opts`` (defaults: the app's defaults)."""
+    cfg, opts = cfg or Config(), opts or FlowerOptions()
+    out = {key: _flat(cfg.get(dotted)) for key, dotted in config_keys().items()}
+    out.update({key: getattr(opts, name) for key, name in option_keys().items()})
     return out
+
+
+def render_app_config() -> str:
+    """The ``[tool.flwr.app.config]`` table of pyproject.toml: every app key at its default."""
+    from baffle.config.values import toml_value
+
+    lines = [
+        "[tool.flwr.app.config]",
+        "# GENERATED by scripts/flower_app_config.py from baffle.config.Config() and baffle.flower.config:",
+        "# the `baffle run` defaults, every key pinned. Edit the code, not this table (a test compares them).",
+    ]
+    section = None
+    for key, dotted in config_keys().items():
+        if dotted.split(".")[0] != section:
+            section = dotted.split(".")[0]
+            lines.append(f"# [{section}] -> baffle run's {section}.* keys")
+        lines.append(f"{key} = {toml_value(_flat(Config().get(dotted)))}")
+    lines.append("# Flower-only options (baffle.flower.config.FlowerOptions)")
+    for key, value in to_run_config().items():
+        if key in option_keys():
+            lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
