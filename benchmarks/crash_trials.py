@@ -81,7 +81,7 @@ def write_config(directory: Path) -> Path:
 def reference_run(directory: Path) -> Path:
     """The uninterrupted run, in-process (same code path as the CLI, minus the process)."""
     from baffle.config import Config
-    from baffle.server import Simulation
+    from baffle.sim.loop import Simulation
 
     out = directory / "reference"
     Simulation(Config.load(write_config(directory)).validate(), out, progress=False).run()
@@ -139,7 +139,7 @@ def killed_run(directory: Path, rng: np.random.Generator, max_kills: int, timeou
 
 def compare(reference: Path, killed: Path) -> tuple[bool, bool, str]:
     """(weights identical, metrics identical without duplicates, explanation)."""
-    from baffle import checkpoint
+    from baffle.records import checkpoint
 
     a, b = checkpoint.load(reference / "checkpoint.pt"), checkpoint.load(killed / "checkpoint.pt")
     same = a["round"] == b["round"] == ROUNDS

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baffle import checkpoint, cli
+from baffle import cli
+from baffle.records import checkpoint
 
 _spec = importlib.util.spec_from_file_location("crash_trials", Path(__file__).parent.parent / "benchmarks" / "crash_trials.py")
 crash_trials = importlib.util.module_from_spec(_spec)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from baffle.checkpoint import CheckpointError
+from baffle.records.checkpoint import CheckpointError
 from baffle.config import Config, ConfigError
 
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from baffle.server import Simulation
+    from baffle.sim.loop import Simulation
 
     if args.resume:
         out = Path(args.resume)
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from baffle.report import compare
+    from baffle.records.report import compare
 
     print(compare(args.runs, args.out))
     print(f"\nwrote {args.out}")
