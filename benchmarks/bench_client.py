@@ -37,8 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baffle.records.results import results_dir, write_json, write_text
+from baffle.records.tables import table_lines, yes_no
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "client.json"
+RESULTS = results_dir(__file__) / "client.json"
 DOC = ROOT / "docs" / "performance.md"
 SHAPES = {"lenet": (1, 28, 28), "wrn10_2": (3, 32, 32)}
 SIGMA = 1e-3
@@ -255,9 +258,9 @@ def write_doc(res: dict) -> None:
           f"Load average when the run started / ended: {m['load_start']} / {m['load_end']}. "
           "The machine is shared with other jobs, so absolute times are noisy; each engine pair was run "
           "alternately and the best of the repeats kept, and every ratio below comes from this one run.", ""]
-    L += ["## Goals", "", "| goal | measured | target | met | how measured / gap |", "|---|---|---|---|---|"]
-    for g in res["goals"]:
-        L.append(f"| {g['goal']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} | {g['detail']} |")
+    L += ["## Goals", ""]
+    L += table_lines(["goal", "measured", "target", "met", "how measured / gap"],
+                     [[g["goal"], g["value"], g["target"], yes_no(g["met"], "**no**"), g["detail"]] for g in res["goals"]])
     L += ["", f"Measured float32 matmul peak (2048^3 GEMM, best of 5, same process): "
           f"**{res['matmul_peak_gflops']:.1f} GFLOP/s**.", ""]
     L += ["## Client step: loop of K+1 forwards vs batched engine", "",
@@ -265,45 +268,44 @@ def write_doc(res: dict) -> None:
           "`baffle.batched` with the default `estimator.max_memory_mb`; `chunk` = perturbed models per "
           "batched call, each on slices of `slice` samples; `load` = the machine's 1-minute load average when the "
           "row finished (2 cores, shared: higher load, noisier and slower rows). GFLOP/s = `count_flops` x batch x (K+1) / time; `% peak` is the batched rate over "
-          "the matmul peak.", "",
-          "| model | batch | K | loop s | batched s | speed-up | loop GFLOP/s | batched GFLOP/s | % peak | chunk x slice | load |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "the matmul peak.", ""]
+    rows = []
     for r in res["steps"]:
-        if "skipped" in r:
-            L.append(f"| {r['model']} | {r['batch']} | {r['K']} | {r['skipped']} | | | | | | | |")
+        if "skipped" in r:  # the writer leaves the remaining cells empty
+            rows.append([r["model"], r["batch"], r["K"], r["skipped"]])
             continue
-        L.append(f"| {r['model']} | {r['batch']} | {r['K']} | {r['loop_s']:.3f} | {r['batched_s']:.3f} | "
-                 f"{r['speedup']:.2f}x | {r['loop_gflops']:.1f} | {r['batched_gflops']:.1f} | "
-                 f"{100 * r['batched_gflops'] / res['matmul_peak_gflops']:.0f}% | {r['chunk']} x {r['sub_batch']} | {r['load1']} |")
+        rows.append([r["model"], r["batch"], r["K"], f"{r['loop_s']:.3f}", f"{r['batched_s']:.3f}", f"{r['speedup']:.2f}x",
+                     f"{r['loop_gflops']:.1f}", f"{r['batched_gflops']:.1f}",
+                     f"{100 * r['batched_gflops'] / res['matmul_peak_gflops']:.0f}%", f"{r['chunk']} x {r['sub_batch']}", r["load1"]])
+    L += table_lines(["model", "batch", "K", "loop s", "batched s", "speed-up", "loop GFLOP/s", "batched GFLOP/s", "% peak",
+                      "chunk x slice", "load"], rows)
     L += ["", "## Client peak memory of one step", "",
           "Each number is from a fresh process (1 thread): after imports, model and data are set up the "
           "child resets the kernel's peak-RSS counter (`echo 5 > /proc/self/clear_refs`), reads VmRSS, runs "
           "one client step and reads VmHWM; `step peak` = VmHWM - VmRSS before, i.e. the memory the step "
           "itself needs on top of a loaded model and dataset. BAFFLE runs under `torch.inference_mode` "
           "(no activations kept); BP is `BPClient.gradient` (forward + autograd backward).", "",
-          f"K = {res['memory'][0]['K'] if res['memory'] else '-'}.", "",
-          "| model | batch | client step | step peak MiB | process peak MiB | vs BP |", "|---|---|---|---|---|---|"]
+          f"K = {res['memory'][0]['K'] if res['memory'] else '-'}.", ""]
     bp = {(r["model"], r["batch"]): r["step_peak_mib"] for r in res["memory"] if r["kind"] == "bp"}
+    rows = []
     for r in res["memory"]:
         ref = bp.get((r["model"], r["batch"]))
-        L.append(f"| {r['model']} | {r['batch']} | {r['kind']} | {r['step_peak_mib']:.1f} | {r['peak_mib']:.0f} | "
-                 f"{r['step_peak_mib'] / ref:.2f}x |" if ref else "| |")
-    L += ["", "## Upload bytes per client per round", "",
-          "| model | n params | K | BAFFLE bytes (payload) | gradient/weights bytes | gradient / BAFFLE |",
-          "|---|---|---|---|---|---|"]
-    for r in res["uploads"]:
-        L.append(f"| {r['model']} | {r['n']} | {r['K']} | {r['baffle_bytes']} ({r['baffle_payload']}) | "
-                 f"{r['gradient_bytes']} | {r['ratio']:.0f}x |")
+        rows.append([r["model"], r["batch"], r["kind"], f"{r['step_peak_mib']:.1f}", f"{r['peak_mib']:.0f}",
+                     f"{r['step_peak_mib'] / ref:.2f}x" if ref else "-"])  # no BP row at this batch: no ratio
+    L += table_lines(["model", "batch", "client step", "step peak MiB", "process peak MiB", "vs BP"], rows)
+    L += ["", "## Upload bytes per client per round", ""]
+    L += table_lines(["model", "n params", "K", "BAFFLE bytes (payload)", "gradient/weights bytes", "gradient / BAFFLE"],
+                     [[r["model"], r["n"], r["K"], f"{r['baffle_bytes']} ({r['baffle_payload']})", r["gradient_bytes"],
+                       f"{r['ratio']:.0f}x"] for r in res["uploads"]])
     L += ["", "## Time per round, default `baffle run` config vs BP FedSGD", "",
           "`server.build(Config())` + `RoundRunner.run_round`: one warm-up round, then the median of the "
           "timed rounds (sampling, all clients' steps, validation, aggregation and the server step; no "
-          "evaluation).", "", "| variant | model / data | clients x K x batch | s per round |", "|---|---|---|---|"]
-    for r in res["rounds"]:
-        L.append(f"| {r['variant']} | {r['model']} / {r['dataset']} | {r['clients']} x {r['K']} x {r['batch']} | "
-                 f"{r['median_round_s']:.2f} |")
+          "evaluation).", ""]
+    L += table_lines(["variant", "model / data", "clients x K x batch", "s per round"],
+                     [[r["variant"], f"{r['model']} / {r['dataset']}", f"{r['clients']} x {r['K']} x {r['batch']}",
+                       f"{r['median_round_s']:.2f}"] for r in res["rounds"]])
     L += ["", "## What the batched engine does, and what did not win", "", NOTES]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text("\n".join(L) + "\n")
+    write_text(DOC, "\n".join(L) + "\n")
 
 
 NOTES = """\
@@ -360,7 +362,7 @@ def main() -> None:
     if args.doc_only:
         res = json.loads(RESULTS.read_text())
         res["goals"] = goals(res)
-        RESULTS.write_text(json.dumps(res, indent=1) + "\n")
+        write_json(RESULTS, res)
         write_doc(res)
         return
     if args.memory_child:
@@ -391,8 +393,7 @@ def main() -> None:
     res["goals"] = goals(res)
     for g in res["goals"]:
         print(f"  goal {g['goal']}: {g['value']} (target {g['target']}) {'met' if g['met'] else 'NOT met'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=1) + "\n")
+    write_json(RESULTS, res)
     write_doc(res)
     print(f"wrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
 

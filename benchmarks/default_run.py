@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from baffle.records.results import results_dir, write_json, write_text
+from baffle.records.tables import percent, table_lines
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,36 +44,40 @@ def main() -> None:
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "baffle": run(out / "baffle", [])}
     if args.with_bp:
         results["fedsgd"] = run(out / "fedsgd", ["--set", "run.method=fedsgd"])
-    (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks/results/default_run.json").write_text(json.dumps(results, indent=2) + "\n")
-    cfg = (out / "baffle" / "config.toml").read_text()
+    write_json(results_dir(__file__) / "default_run.json", results, indent=2)
+    text = render(results, (out / "baffle" / "config.toml").read_text(), args.with_bp)
+    write_text(ROOT / "docs/default-run.md", text)
+    print(text)
+
+
+def render(results: dict, cfg: str, with_bp: bool) -> str:
+    """docs/default-run.md from the results JSON and the run's resolved config.toml."""
     lines = [
         "# The default job: `baffle run`",
         "",
-        "Regenerate: `.venv/bin/python benchmarks/default_run.py" + (" --with-bp" if args.with_bp else "") + "` "
+        "Regenerate: `.venv/bin/python benchmarks/default_run.py" + (" --with-bp" if with_bp else "") + "` "
         "(writes benchmarks/results/default_run.json and this page).",
         "",
         f"Machine: {results['machine']}. Wall time is the whole process (data loading and evaluations included).",
         "",
-        "| method | final test acc | best test acc | rounds | upload B/client/round | client forward passes/round | backward passes | wall s |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name in ("baffle", "fedsgd"):
         if name not in results:
             continue
         s = results[name]
         m = s["metrics"][-1]
-        lines.append(
-            f"| {name} | {100 * s['final_test_acc']:.2f}% | {100 * s['best_test_acc']:.2f}% | {s['rounds']} | "
-            f"{s['upload_bytes_per_client_per_round']} | {m['client_forward_passes']} | {s['total_backward_passes']} | {s['process_wall_s']} |"
-        )
-    lines += ["", "Accuracy along the run (baffle):", "", "| round | test acc | test loss | train loss | wall s |", "|---|---|---|---|---|"]
-    for m in results["baffle"]["metrics"]:
-        lines.append(f"| {m['round']} | {100 * m['test_acc']:.2f}% | {m['test_loss']:.4f} | {m['train_loss']:.4f} | {m['wall_s']:.0f} |")
+        rows.append([name, percent(s["final_test_acc"], sign=True), percent(s["best_test_acc"], sign=True), s["rounds"],
+                     s["upload_bytes_per_client_per_round"], m["client_forward_passes"], s["total_backward_passes"],
+                     s["process_wall_s"]])
+    lines += table_lines(["method", "final test acc", "best test acc", "rounds", "upload B/client/round",
+                          "client forward passes/round", "backward passes", "wall s"], rows)
+    lines += ["", "Accuracy along the run (baffle):", ""]
+    lines += table_lines(["round", "test acc", "test loss", "train loss", "wall s"],
+                         [[m["round"], percent(m["test_acc"], sign=True), f"{m['test_loss']:.4f}", f"{m['train_loss']:.4f}",
+                           f"{m['wall_s']:.0f}"] for m in results["baffle"]["metrics"]])
     lines += ["", "The resolved default configuration:", "", "```toml", cfg.strip(), "```", ""]
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs/default-run.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

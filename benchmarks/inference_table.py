@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from baffle.records.results import results_dir, write_text
+from baffle.records.tables import table_lines, yes_no
+
 ROOT = Path(__file__).resolve().parents[1]
 ACC = ROOT / "experiments" / "results" / "inference_accuracy"
-RES = ROOT / "benchmarks" / "results" / "client_resources.json"
+RES = results_dir(__file__) / "client_resources.json"
 SIGMA = ROOT / "experiments" / "results" / "int8_sigma.json"
-EXPORT = ROOT / "benchmarks" / "results" / "onnx_export.json"
+EXPORT = results_dir(__file__) / "onnx_export.json"
 OUT = ROOT / "docs" / "results" / "inference_clients.md"
 
 # client kind -> (accuracy run, resource kinds, what the run is)
@@ -37,10 +40,7 @@ def _load(path: Path) -> dict | None:
 def main_table() -> str:
     res = _load(RES)
     rows = {r["kind"]: r for r in res["rows"]} if res else {}
-    lines = [
-        "| client kind | federation | test acc (final) | rounds | CPU ms / client step | wall ms / client step | peak RSS MB (process) | RSS growth in steps MB | torch imported |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    table = []
     for label, run, kinds, what in KINDS:
         acc = _load(ACC / f"{run}.json")
         a = f"{acc['summary']['final_test_acc']:.4f}" if acc else "not run"
@@ -49,12 +49,12 @@ def main_table() -> str:
             r = rows.get(kind)
             name = label if len(kinds) == 1 else f"{label} ({kind.split('_')[1]})"
             if r is None:
-                lines.append(f"| {name} | {what} | {a} | {rounds} | - | - | - | - | - |")
+                table.append([name, what, a, rounds] + ["-"] * 5)
                 continue
-            lines.append(
-                f"| {name} | {what} | {a} | {rounds} | {r['step_cpu_s'] * 1e3:.1f} | {r['step_wall_s'] * 1e3:.1f} | "
-                f"{r['peak_rss_mb']:.0f} | {r['step_peak_increment_mb']:.1f} | {'yes' if r['torch_imported'] else 'no'} |"
-            )
+            table.append([name, what, a, rounds, f"{r['step_cpu_s'] * 1e3:.1f}", f"{r['step_wall_s'] * 1e3:.1f}",
+                          f"{r['peak_rss_mb']:.0f}", f"{r['step_peak_increment_mb']:.1f}", yes_no(r["torch_imported"])])
+    lines = table_lines(["client kind", "federation", "test acc (final)", "rounds", "CPU ms / client step", "wall ms / client step",
+                         "peak RSS MB (process)", "RSS growth in steps MB", "torch imported"], table)
     if res:
         lines.append(
             f"\nResources: K={res['K']}, batch {res['batch_size']}, sigma {res['sigma']}, {res['threads']} thread, median of "
@@ -65,12 +65,12 @@ def main_table() -> str:
 
 
 def accuracy_history() -> str:
-    lines = ["| run | " + " | ".join(f"acc @ {h['round']}" for h in _first_history()) + " | wall s |", ""]
-    lines[1] = "|---|" + "---|" * (len(_first_history()) + 1)
+    rows = []
     for _, run, _, _ in KINDS:
         acc = _load(ACC / f"{run}.json")
         if acc:
-            lines.append(f"| {run} | " + " | ".join(f"{h['test_acc']:.4f}" for h in acc["history"]) + f" | {acc['wall_s']} |")
+            rows.append([run] + [f"{h['test_acc']:.4f}" for h in acc["history"]] + [acc["wall_s"]])
+    lines = table_lines(["run"] + [f"acc @ {h['round']}" for h in _first_history()] + ["wall s"], rows)
     settings = next((_load(ACC / f"{run}.json")["settings"] for _, run, _, _ in KINDS if (ACC / f"{run}.json").exists()), [])
     base = [s for s in settings if not s.startswith(("federation.onnx", "model.prune", "run.method"))]
     return "\n".join(lines) + "\n\nCommon settings: `" + " ".join(base) + "`"
@@ -92,30 +92,28 @@ def sigma_table() -> str:
     for state, d in data["states"].items():
         steps = d["weight_int8_steps"]
         out.append(f"\n**{state}** — int8 weight step max|w|/127 per tensor: " + ", ".join(f"`{k}` {v:.1e}" for k, v in steps.items()) + "\n")
-        out.append("| sigma | cos(int8, float) | cos(int8_weights, float) | median abs dL (float) | median abs dL error int8 | median abs dL error int8_weights | cos(float est., true grad) |")
-        out.append("|---|---|---|---|---|---|---|")
-        for r in d["rows"]:
-            out.append(
-                f"| {r['sigma']:g} | {r['cos_int8_float']:.3f} | {r['cos_int8_weights_float']:.3f} | {r['median_abs_dL']:.2e} | "
-                f"{r['median_abs_err_int8']:.2e} | {r['median_abs_err_int8_weights']:.2e} | {r['cos_float_true']:.3f} |"
-            )
+        out += table_lines(["sigma", "cos(int8, float)", "cos(int8_weights, float)", "median abs dL (float)", "median abs dL error int8",
+                            "median abs dL error int8_weights", "cos(float est., true grad)"], [sigma_row(r) for r in d["rows"]])
     return "\n".join(out)
+
+
+def sigma_row(r: dict) -> list[str]:
+    """One sigma row of experiments/results/int8_sigma.json."""
+    return [f"{r['sigma']:g}", f"{r['cos_int8_float']:.3f}", f"{r['cos_int8_weights_float']:.3f}", f"{r['median_abs_dL']:.2e}",
+            f"{r['median_abs_err_int8']:.2e}", f"{r['median_abs_err_int8_weights']:.2e}", f"{r['cos_float_true']:.3f}"]
 
 
 def export_table() -> str:
     data = _load(EXPORT)
     if not data:
         return "(benchmarks/onnx_export.py not run)"
-    out = [
-        "| model | n | weights as inputs: graph (once) | bytes / round | ms / perturbation (run) | re-export: bytes / round | export ms / round | ms / perturbation (rebuild session + run) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for r in data["rows"]:
         a, b = r["inputs"], r["reexport"]
-        out.append(
-            f"| {r['model']} | {r['n_params']} | {a['graph_bytes_once']} B | {a['bytes_per_round']} | {a['per_perturbation_s'] * 1e3:.2f} | "
-            f"{b['bytes_per_round']} | {b['export_s_per_round'] * 1e3:.0f} | {b['per_perturbation_s'] * 1e3:.2f} |"
-        )
+        rows.append([r["model"], r["n_params"], f"{a['graph_bytes_once']} B", a["bytes_per_round"], f"{a['per_perturbation_s'] * 1e3:.2f}",
+                     b["bytes_per_round"], f"{b['export_s_per_round'] * 1e3:.0f}", f"{b['per_perturbation_s'] * 1e3:.2f}"])
+    out = table_lines(["model", "n", "weights as inputs: graph (once)", "bytes / round", "ms / perturbation (run)",
+                       "re-export: bytes / round", "export ms / round", "ms / perturbation (rebuild session + run)"], rows)
     out.append(f"\nMedian CPU time of {data['reps']} repetitions, batch 32, 1 thread; load average at the end {data['loadavg_1m_at_end']:.1f}.")
     return "\n".join(out)
 
@@ -129,8 +127,7 @@ def main() -> None:
         "## int8 vs sigma", sigma_table(),
         "## ONNX export: weights as inputs vs re-export", export_table(),
     ]) + "\n"
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
+    write_text(OUT, text)
     print(text)
 
 

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from baffle import estimator
 from baffle.protocol import noise
 from baffle.config import Config
+from baffle.records.results import results_dir, write_json, write_text
+from baffle.records.tables import percent, table_lines, yes_no
 from baffle.messages import Upload
 from baffle.server import RoundRunner, Simulation
 
@@ -73,7 +75,7 @@ class FusedRunner(RoundRunner):
         return [Upload(cl.client_id, round_idx, diffs[j].copy(), sizes[j]) for j, cl in enumerate(clients)]
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = results_dir(__file__)
 DOC = ROOT / "docs" / "robustness.md"
 
 BASE = {
@@ -124,13 +126,6 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"settings": BASE, "runs": {}}
 
 
-def _save(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def sweep(name: str, jobs: list[tuple[str, dict]], rounds: int) -> dict:
     path = RESULTS / f"{name}.json"
     data = _load(path)
@@ -142,7 +137,7 @@ def sweep(name: str, jobs: list[tuple[str, dict]], rounds: int) -> dict:
             continue
         res = run_one(overrides, rounds)
         data["runs"][key] = res
-        _save(path, data)
+        write_json(path, data)
         print(f"{name} {key}: acc {100 * res['test_acc']:.2f}% eps {res['epsilon']} ({res['wall_s']} s)", flush=True)
     return data
 
@@ -251,7 +246,19 @@ def honest_correlation(rounds: int = 20) -> dict:
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+    return percent(x, missing="-")
+
+
+def _best_rows(cells: list[str], acc_of, clean: float) -> list[list[str]]:
+    """Per attack cell: the best robust aggregator (not the plain mean), its accuracy and gap to clean."""
+    rows = []
+    for cell in cells:
+        cands = [(v, agg) for agg in AGGREGATORS[1:] if (v := acc_of(f"{agg}/{cell}")) is not None]
+        if cands:
+            acc, agg = max(cands)
+            gap = 100 * (clean - acc)
+            rows.append([cell.split("/")[0], agg, _pct(acc), f"{gap:.2f}", yes_no(gap <= 3, "NO")])
+    return rows
 
 
 def render() -> str:
@@ -284,12 +291,11 @@ def render() -> str:
     runs = rob.get("runs", {})
     if runs:
         lines += ["## Accuracy (%) under attack", ""]
-        head = "| aggregator | clean | " + " | ".join(f"{a} {int(100 * f)}%" for f in FRACTIONS for a in ATTACKS) + " |"
-        lines += [head, "|" + "---|" * (2 + len(FRACTIONS) * len(ATTACKS))]
-        for agg in AGGREGATORS:
-            cells = [_pct(runs.get(f"{agg}/clean", {}).get("test_acc"))]
-            cells += [_pct(runs.get(f"{agg}/{a}/{f}", {}).get("test_acc")) for f in FRACTIONS for a in ATTACKS]
-            lines.append(f"| {agg} | " + " | ".join(cells) + " |")
+        lines += table_lines(
+            ["aggregator", "clean"] + [f"{a} {int(100 * f)}%" for f in FRACTIONS for a in ATTACKS],
+            [[agg, _pct(runs.get(f"{agg}/clean", {}).get("test_acc"))]
+             + [_pct(runs.get(f"{agg}/{a}/{f}", {}).get("test_acc")) for f in FRACTIONS for a in ATTACKS] for agg in AGGREGATORS],
+        )
         clean = runs.get("mean/clean", {}).get("test_acc")
         lines += ["", "## The goal: 30% sign-flip / scaling attackers, best robust aggregator within 3 points of clean", ""]
         lines += [
@@ -301,14 +307,9 @@ def render() -> str:
         if clean is not None:
             lines.append(f"Clean accuracy (weighted mean, no attack): {_pct(clean)}%.")
             lines.append("")
-            lines += ["| attack (30%) | best robust aggregator | its accuracy | gap to clean (points) | within 3? |", "|---|---|---|---|---|"]
-            for attack in ("sign_flip", "scale_neg10", "scale_100"):
-                cands = [(runs[k]["test_acc"], agg) for agg in AGGREGATORS[1:] if (k := f"{agg}/{attack}/0.3") in runs]
-                if not cands:
-                    continue
-                acc, agg = max(cands)
-                gap = 100 * (clean - acc)
-                lines.append(f"| {attack} | {agg} | {_pct(acc)} | {gap:.2f} | {'yes' if gap <= 3 else 'NO'} |")
+            best = _best_rows([f"{a}/0.3" for a in ("sign_flip", "scale_neg10", "scale_100")],
+                              lambda key: runs[key]["test_acc"] if key in runs else None, clean)
+            lines += table_lines(["attack (30%)", "best robust aggregator", "its accuracy", "gap to clean (points)", "within 3?"], best)
         lines.append("")
     seeds = [runs] + [r for n in EXTRA_SEEDS if (r := _load(RESULTS / f"robustness_seed{n}.json").get("runs", {}))]
     if len(seeds) > 1:
@@ -316,12 +317,12 @@ def render() -> str:
         lines += [
             f"### The goal's cells with {len(seeds)} seeds (run.seed = {', '.join(str(i) for i in range(len(seeds)))})",
             "",
-            "| aggregator | " + " | ".join(f"{cell}: {names}" for cell, _ in GOAL_CELLS) + " |",
-            "|---|" + "---|" * len(GOAL_CELLS),
         ]
-        for agg in AGGREGATORS:
-            cells = [" / ".join(_pct(sd.get(f"{agg}/{cell}", {}).get("test_acc")) for sd in seeds) for cell, _ in GOAL_CELLS]
-            lines.append(f"| {agg} | " + " | ".join(cells) + " |")
+        lines += table_lines(
+            ["aggregator"] + [f"{cell}: {names}" for cell, _ in GOAL_CELLS],
+            [[agg] + [" / ".join(_pct(sd.get(f"{agg}/{cell}", {}).get("test_acc")) for sd in seeds) for cell, _ in GOAL_CELLS]
+             for agg in AGGREGATORS],
+        )
         lines.append("")
 
         def both(key: str) -> float | None:
@@ -330,22 +331,12 @@ def render() -> str:
 
         clean2 = both("mean/clean")
         if clean2 is not None:
-            rows = []
-            for cell in ("sign_flip/0.3", "scale_neg10/0.3"):
-                cands = [(v, agg) for agg in AGGREGATORS[1:] if (v := both(f"{agg}/{cell}")) is not None]
-                if cands:
-                    acc, agg = max(cands)
-                    gap = 100 * (clean2 - acc)
-                    rows.append(f"| {cell.split('/')[0]} | {agg} | {_pct(acc)} | {gap:.2f} | {'yes' if gap <= 3 else 'NO'} |")
+            rows = _best_rows(["sign_flip/0.3", "scale_neg10/0.3"], both, clean2)
             if rows:
-                lines += [
-                    f"Averaged over the {len(seeds)} seeds: clean (mean) {_pct(clean2)}%.",
-                    "",
-                    f"| attack (30%) | best robust aggregator ({len(seeds)}-seed mean) | its accuracy | gap to clean (points) | within 3? |",
-                    "|---|---|---|---|---|",
-                    *rows,
-                    "",
-                ]
+                lines += [f"Averaged over the {len(seeds)} seeds: clean (mean) {_pct(clean2)}%.", ""]
+                lines += table_lines(["attack (30%)", f"best robust aggregator ({len(seeds)}-seed mean)", "its accuracy",
+                                      "gap to clean (points)", "within 3?"], rows)
+                lines.append("")
     snr = RESULTS / "snr.json"
     if snr.exists():
         c = json.loads(snr.read_text())
@@ -375,15 +366,15 @@ def render() -> str:
             "per round (sampling amplifies it). Local: every client noises its own vector, no amplification (the server",
             "knows who took part); epsilon is the worst client's over the rounds it uploaded in.",
             "",
-            "| DP mode | noise multiplier z | epsilon | test accuracy (%) |",
-            "|---|---|---|---|",
         ]
+        rows = []
         for mode, z in DP_RUNS:
             r = druns.get(f"{mode}/{z}")
             if r is None:
                 continue
             eps = "inf (no clipping, no noise)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
-            lines.append(f"| {mode} | {z if mode != 'none' else '-'} | {eps} | {_pct(r['test_acc'])} |")
+            rows.append([mode, z if mode != "none" else "-", eps, _pct(r["test_acc"])])
+        lines += table_lines(["DP mode", "noise multiplier z", "epsilon", "test accuracy (%)"], rows)
         lines.append("")
     audit = RESULTS / "validation_audit.json"
     if audit.exists():
@@ -434,11 +425,10 @@ def main() -> None:
             jobs = [(f"{agg}/{cell}", {**ov, "federation.aggregator": agg, "run.seed": seed}) for agg in AGGREGATORS for cell, ov in GOAL_CELLS]
             sweep(f"robustness_seed{seed}", jobs, args.rounds)
     if args.part in ("snr", "all"):
-        _save(RESULTS / "snr.json", honest_correlation())
+        write_json(RESULTS / "snr.json", honest_correlation())
     if args.part in ("privacy", "all"):
         sweep("privacy", privacy_jobs(), args.rounds)
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(render())
+    write_text(DOC, render())
     print(f"wrote {DOC}")
 
 

@@ -17,6 +17,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+from baffle.records.results import write_json, write_text
+from baffle.records.tables import markdown_table, percent, yes_no
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -53,17 +56,24 @@ def main(argv: list[str] | None = None) -> int:
                       "wall_s": summary["wall_s"]},
         "final_weights_bit_identical": same,
     }
-    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| round | Flower test acc | baffle run test acc |", "|---:|---:|---:|"]
-    for r in sorted(result["flower"]["acc_by_round"]):
-        ip = result["inprocess"]["acc_by_round"].get(r)
-        lines.append(f"| {r} | {100 * result['flower']['acc_by_round'][r]:.2f}% | {'' if ip is None else f'{100 * ip:.2f}%'} |")
-    lines.append("")
-    lines.append(f"Final weights bit-identical: {'yes' if same else 'no'}. Wall time: Flower {flower['wall_s']:.0f} s "
-                 f"(ServerApp clock), in-process {summary['wall_s']:.0f} s.")
-    (out / "compare.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_json(out / "compare.json", result, indent=2)
+    text = compare_md(result)
+    write_text(out / "compare.md", text)
+    print(text, end="")
     return 0
+
+
+def compare_md(result: dict) -> str:
+    """compare.md from compare.json (whose round keys JSON turned into strings)."""
+    flower = {int(r): acc for r, acc in result["flower"]["acc_by_round"].items()}
+    inproc = {int(r): acc for r, acc in result["inprocess"]["acc_by_round"].items()}
+    table = markdown_table(
+        ["round", "Flower test acc", "baffle run test acc"],
+        [[r, percent(flower[r], sign=True), percent(inproc.get(r), sign=True, missing="")] for r in sorted(flower)],
+        align="right",
+    )
+    return (f"{table}\n\nFinal weights bit-identical: {yes_no(result['final_weights_bit_identical'])}. Wall time: Flower "
+            f"{result['flower']['wall_s']:.0f} s (ServerApp clock), in-process {result['inprocess']['wall_s']:.0f} s.\n")
 
 
 if __name__ == "__main__":

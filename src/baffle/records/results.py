@@ -1,0 +1,40 @@
+"""Where the scripts in benchmarks/, experiments/ and scripts/ keep what they measure, and how they write it.
+
+One convention (docs/experiments.md, "Where results live"), so a reader finds every number's source file:
+
+- raw numbers a script measures (JSON): ``results_dir(__file__)``, i.e. ``benchmarks/results/`` for the
+  scripts in benchmarks/ and ``experiments/results/`` for those in experiments/, committed;
+- Markdown pages generated from them, and the files those pages link to, live in docs/ (``docs/results/``,
+  ``docs/flower/``), because the docs link them by relative path;
+- working run directories (``baffle run``/``baffle sweep`` outputs) go to ``runs/`` and ``results/<sweep>/``,
+  which git ignores.
+
+Every file goes through `write_json`/`write_text`, which write atomically (`atomic_write_bytes`): a benchmark
+killed mid-write, or two parts of a sweep writing side by side, never leave a torn file that the next resume
+would fail to parse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from baffle.records.checkpoint import atomic_write_bytes
+
+
+def results_dir(script: str | Path) -> Path:
+    """The results folder of a script: ``results/`` beside it (pass ``__file__``)."""
+    return Path(script).resolve().parent / "results"
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, data: Any, indent: int = 1) -> None:
+    """Write `data` as indented JSON plus a final newline, atomically (the format of every committed result)."""
+    write_text(path, json.dumps(data, indent=indent) + "\n")
