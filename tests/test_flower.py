@@ -106,7 +106,7 @@ def test_replica_mismatch_falls_back_to_weights(tmp_path, monkeypatch):
         return b"x" * 32 if calls["n"] == 3 else real(state)
 
     monkeypatch.setattr(server_core, "weights_digest", flaky)
-    rc = tiny(tmp_path, "mm", transport="replay", **{"num-server-rounds": 4, "eval-every": 4})
+    rc = tiny(tmp_path, "mm", transport="replay", **{"num-server-rounds": 4, "run-eval-every": 4})
     run_inmemory(rc, 2)
     res = result(rc)
     assert res["failures"] == 1 and res["rounds_done"] == 4 and res["skipped_rounds"] == 0
@@ -138,7 +138,7 @@ def _round0_mean(monkeypatch, rc: dict, nodes: int, node_extra=None) -> np.ndarr
 @pytest.mark.parametrize("drop", [False, True])
 def test_secagg_aggregate_equals_plain_mean_to_quantization_error(tmp_path, monkeypatch, drop):
     extra = {2: {"fail-at-round": 0}} if drop else None
-    one = {"num-server-rounds": 1, "eval-every": 1, "secagg-bits": 16, "secagg-clip": 0.5}
+    one = {"num-server-rounds": 1, "run-eval-every": 1, "secagg-bits": 16, "secagg-clip": 0.5}
     plain = _round0_mean(monkeypatch, tiny(tmp_path, f"p{drop}", **one), 4, extra)
     secure = _round0_mean(monkeypatch, tiny(tmp_path, f"s{drop}", secure=True, **one), 4, extra)
     step = QuantSpec(0.5, 16).step

@@ -68,8 +68,8 @@ def deploy(tmp_path: Path, nodes: int, app_config: str, *extra: str, timeout: in
     return json.loads((out / "result.json").read_text()), log, took
 
 
-TINY = ('data-name="synthetic" train-subset=200 test-subset=100 estimator-k=4 estimator-engine="loop" '
-        "eval-every=1 round-timeout-s=120.0 node-wait-s=60.0")
+TINY = ('data-name="synthetic" data-train-subset=200 data-test-subset=100 estimator-k=4 estimator-engine="loop" '
+        "run-eval-every=1 run-threads=1 round-timeout-s=120.0 node-wait-s=60.0")
 
 
 def test_loopback_deployment_trains(tmp_path):
