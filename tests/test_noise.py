@@ -59,3 +59,116 @@ def test_bad_arguments():
         noise.round_seeds(0, 0, 0)
     with pytest.raises(ValueError, match="non-negative"):
         noise.round_seeds(-1, 0, 3)
+
+
+# ---- spec v2 -----------------------------------------------------------------------------------------
+# Test vectors of "baffle-noise-v2" for the first seed of round_seeds(1234, 7, 3); the words are SplitMix64's.
+V2_SEED = SEEDS_1234_7[0]
+V2_WORDS_0 = [16325892473330916229, 14809676218488638027, 17951786601015578699]
+V2_WORDS_1E12 = [12407534660101574984, 2972825418795882940]
+V2_GAUSS_0 = [0.48714300990104675, 0.6562898755073547, -0.16238099336624146, -0.1285516321659088,
+              -1.623810052871704, 0.8051391243934631, 1.9418060779571533, -0.29093262553215027]
+V2_GAUSS_1E9 = [0.2976984977722168, -1.5426194667816162, 1.1096035242080688, 0.7916073799133301,
+                0.11501987278461456, -1.0419447422027588, 1.6508735418319702, -0.35859137773513794]
+V2_RADEMACHER_60 = [1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 1.0]
+V2_RADEMACHER_1E12_5 = [1.0, 1.0, -1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
+V2_KINDS = ("v2-gauss", "v2-rademacher")
+M64 = (1 << 64) - 1
+
+
+def splitmix64(seed: int, count: int) -> list[int]:
+    """The public-domain SplitMix64 generator in plain Python: the spec's word stream, independently."""
+    out, state = [], seed
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & M64
+        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def reference_element(words: list[int], kind: str, i: int) -> float:
+    """One element, straight from the module docstring's definition."""
+    if kind == "v2-rademacher":
+        return -1.0 if (words[i // 64] >> (i % 64)) & 1 else 1.0
+    half = words[i // 2] >> (32 * (i % 2))
+    s = sum((half >> (8 * k)) & 0xFF for k in range(4)) - 510
+    return float(np.float32(s) * np.uint32(0x3BDDB446).view(np.float32))
+
+
+def test_v2_pinned_test_vectors():
+    assert [int(w) for w in noise.words(V2_SEED, 0, 3)] == V2_WORDS_0
+    assert [int(w) for w in noise.words(V2_SEED, 10**12, 2)] == V2_WORDS_1E12
+    assert noise.direction(V2_SEED, 8, "v2-gauss").tolist() == V2_GAUSS_0
+    assert noise.direction(V2_SEED, 8, "v2-gauss", offset=10**9).tolist() == V2_GAUSS_1E9
+    assert noise.direction(V2_SEED, 70, "v2-rademacher")[60:].tolist() == V2_RADEMACHER_60
+    assert noise.direction(V2_SEED, 8, "v2-rademacher", offset=10**12 + 5).tolist() == V2_RADEMACHER_1E12_5
+
+
+@pytest.mark.parametrize("seed", [0, 1, V2_SEED, M64])
+def test_v2_matches_the_written_spec(seed):
+    words = splitmix64(seed, 300)
+    assert [int(w) for w in noise.words(seed, 0, 300)] == words
+    assert [int(w) for w in noise.words(seed, 123, 7)] == words[123:130]
+    for kind in V2_KINDS:
+        n = 64 * 300 if kind == "v2-rademacher" else 600
+        assert noise.direction(seed, n, kind).tolist() == [reference_element(words, kind, i) for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", V2_KINDS)
+def test_v2_any_range_without_its_prefix(kind):
+    block = noise.BLOCK
+    full = noise.direction(V2_SEED, 3 * block + 333, kind)
+    for offset, n in [(0, 1), (1, 63), (63, 66), (64, 128), (5, block), (block - 3, block + 7), (2 * block + 1, block + 300)]:
+        assert np.array_equal(noise.direction(V2_SEED, n, kind, offset=offset), full[offset : offset + n])
+    out = np.zeros(100, dtype=np.float32)
+    assert noise.direction(V2_SEED, 100, kind, offset=7, out=out) is out and np.array_equal(out, full[7:107])
+
+
+@pytest.mark.parametrize("kind", V2_KINDS)
+def test_v2_torch_is_bit_identical_to_numpy(kind):
+    torch = pytest.importorskip("torch")
+    from baffle import noise_torch
+
+    block = noise_torch.BLOCK
+    for seed in [0, V2_SEED, M64]:
+        assert np.array_equal(noise_torch.words(seed, 5, 1000).numpy().view(np.uint64), noise.words(seed, 5, 1000))
+        for offset, n in [(0, 1), (3, 70), (63, 65), (64, 128), (1, block + 9), (block - 1, 2 * block + 3)]:
+            ref = noise.direction(seed, n, kind, offset=offset)
+            for impl in ("torch", "auto"):
+                got = noise_torch.direction(seed, n, kind, offset, impl=impl)
+                assert got.dtype == torch.float32 and got.numpy().tobytes() == ref.tobytes(), (seed, offset, n, impl)
+    buf = torch.empty(2, 50)
+    noise_torch.direction(V2_SEED, 100, kind, 9, out=buf, impl="torch")
+    assert buf.view(-1).numpy().tobytes() == noise.direction(V2_SEED, 100, kind, offset=9).tobytes()
+    seeds = noise.round_seeds(1, 2, 3)
+    assert np.array_equal(noise_torch.directions(seeds, 77, kind, impl="torch").numpy(), noise.directions(seeds, 77, kind))
+
+
+def test_v2_torch_v1_passthrough():
+    pytest.importorskip("torch")
+    from baffle import noise_torch
+
+    assert noise_torch.direction(V2_SEED, 6, "v1").tolist() == DIRECTION_OF_FIRST
+
+
+def test_v2_moments_and_tails():
+    seeds = noise.round_seeds(5, 5, 4)
+    g = np.concatenate([noise.direction(s, 500_000, "v2-gauss").astype(np.float64) for s in seeds])
+    assert abs(g.mean()) < 0.005 and abs(g.var() - 1) < 0.01
+    assert abs((g**4).mean() - 2.7) < 0.03  # discrete Irwin-Hall(4): kurtosis 2.7 (a normal: 3)
+    assert np.abs(g).max() <= 510 * float(noise.GAUSS_SCALE) + 1e-6
+    assert abs((np.abs(g) > 2).mean() - 0.0426) < 0.002  # exact for IH(4): 4.26% beyond 2 (a normal: 4.55%)
+    assert len(np.unique(g)) > 900
+    r = noise.direction(seeds[0], 1_000_000, "v2-rademacher")
+    assert set(np.unique(r).tolist()) == {-1.0, 1.0} and abs(r.mean()) < 0.005
+    # distinct seeds and kinds give uncorrelated directions
+    a, b = noise.direction(seeds[0], 200_000, "v2-gauss"), noise.direction(seeds[1], 200_000, "v2-gauss")
+    assert abs(float(a @ b) / 200_000) < 0.01
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown noise kind"):
+        noise.direction(1, 10, "v3")
+    with pytest.raises(ValueError, match="unknown noise kind"):
+        noise.check_kind("gauss")
