@@ -401,9 +401,12 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
         return _state_dict_or_error(server["ema"]["shadow"] if isinstance(server.get("ema"), dict) else server["model"], path)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip format, or its legacy pickle format
         import io
+        import warnings
 
         try:
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the refusal is our one line
+                warnings.simplefilter("ignore")
+                obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - the restricted unpickler refuses with many types; report one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(
@@ -449,8 +452,12 @@ def convert_legacy(old: str | Path, new: str | Path | None = None, *, trust_pick
     digest, payload = data[8:40], data[40:]
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError(f"{old} is corrupted or truncated: its SHA-256 does not match (refusing to convert it)")
+    import warnings
+
     try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever the restricted unpickler refuses, one line
         raise CheckpointError(f"{old}: torch's restricted unpickler refused it ({_one_line(e)})") from None
     if not isinstance(state, dict):
