@@ -7,8 +7,8 @@ Prints a table per section and writes benchmarks/results/client.json and docs/pe
 number in that document comes from this JSON). Sections:
 
 1. matmul peak: best float32 GEMM rate (2048^3) at the process's thread count, timed in this run;
-2. client step: ``estimator.loss_differences`` (the reference loop of K+1 forwards) vs the batched
-   engine (``baffle.batched``, default memory budget) for LeNet (1x28x28) and WRN-10-2 (3x32x32),
+2. client step: ``baffle.engine.loop.loss_differences`` (the reference loop of K+1 forwards) vs the batched
+   engine (``baffle.engine.batched``, default memory budget) for LeNet (1x28x28) and WRN-10-2 (3x32x32),
    K in {20, 100, 500}, batch 32 and 64; runs of the two engines alternate and the best of ``reps`` is
    kept (the machine is shared; the best run is the least disturbed one); achieved forward GFLOP/s =
    ``count_flops`` x batch x (K+1) / time, and its ratio to the matmul peak;
@@ -78,11 +78,12 @@ def _timed(fn) -> float:
 def step_times(models: list[str], ks: list[int], batches: list[int], reps: dict[str, int], wrn_max_k: int) -> list[dict]:
     from baffle import estimator
     from baffle.protocol import noise
-    from baffle.batched import make_batched_engine
     from baffle.config import EstimatorConfig
+    from baffle.engine import BatchedEngine
+    from baffle.engine.loop import loss_differences
     from baffle.models import count_flops
 
-    engine = make_batched_engine(EstimatorConfig().max_memory_mb)
+    engine = BatchedEngine(EstimatorConfig().max_memory_mb)
     rows = []
     for name in models:
         model = _model(name)
@@ -98,7 +99,7 @@ def step_times(models: list[str], ks: list[int], batches: list[int], reps: dict[
                 seeds = noise.round_seeds(1, k, k)
                 t_loop, t_bat = float("inf"), float("inf")
                 for _ in range(reps[name]):
-                    t_loop = min(t_loop, _timed(lambda: estimator.loss_differences(model, params, x, y, seeds, SIGMA)))
+                    t_loop = min(t_loop, _timed(lambda: loss_differences(model, params, x, y, seeds, SIGMA)))
                     t_bat = min(t_bat, _timed(lambda: engine(model, params, x, y, seeds, SIGMA)))
                 total = flops * b * (k + 1)
                 row = {
@@ -123,21 +124,20 @@ def _status_kb(key: str) -> int:
 def memory_child(kind: str, name: str, b: int, k: int) -> dict:
     """Runs in a fresh process: one client step of ``kind``; returns RSS numbers in MiB."""
     from baffle.baselines import BPClient
-    from baffle.batched import make_batched_engine
     from baffle.client import Client
     from baffle.config import EstimatorConfig
-    from baffle.data import Dataset
-    from baffle import estimator
+    from baffle.data.dataset import Dataset
+    from baffle.engine import make_engine
     from baffle.protocol import noise
-    from baffle.messages import RoundPlan
+    from baffle.protocol.messages import RoundPlan
 
     torch.set_num_threads(1)
     model = _model(name)
     x, y = _batch(name, 4 * b)
     data = Dataset(x, y, 10, "bench")
-    engine = {"baffle_batched": make_batched_engine(EstimatorConfig().max_memory_mb), "baffle_loop": estimator.loss_differences}
+    engine = {"baffle_batched": make_engine("batched", EstimatorConfig().max_memory_mb), "baffle_loop": make_engine("loop")}
     cls = BPClient if kind == "bp" else Client
-    client = cls(0, data, np.arange(4 * b), model, batch_size=b, seed=0, engine=engine.get(kind, estimator.loss_differences))
+    client = cls(0, data, np.arange(4 * b), model, batch_size=b, seed=0, engine=engine.get(kind, engine["baffle_loop"]))
     plan = RoundPlan(0, noise.round_seeds(0, 0, k), SIGMA, "forward", b)
     if kind == "baffle_batched":  # tracing the model is a one-off cost of the engine, not of a step
         engine[kind].supports(model)
@@ -171,7 +171,7 @@ def memory_rows(models: list[str], batches: list[int], k: int) -> list[dict]:
 
 # ---- 4. bytes ----------------------------------------------------------------------------------------
 def upload_rows(ks: list[int]) -> list[dict]:
-    from baffle.messages import Upload
+    from baffle.protocol.messages import Upload
     from baffle.models import num_parameters
 
     rows = []
@@ -187,7 +187,8 @@ def upload_rows(ks: list[int]) -> list[dict]:
 # ---- 5. rounds ---------------------------------------------------------------------------------------
 def round_rows(rounds: int) -> list[dict]:
     from baffle.config import Config
-    from baffle.server import RoundRunner, build
+    from baffle.sim.rounds import RoundRunner
+    from baffle.sim.factory import build
 
     variants = [
         ("baffle default (batched, fused clients)", []),
@@ -264,8 +265,8 @@ def write_doc(res: dict) -> None:
     L += ["", f"Measured float32 matmul peak (2048^3 GEMM, best of 5, same process): "
           f"**{res['matmul_peak_gflops']:.1f} GFLOP/s**.", ""]
     L += ["## Client step: loop of K+1 forwards vs batched engine", "",
-          "`loop` = `estimator.loss_differences` (one forward per perturbation); `batched` = "
-          "`baffle.batched` with the default `estimator.max_memory_mb`; `chunk` = perturbed models per "
+          "`loop` = `baffle.engine.loop` (one forward per perturbation); `batched` = "
+          "`baffle.engine.batched` with the default `estimator.max_memory_mb`; `chunk` = perturbed models per "
           "batched call, each on slices of `slice` samples; `load` = the machine's 1-minute load average when the "
           "row finished (2 cores, shared: higher load, noisier and slower rows). GFLOP/s = `count_flops` x batch x (K+1) / time; `% peak` is the batched rate over "
           "the matmul peak.", ""]
@@ -309,7 +310,7 @@ def write_doc(res: dict) -> None:
 
 
 NOTES = """\
-`baffle.batched` traces the model once with `torch.fx` and runs a chunk of P perturbed models as one
+`baffle.engine.batched` traces the model once with `torch.fx` and runs a chunk of P perturbed models as one
 model P times wider: member activations sit side by side in the channel dimension, `(B, P*C, H, W)`, so
 GroupNorm (P*G groups), BatchNorm (P*C channels), activations and pooling run unchanged; the first
 convolution (shared input) is one im2col + GEMM with P*C_out output rows; later convolutions are grouped

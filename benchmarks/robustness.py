@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from baffle import estimator
-from baffle.protocol import noise
 from baffle.config import Config
+from baffle.engine import Perturber
 from baffle.records.results import results_dir, write_json, write_text
 from baffle.records.tables import percent, table_lines, yes_no
-from baffle.messages import Upload
-from baffle.server import RoundRunner, Simulation
+from baffle.protocol.messages import Upload
+from baffle.sim.rounds import RoundRunner
+from baffle.sim.loop import Simulation
 
 
 class FusedRunner(RoundRunner):
@@ -64,11 +65,11 @@ class FusedRunner(RoundRunner):
 
         diffs = np.empty((len(clients), plan.num_directions), dtype=np.float32)
         with torch.inference_mode():
-            pert = estimator.Perturber(params)
+            pert = Perturber(params)
             try:
                 base = losses()
                 for k, seed in enumerate(plan.seeds):
-                    pert.set(torch.from_numpy(noise.direction(seed, pert.n)), plan.sigma)
+                    pert.set(seed, plan.sigma)
                     diffs[:, k] = losses() - base
             finally:
                 pert.restore()

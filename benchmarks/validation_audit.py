@@ -1,10 +1,9 @@
-"""Audit: do rejected uploads ever touch the global model? Counts injected bad uploads and corruptions.
+"""Audit: do rejected uploads ever touch the global model? Counts injected bad uploads and corruptions
+(the harness is ``baffle.testing.audit``, which tests/test_validation.py runs in small).
 
-Two identical federations (synthetic data, MLP, 4 clients) run side by side. Every round both receive the
-same honest uploads; federation A additionally receives a random mix of bad uploads of every rejection
-kind, sent before the honest ones so that each fails its own check (duplicates after the upload they copy),
-and every fifth round ONLY bad ones, so the round must be skipped. A corruption is any round after
-which A's model, optimizer state or EMA differ by a single bit from B's, or a bad upload that was accepted.
+Two identical tiny federations run side by side; one also receives bad uploads of every rejection kind, and
+every fifth round only bad ones. A corruption is any round after which the two differ by a single bit in
+model, optimizer state or EMA, or a bad upload that was accepted.
 
     nice -n 10 python benchmarks/validation_audit.py --rounds 60   # writes benchmarks/results/validation_audit.json
 """
@@ -12,115 +11,22 @@ which A's model, optimizer state or EMA differ by a single bit from B's, or a ba
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from baffle.config import Config
-from baffle.messages import Upload
-from baffle.server import RoundRunner, Simulation
-from baffle.strategy import MAX_ABS_LOSS_DIFF
-
-ROOT = Path(__file__).resolve().parent.parent
-OVERRIDES = [
-    "data.name=synthetic",
-    "data.num_clients=4",
-    "data.eval_train_samples=100",
-    "model.name=mlp",
-    "model.trainable=features.4.*,classifier.*",
-    "estimator.K=16",
-    "estimator.sigma=1e-2",
-    "estimator.engine=loop",
-    "federation.batch_size=16",
-    "optim.ema_decay=0.9",
-    "run.threads=1",
-]
-
-
-def bad_upload(kind: str, honest: Upload, rng: np.random.Generator) -> object:
-    K, r, cid = len(honest.loss_diffs), honest.round, honest.client_id
-    v = honest.loss_diffs
-    return {
-        "malformed": lambda: "garbage",
-        "bad_client_id": lambda: dataclasses.replace(honest, client_id=-1),
-        "unknown_sender": lambda: dataclasses.replace(honest, client_id=99),
-        "duplicate": lambda: dataclasses.replace(honest, loss_diffs=(v * -100).astype(np.float32)),
-        "bad_round": lambda: dataclasses.replace(honest, round=float(r)),
-        "stale_round": lambda: dataclasses.replace(honest, round=r - 1),
-        "future_round": lambda: dataclasses.replace(honest, round=r + 1),
-        "wrong_type": lambda: dataclasses.replace(honest, loss_diffs=v.tolist()),
-        "wrong_dtype": lambda: dataclasses.replace(honest, loss_diffs=v.astype(np.float64)),
-        "wrong_length": lambda: dataclasses.replace(honest, loss_diffs=np.resize(v, K + int(rng.integers(1, 5)))),
-        "non_finite": lambda: dataclasses.replace(honest, loss_diffs=np.where(rng.random(K) < 0.5, np.nan, v).astype(np.float32)),
-        "magnitude": lambda: dataclasses.replace(honest, loss_diffs=np.full(K, 10 * MAX_ABS_LOSS_DIFF, np.float32)),
-        "bad_sample_count": lambda: dataclasses.replace(honest, num_samples=int(rng.choice([0, -3, 10**6]))),
-    }[kind]()
-
-
-KINDS = ("malformed", "bad_client_id", "unknown_sender", "duplicate", "bad_round", "stale_round", "future_round",
-         "wrong_type", "wrong_dtype", "wrong_length", "non_finite", "magnitude", "bad_sample_count")
-
-
-def snapshot(sim: Simulation) -> list[torch.Tensor]:
-    s = sim.fed.strategy.state_dict()
-    out = list(s["model"].values()) + list(s["ema"]["shadow"].values())
-    for st in s["optimizer"]["state"].values():
-        out += [torch.as_tensor(v) for v in st.values()]
-    return out
-
-
-def audit(rounds: int, seed: int = 0) -> dict:
-    cfg = Config()
-    cfg.apply_overrides(OVERRIDES + [f"run.rounds={rounds}"])
-    a, b = Simulation(cfg.validate(), None, progress=False), Simulation(cfg, None, progress=False)
-    rng = np.random.default_rng(seed)
-    injected = {k: 0 for k in KINDS}
-    corruptions, accepted_bad, skipped = 0, 0, 0
-    for r in range(rounds):
-        honest = RoundRunner.client_uploads(a.runner, list(range(4)), r)
-        RoundRunner.client_uploads(b.runner, list(range(4)), r)  # keep B's samplers in step
-        only_bad = r % 5 == 4
-        before, after = [], []  # bad uploads arrive before the honest ones (so each fails its own check) ...
-        for u in honest:
-            kinds = [k for k in KINDS if not (only_bad and k == "duplicate")]
-            for kind in rng.choice(kinds, size=3, replace=False):
-                injected[kind] += 1
-                # ... except duplicates, which by definition follow the upload they copy
-                (after if kind == "duplicate" else before).append(bad_upload(str(kind), u, rng))
-        feed_a = before if only_bad else before + honest + after
-        feed_b = [] if only_bad else honest
-        a.runner.client_uploads = lambda s, ri, f=feed_a: list(f)
-        b.runner.client_uploads = lambda s, ri, f=feed_b: list(f)
-        ra, rb = a.runner.run_round(r), b.runner.run_round(r)
-        skipped += int(ra.skipped)
-        accepted_bad += ra.accepted - rb.accepted
-        if ra.skipped != rb.skipped or any(not torch.equal(x, y) for x, y in zip(snapshot(a), snapshot(b))):
-            corruptions += 1
-    return {
-        "rounds": rounds,
-        "injected_bad_uploads": sum(injected.values()),
-        "injected_by_kind": injected,
-        "rejected": a.fed.counters.rejected,
-        "rejected_by_reason": a.fed.counters.rejected_by_reason,
-        "every_rejection_has_its_own_reason": a.fed.counters.rejected_by_reason == {k: n for k, n in injected.items() if n},
-        "accepted_bad_uploads": accepted_bad,
-        "rounds_skipped_all_bad": skipped,
-        "corrupted_rounds": corruptions,
-    }
+from baffle.records.results import results_dir, write_json
+from baffle.testing.audit import audit
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "validation_audit.json"))
+    ap.add_argument("--out", default=str(results_dir(__file__) / "validation_audit.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     result = audit(args.rounds)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result))
 
 

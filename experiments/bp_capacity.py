@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from baffle.config import Config
 from baffle.models import num_parameters
-from baffle.server import build_model_for, evaluate, load_data
+from baffle.sim.factory import build_model_for, load_data
+from baffle.sim.evaluate import evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from baffle.config import Config
-from baffle.server import Simulation
+from baffle.sim.loop import Simulation
 
 OUT = Path(__file__).resolve().parent / "results" / "inference_accuracy"
 

@@ -18,12 +18,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from baffle.config import Config
-from baffle.server import build_model_for, evaluate, load_data
+from baffle.protocol import streams
+from baffle.sim.factory import build_model_for, load_data
+from baffle.sim.evaluate import evaluate
 
 
 def pretrain(cfg: Config, steps: int, batch_size: int = 64, lr: float = 1e-3) -> tuple[torch.nn.Module, dict]:
@@ -36,7 +37,7 @@ def pretrain(cfg: Config, steps: int, batch_size: int = 64, lr: float = 1e-3) ->
     train, test = load_data(cfg)
     model = build_model_for(cfg, train)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = np.random.default_rng([cfg.run.seed, 7])
+    rng = streams.rng(cfg.run.seed, streams.PRETRAIN)
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):

@@ -15,11 +15,13 @@ The model is LeNet (MNIST shape: 1x28x28, 10 classes); its parameter count does 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tomllib
 from collections import defaultdict
 from pathlib import Path
+
+from baffle.records.results import write_json, write_text
+from baffle.records.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from baffle.flower.config import parse_run_config
     from baffle.flower.inmemory import run_inmemory
     from baffle.models import num_parameters
-    from baffle.server import build_model_for, load_data
+    from baffle.sim.factory import build_model_for, load_data
 
     from flower_docs_task import docs_base  # the task docs/flower/ was measured on
 
@@ -72,18 +74,26 @@ def main(argv: list[str] | None = None) -> int:
                      "last_down": last[0] / a.nodes, "last_up": last[1] / a.nodes})
     d, u = fedavg_bytes(model)
     rows.append({"mode": "Flower FedAvg (same model)", "round1_down": d, "round1_up": u, "last_down": d, "last_up": u})
-    n = num_parameters(model)
+    result = {"K": a.k, "nodes": a.nodes, "rounds": a.rounds, "model": "lenet", "parameters": num_parameters(model), "rows": rows}
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bytes.json").write_text(json.dumps({"K": a.k, "nodes": a.nodes, "rounds": a.rounds, "model": "lenet",
-                                                "parameters": n, "rows": rows}, indent=2) + "\n")
-    lines = [f"LeNet ({n:,} parameters), K = {a.k}, {a.nodes} nodes, full participation; bytes of message content per node per round.",
-             "", f"| mode | down, round 1 | up, round 1 | down, round {a.rounds} | up, round {a.rounds} |", "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['mode']} | {r['round1_down']:,.0f} | {r['round1_up']:,.0f} | {r['last_down']:,.0f} | {r['last_up']:,.0f} |")
-    (out / "bytes.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_json(out / "bytes.json", result, indent=2)
+    text = bytes_md(result)
+    write_text(out / "bytes.md", text)
+    print(text, end="")
     return 0
+
+
+def bytes_md(result: dict) -> str:
+    """bytes.md from bytes.json."""
+    rounds = result["rounds"]
+    head = (f"LeNet ({result['parameters']:,} parameters), K = {result['K']}, {result['nodes']} nodes, full participation; "
+            "bytes of message content per node per round.")
+    table = markdown_table(
+        ["mode", "down, round 1", "up, round 1", f"down, round {rounds}", f"up, round {rounds}"],
+        [[r["mode"]] + [f"{r[k]:,.0f}" for k in ("round1_down", "round1_up", "last_down", "last_up")] for r in result["rows"]],
+        align=[None, "right", "right", "right", "right"],
+    )
+    return f"{head}\n\n{table}\n"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 FLOWER_RESULT_DIR is the ``result-dir`` of a Flower run (``scripts/flower_sim.sh -- -c 'result-dir=...'``)
 made with the pyproject ``[tool.flwr.app.config]`` defaults plus the same ``--set`` overrides. This
-script runs the in-process engine (``baffle.server.Simulation``, what ``baffle run`` does) with that
+script runs the in-process engine (``baffle.sim.loop.Simulation``, what ``baffle run`` does) with that
 config and as many clients as the Flower run had nodes, then writes OUT_DIR/compare.json and compare.md:
 test accuracy at every evaluation of both, and whether the final weights are bit-identical.
 """
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from baffle.flower.config import parse_run_config
     from baffle.flower.server_core import weights_digest
-    from baffle.server import Simulation
+    from baffle.sim.loop import Simulation
 
     run_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     for item in a.set:

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
-from baffle import aggregation, attacks
+from baffle.server import aggregation
+from baffle.sim import attacks
 from baffle.config import ConfigError
-from baffle.messages import Upload
-from baffle.server import RoundRunner, Simulation
-from tinycfg import tiny
+from baffle.protocol.messages import Upload
+from baffle.sim.rounds import RoundRunner
+from baffle.sim.loop import Simulation
+from baffle.testing import tiny
 
 
 def test_attacker_set_is_fixed_seeded_and_sized():

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from baffle import estimator
 from baffle.protocol import noise
-from baffle.batched import BatchedEngine, make_batched_engine
+from baffle.engine import BatchedEngine
+from baffle.engine.loop import loss_differences
 from baffle.models import build_model
 
 # Loss differences are differences of two float32 losses (~2.3, ulp 2.4e-7) computed along different
@@ -21,11 +22,11 @@ def _batch(shape, b, seed=0):
 
 
 def _check(model, x, y, trainable, scheme, K=7, sigma=1e-3, engine=None, loss_fn=F.cross_entropy):
-    engine = engine or make_batched_engine(64)
+    engine = engine or BatchedEngine(64)
     params = estimator.select_parameters(model, trainable)
     seeds = noise.round_seeds(3, 1, K)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ref = estimator.loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn)
+    ref = loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn)
     got = engine(model, params, x, y, seeds, sigma, scheme, loss_fn)
     assert got.dtype == np.float32 and got.shape == (K,)
     np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
@@ -139,13 +140,13 @@ def test_unknown_model_falls_back_to_the_loop():
 def test_multi_client_pass_equals_client_by_client():
     torch.manual_seed(8)
     model = build_model("lenet")
-    eng = make_batched_engine(64)
+    eng = BatchedEngine(64)
     params = estimator.select_parameters(model)
     seeds = noise.round_seeds(1, 2, 6)
     batches = [_batch((1, 28, 28), b, seed=10 + b) for b in (8, 5, 8)]
     fused = eng.multi_client(model, params, batches, seeds, 1e-3, "forward")
     for (x, y), got in zip(batches, fused):
-        ref = estimator.loss_differences(model, params, x, y, seeds, 1e-3, "forward")
+        ref = loss_differences(model, params, x, y, seeds, 1e-3, "forward")
         np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL)
     assert eng.can_fuse_clients(model)
     assert not eng.can_fuse_clients(build_model("lenet", norm="batch"))  # batch statistics would mix clients
@@ -153,12 +154,13 @@ def test_multi_client_pass_equals_client_by_client():
 
 def test_bad_budget_is_rejected():
     with pytest.raises(ValueError, match="max_memory_mb"):
-        make_batched_engine(0)
+        BatchedEngine(0)
 
 
 def _federation(fuse: bool, norm: str = "group"):
     from baffle.config import Config
-    from baffle.server import RoundRunner, build
+    from baffle.sim.rounds import RoundRunner
+    from baffle.sim.factory import build
 
     cfg = Config()
     cfg.apply_overrides(
@@ -204,7 +206,7 @@ def test_fused_clients_give_the_client_by_client_uploads_and_weights():
 
 
 def test_fused_path_declines_batch_statistics_and_foreign_clients():
-    from baffle.batched import fused_uploads
+    from baffle.engine.fused import fused_uploads
 
     fed, runner = _federation(True, norm="batch")
     plan = fed.strategy.plan(0, send_weights=False)
@@ -237,7 +239,7 @@ def test_batchnorm_with_running_statistics():
     )
     x, y = _batch((1, 8, 8), 6, seed=10)
     model.train()  # every loop forward updates the running statistics: the engine must use the loop
-    eng = make_batched_engine(64)
+    eng = BatchedEngine(64)
     assert not eng.supports(model)
     model.eval()  # fixed statistics: batchable, and the clients' batches may be fused
     eng = _check(model, x, y, None, "forward")

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from baffle import faults
+from baffle.sim import faults
 from baffle.config import ConfigError
-from baffle.server import RoundRunner, Simulation
-from tinycfg import tiny
+from baffle.sim.rounds import RoundRunner
+from baffle.sim.loop import Simulation
+from baffle.testing import tiny
 
 
 def test_availability_is_a_pure_function_of_seed_round_client():

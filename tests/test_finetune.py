@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from baffle import checkpoint
+from baffle.records import checkpoint
 from baffle.adapters import add_adapters, merged_state_dict
 from baffle.config import Config, ConfigError
 from baffle.models import build_model
-from baffle.server import Simulation, build_model_for, evaluate, load_data
+from baffle.sim.loop import Simulation
+from baffle.sim.factory import build_model_for, load_data
+from baffle.sim.evaluate import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from pretrain import pretrain  # noqa: E402

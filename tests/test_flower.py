@@ -75,7 +75,7 @@ def test_bad_app_config_is_a_clear_error(bad, match):
 
 
 def test_flower_weights_and_replay_match_inprocess_bit_for_bit(tmp_path):
-    from baffle.server import Simulation
+    from baffle.sim.loop import Simulation
 
     rc_w = tiny(tmp_path, "w")
     rc_r = tiny(tmp_path, "r", transport="replay")

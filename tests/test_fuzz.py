@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from baffle.config import Config, ConfigError
-from baffle.messages import MessageError, Upload
-from baffle.server import RoundRunner, Simulation
-from baffle.strategy import REJECT_CODES
-from tinycfg import tiny
+from baffle.protocol.messages import MessageError, Upload
+from baffle.sim.rounds import RoundRunner
+from baffle.sim.loop import Simulation
+from baffle.server.validation import REJECT_CODES
+from baffle.testing import tiny
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

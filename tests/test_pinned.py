@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinycfg import tiny
+from baffle.testing import tiny
 
 PINS = Path(__file__).with_name("pinned_hashes.json")
 WRITE = os.environ.get("BAFFLE_PIN_WRITE") == "1"
@@ -63,7 +63,7 @@ def run_digest(sim) -> str:
 
 
 def simulate(cfg, out=None):
-    from baffle.server import Simulation
+    from baffle.sim.loop import Simulation
 
     sim = Simulation(cfg, out, progress=False)
     sim.run()
@@ -80,7 +80,7 @@ def case_digest(name: str, tmp_path: Path) -> str:
 
 def resume_digest(tmp_path: Path) -> str:
     """Crash after round 2 (checkpointed every round), resume in a fresh process-like object, finish."""
-    from baffle.server import Simulation
+    from baffle.sim.loop import Simulation
 
     class Crash(Exception):
         pass

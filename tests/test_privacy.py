@@ -7,9 +7,9 @@ import pytest
 
 from baffle import privacy
 from baffle.config import ConfigError
-from baffle.messages import Upload
-from baffle.server import Simulation
-from tinycfg import tiny
+from baffle.protocol.messages import Upload
+from baffle.sim.loop import Simulation
+from baffle.testing import tiny
 
 
 def test_clip_bounds_the_norm_and_keeps_small_vectors():

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from baffle import checkpoint
+from baffle.records import checkpoint
 from baffle.config import Config
-from baffle.server import RoundRunner, Simulation, sample_clients
+from baffle.sim.rounds import RoundRunner
+from baffle.sim.loop import Simulation
+from baffle.sim.sampling import sample_clients
 
 
 def tiny(method="baffle", rounds=6, **extra):

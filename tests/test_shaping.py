@@ -10,7 +10,8 @@ from baffle import estimator
 from baffle.config import Config, ConfigError
 from baffle.models import build_model
 from baffle.shaping import centered_ranks, shape_diffs
-from baffle.strategy import ServerStrategy, lr_factor
+from baffle.server.strategy import ServerStrategy
+from baffle.server.optim import lr_factor
 
 
 def test_baseline_removes_a_common_offset_exactly():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from baffle.cli import main
-from baffle.server import Simulation
+from baffle.sim.loop import Simulation
 from baffle.sweep import SweepError, load_sweep, run_sweep
 
 TINY = """

@@ -4,7 +4,7 @@ full-size version that checks the default job's accuracy."""
 import pytest
 
 from baffle.config import Config
-from baffle.server import Simulation
+from baffle.sim.loop import Simulation
 
 
 def test_default_recipe_learns_real_mnist_forward_only(tmp_path):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from baffle.messages import MessageError, Upload
-from baffle.server import RoundRunner, Simulation
-from baffle.strategy import MAX_ABS_LOSS_DIFF, REJECT_CODES, upload_check
-from tinycfg import tiny
+from baffle.protocol.messages import MessageError, Upload
+from baffle.sim.rounds import RoundRunner
+from baffle.sim.loop import Simulation
+from baffle.server.validation import MAX_ABS_LOSS_DIFF, REJECT_CODES, upload_check
+from baffle.testing import tiny
 
 K, BS = 16, 16
 
@@ -141,14 +142,9 @@ def test_from_bytes_rejects_non_bytes_and_wrong_k():
 
 def test_audit_twin_federations_never_diverge():
     """benchmarks/validation_audit.py in small: bad uploads next to honest ones change nothing, bit for bit."""
-    import importlib.util
-    from pathlib import Path
+    from baffle.testing.audit import audit
 
-    path = Path(__file__).parent.parent / "benchmarks" / "validation_audit.py"
-    spec = importlib.util.spec_from_file_location("validation_audit", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    res = mod.audit(rounds=5)
+    res = audit(rounds=5)
     assert res["injected_bad_uploads"] == 60 and res["rejected"] == 60
     assert res["accepted_bad_uploads"] == 0 and res["corrupted_rounds"] == 0
     assert res["every_rejection_has_its_own_reason"] and res["rounds_skipped_all_bad"] == 1
@@ -156,7 +152,7 @@ def test_audit_twin_federations_never_diverge():
 
 def test_aggregating_no_upload_is_a_clear_error_not_a_numpy_one():
     from baffle.models import build_model
-    from baffle.strategy import ServerStrategy
+    from baffle.server.strategy import ServerStrategy
 
     strategy = ServerStrategy(build_model("mlp"), tiny())
     with pytest.raises(ValueError, match="at least one validated upload"):

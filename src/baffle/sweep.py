@@ -26,7 +26,7 @@ runs from, like the paths of ``baffle run``. Pseudo-keys under ``sweep.`` are co
   round)``, so runs with different K or scheme cost the same client forward passes (the fair comparison).
 * ``sweep.evals = E``: ``run.eval_every = ceil(rounds / E)`` (about E evaluations whatever the rounds).
 
-Every run goes through ``baffle.server.Simulation``, exactly like ``baffle run --out out/<name>``. A run whose
+Every run goes through ``baffle.sim.loop.Simulation``, exactly like ``baffle run --out out/<name>``. A run whose
 ``summary.json`` exists and whose ``config.toml`` equals the config the sweep asks for is not recomputed; one
 with the same config but no summary resumes from its checkpoint. A run directory holding a DIFFERENT config
 is refused (``--force`` recomputes it), so changing a sweep file never silently mixes old and new results.
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from baffle import estimator
+from baffle.protocol.schemes import forward_passes
 from baffle.config import Config, ConfigError
 from baffle.records.tables import markdown_table, percent
 
@@ -207,7 +207,7 @@ def make_config(spec: RunSpec, extra: list[str], where: str = "") -> Config:
                 cfg.apply_overrides([item])
         if "forward_budget" in options and cfg.run.method in ("baffle", "baffle_local"):
             e = cfg.estimator
-            per_round = estimator.forward_passes(e.K, e.scheme)
+            per_round = forward_passes(e.K, e.scheme)
             if cfg.run.method == "baffle_local":
                 per_round *= cfg.federation.local_steps
             cfg.run.rounds = max(1, round(options["forward_budget"] / per_round))  # nearest: equal cost within half a round
@@ -252,9 +252,9 @@ def run_sweep(
 
     ``only`` (a regular expression) restricts which runs are computed; the table still lists every finished
     run. A run that raises is recorded with its error and the sweep goes on; ``simulate`` replaces
-    ``baffle.server.Simulation`` (tests count calls with it).
+    ``baffle.sim.loop.Simulation`` (tests count calls with it).
     """
-    from baffle.server import Simulation
+    from baffle.sim.loop import Simulation
 
     simulate = simulate or Simulation
     extra = extra or []
@@ -303,7 +303,7 @@ def run_sweep(
 
 def collect(sweep: Sweep, extra: list[str] | None = None) -> list[dict]:
     """One row per run of the sweep that has outputs matching its current config."""
-    from baffle.report import read_run
+    from baffle.records.report import read_run
 
     rows = []
     for spec in sweep.runs:
@@ -363,7 +363,7 @@ def _samples(history: list[dict]) -> str:
 
 
 def write_results(sweep: Sweep, rows: list[dict]) -> None:
-    from baffle.report import plot_accuracy
+    from baffle.records.report import plot_accuracy
 
     out = sweep.out
     text = [f"# {sweep.title}", ""]
@@ -401,7 +401,7 @@ def describe(sweep: Sweep, extra: list[str] | None = None) -> str:
 
 def planned_forward_passes(cfg: Config) -> int:
     """Client minibatch forward passes a run will cost (all clients, all rounds; backprop counted as one)."""
-    from baffle.server import per_round_costs
+    from baffle.methods import per_round_costs
 
     n = cfg.data.num_clients
     c = cfg.federation.clients_per_round

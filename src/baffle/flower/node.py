@@ -26,11 +26,15 @@ import torch
 
 from baffle.client import Client, load_weights
 from baffle.config import Config
-from baffle.data import Dataset, augment_cifar, partition
+from baffle.data.augment import augment_cifar
+from baffle.data.dataset import Dataset
+from baffle.data.partition import partition
 from baffle.flower.records import Payload
-from baffle.messages import MessageError, RoundPlan, Upload
-from baffle.server import build_model_for, load_data, resolve_engine
-from baffle.strategy import ServerStrategy
+from baffle.protocol import streams
+from baffle.protocol.messages import MessageError, RoundPlan, Upload
+from baffle.engine import make_engine
+from baffle.sim.factory import build_model_for, load_data
+from baffle.server.strategy import ServerStrategy
 
 log = logging.getLogger("baffle")
 
@@ -75,7 +79,7 @@ def data_key(cfg: Config) -> str:
 
 
 def client_seed(run_seed: int, partition_id: int) -> int:
-    return int(np.random.SeedSequence([run_seed, 2, partition_id]).generate_state(1)[0])  # as baffle.server.build
+    return streams.client_seed(run_seed, partition_id)  # as the simulator
 
 
 class Node:
@@ -97,7 +101,7 @@ class Node:
             batch_size=cfg.federation.batch_size,
             seed=client_seed(cfg.run.seed, ident.partition_id),
             trainable=cfg.model.trainable,
-            engine=resolve_engine(cfg),
+            engine=make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb),
             transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
         )
         self.state: dict[str, Any] = dict(state or {})

@@ -4,7 +4,7 @@ Both drivers (the Message-API strategy in ``strategy.py`` and the SecAgg+ legacy
 ``secure.py``) call the same four things: ``refresh_nodes`` (which node holds which partition),
 ``sample`` (the same clients ``baffle run`` would pick, by partition id), ``plan_payload`` (what one node
 receives) and ``ingest`` / ``ingest_aggregate`` (validate -> aggregate -> ``ServerStrategy`` step). All
-the math is ``baffle.strategy.ServerStrategy``'s.
+the math is ``baffle.server.strategy.ServerStrategy``'s.
 
 Transports. ``weights``: every plan carries the global weights. ``replay`` (DeComFL-style): a node keeps a
 replica of the server (model + optimizer) in its Flower node state, so the plan carries only the
@@ -27,9 +27,12 @@ import torch
 from baffle.config import Config
 from baffle.flower.config import FlowerOptions
 from baffle.flower.records import Payload
-from baffle.messages import Upload
-from baffle.server import build_model_for, evaluate, load_data, sample_clients
-from baffle.strategy import RoundResult, ServerStrategy
+from baffle.protocol.messages import Upload
+from baffle.sim.factory import build_model_for, load_data
+from baffle.sim.evaluate import evaluate
+from baffle.sim.sampling import sample_clients
+from baffle.server.ingest import RoundResult
+from baffle.server.strategy import ServerStrategy
 
 log = logging.getLogger("baffle")
 

@@ -1,4 +1,4 @@
-"""``BaffleStrategy``: a Flower Message-API ``Strategy`` whose math is ``baffle.strategy.ServerStrategy``.
+"""``BaffleStrategy``: a Flower Message-API ``Strategy`` whose math is ``baffle.server.strategy.ServerStrategy``.
 
 Flower's ``Strategy.start`` drives the rounds (send, wait with a timeout, aggregate, evaluate);
 ``configure_train`` sends each sampled node its plan (weights or replay history, seeds, sigma) and
@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from baffle.flower import records
 from baffle.flower.server_core import NODE_INFO, ServerCore
-from baffle.messages import MessageError
+from baffle.protocol.messages import MessageError
 
 log = logging.getLogger("baffle")
 

@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from baffle.messages import Upload
+from baffle.protocol import streams
+from baffle.protocol.messages import Upload
 
 ATTACKS = ("none", "scale_neg10", "scale_100", "noise", "sign_flip")
 _SCALES = {"scale_neg10": -10.0, "scale_100": 100.0, "sign_flip": -1.0}
@@ -36,7 +37,7 @@ def attacker_ids(num_clients: int, fraction: float, seed: int) -> frozenset[int]
     m = int(round(fraction * num_clients))
     if m == 0:
         return frozenset()
-    rng = np.random.default_rng([seed, 7, num_clients])
+    rng = streams.rng(seed, streams.ATTACKERS, num_clients)
     return frozenset(int(i) for i in rng.choice(num_clients, m, replace=False))
 
 
@@ -47,7 +48,7 @@ def corrupt(diffs: np.ndarray, attack: str, seed: int, round_idx: int, client_id
         return (diffs * np.float32(_SCALES[attack])).astype(np.float32)
     if attack == "noise":
         rms = float(np.sqrt(np.mean(diffs.astype(np.float64) ** 2))) if diffs.size else 0.0
-        rng = np.random.default_rng([seed, 8, round_idx, client_id])
+        rng = streams.rng(seed, streams.ATTACK_NOISE, round_idx, client_id)
         return rng.normal(0.0, _NOISE_RMS_FACTOR * max(rms, 1e-6), diffs.shape).astype(np.float32)
     if attack == "none":
         return diffs

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from baffle.checkpoint import atomic_write_bytes
+from baffle.records.checkpoint import atomic_write_bytes
 
 
 def write_summary(out: Path, summary: dict) -> None:

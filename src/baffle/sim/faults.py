@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
+from baffle.protocol import streams
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Availability:
 
 def client_draws(seed: int, round_idx: int, client_id: int) -> tuple[float, float]:
     """(uniform in [0, 1) for failure, standard exponential for delay) of one client in one round."""
-    rng = np.random.default_rng([seed, 9, round_idx, client_id])
+    rng = streams.rng(seed, streams.FAULTS, round_idx, client_id)
     return float(rng.random()), float(rng.standard_exponential())
 
 

@@ -1,112 +1,26 @@
-"""The server's math, shared by the in-process engine and the Flower app: one implementation.
+"""``ServerStrategy``: the global model, its optimizer and EMA, and the update rule of every method.
 
-validate uploads -> aggregate K-vectors -> rebuild g from the round's seeds -> clip -> optimizer step
--> lr schedule -> EMA. Nothing here knows how messages travel.
+aggregate K-vectors -> rebuild g from the round's seeds -> clip -> optimizer step -> lr schedule -> EMA.
+Shared by the in-process simulator and the Flower app: one implementation.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from baffle import aggregation, estimator
-from baffle.protocol import noise
+from baffle import estimator
 from baffle.config import Config
-from baffle.messages import RoundPlan, Upload, WeightsUpload
+from baffle.protocol.messages import RoundPlan, Upload, WeightsUpload
+from baffle.protocol import noise
+from baffle.server import aggregation
+from baffle.server.optim import EMA, lr_factor, make_optimizer
+from baffle.server.validation import Rejection, decode_uploads, validate_uploads
 from baffle.shaping import shape_diffs
-
-log = logging.getLogger("baffle")
-
-# Loss differences are O(sigma * |grad| * sqrt(n)); anything this large is a broken or hostile client.
-MAX_ABS_LOSS_DIFF = 1e4
-
-
-# Rejection codes: the per-reason counters in metrics.jsonl use these keys.
-REJECT_CODES = (
-    "malformed",  # not an Upload / undecodable bytes
-    "bad_client_id",
-    "unknown_sender",
-    "duplicate",
-    "bad_round",  # round id of the wrong type
-    "stale_round",
-    "future_round",
-    "wrong_type",  # loss_diffs not a numpy array
-    "wrong_dtype",
-    "wrong_length",
-    "non_finite",
-    "magnitude",
-    "bad_sample_count",
-)
-
-
-@dataclass
-class Rejection:
-    client_id: int
-    reason: str
-    code: str = "malformed"  # one of REJECT_CODES
-
-
-@dataclass
-class RoundResult:
-    """What one server step did, for metrics."""
-
-    round: int
-    accepted: int
-    rejected: list[Rejection] = field(default_factory=list)
-    skipped: bool = False
-    grad_norm: float = 0.0
-    sampled: int = 0
-    answered: int = 0  # sampled clients that uploaded in time (the rest failed or timed out)
-    failed: int = 0
-    timed_out: int = 0
-    round_time_s: float = 0.0  # simulated time the server waited (straggler model)
-
-
-class EMA:
-    """Exponential moving average of the model's state, used for evaluation (the paper's guideline)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v, alpha=1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-def lr_factor(cfg: Config, round_idx: int) -> float:
-    """Multiplier of optim.lr at a (0-based) round: MultiStep milestones, optionally times a cosine."""
-    o = cfg.optim
-    f = o.gamma ** sum(1 for m in o.milestones if round_idx >= m)
-    if o.cosine:
-        f *= 0.5 * (1 + math.cos(math.pi * round_idx / cfg.run.rounds))
-    if o.warmup and round_idx < o.warmup:  # ZO estimates are noisiest relative to the step early on
-        f *= (round_idx + 1) / o.warmup
-    return f
 
 
 class ServerStrategy:
@@ -153,36 +67,13 @@ class ServerStrategy:
 
     # ---- validation: the single point where client uploads enter aggregation ---------------------
     def validate(self, uploads: Sequence[Upload], round_idx: int, expected: set[int] | None = None) -> tuple[list[Upload], list[Rejection]]:
-        ok: list[Upload] = []
-        rejected: list[Rejection] = []
-        seen: set[int] = set()
-        K = self.cfg.estimator.K
-        for u in uploads:
-            problem = upload_check(u, round_idx, K, expected, seen, max_samples=self.cfg.federation.batch_size)
-            if problem:
-                code, reason = problem
-                cid = getattr(u, "client_id", -1)
-                log.warning("round %d: rejected upload from client %r [%s]: %s", round_idx, cid, code, reason)
-                rejected.append(Rejection(int(cid) if _is_int(cid) else -1, reason, code))
-            else:
-                seen.add(u.client_id)
-                ok.append(u)
-        return ok, rejected
+        return validate_uploads(uploads, round_idx, self.cfg.estimator.K, expected, max_samples=self.cfg.federation.batch_size)
 
     def validate_bytes(
         self, blobs: Sequence[bytes], round_idx: int, expected: set[int] | None = None
     ) -> tuple[list[Upload], list[Rejection]]:
         """Decode wire uploads and validate them; undecodable ones are rejected as "malformed"."""
-        from baffle.messages import MessageError
-
-        decoded: list[Upload] = []
-        rejected: list[Rejection] = []
-        for blob in blobs:
-            try:
-                decoded.append(Upload.from_bytes(blob))  # a wrong K is reported as wrong_length below
-            except MessageError as e:
-                log.warning("round %d: rejected undecodable upload [malformed]: %s", round_idx, e)
-                rejected.append(Rejection(-1, str(e), "malformed"))
+        decoded, rejected = decode_uploads(blobs, round_idx)
         ok, bad = self.validate(decoded, round_idx, expected)
         return ok, rejected + bad
 
@@ -260,53 +151,3 @@ class ServerStrategy:
             if state["ema"] is None:
                 raise ValueError("checkpoint has no EMA state but optim.ema_decay > 0")
             self.ema.load_state_dict(state["ema"])
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def upload_problem(
-    u: object, round_idx: int, K: int, expected: set[int] | None, seen: set[int], max_samples: int | None = None
-) -> str | None:
-    """Why an upload must be rejected, or None. Checked before anything touches the model."""
-    problem = upload_check(u, round_idx, K, expected, seen, max_samples)
-    return problem[1] if problem else None
-
-
-def upload_check(
-    u: object, round_idx: int, K: int, expected: set[int] | None, seen: set[int], max_samples: int | None = None
-) -> tuple[str, str] | None:
-    """(code, human-readable reason) for a bad upload, or None; codes are REJECT_CODES.
-
-    ``max_samples`` (the round's batch size) bounds the claimed sample count: the count weights the mean,
-    so an unbounded claim would let one client outvote all the others.
-    """
-    if not isinstance(u, Upload):
-        return "malformed", f"not an Upload message ({type(u).__name__})"
-    if not _is_int(u.client_id) or u.client_id < 0:
-        return "bad_client_id", f"invalid client id {u.client_id!r}"
-    if expected is not None and u.client_id not in expected:
-        return "unknown_sender", f"unknown or unsampled sender {u.client_id}"
-    if u.client_id in seen:
-        return "duplicate", f"duplicate upload from client {u.client_id}"
-    if not _is_int(u.round):
-        return "bad_round", f"round id {u.round!r} is not an integer"
-    if u.round != round_idx:
-        code = "stale_round" if u.round < round_idx else "future_round"
-        return code, f"{code.split('_')[0]} round id {u.round} (current round {round_idx})"
-    arr = u.loss_diffs
-    if not isinstance(arr, np.ndarray):
-        return "wrong_type", f"loss_diffs is a {type(arr).__name__}, not a numpy array"
-    if arr.dtype != np.float32:
-        return "wrong_dtype", f"loss_diffs dtype {arr.dtype}, expected float32"
-    if arr.shape != (K,):
-        return "wrong_length", f"loss_diffs has shape {arr.shape}, expected ({K},)"
-    if not np.isfinite(arr).all():
-        return "non_finite", "loss_diffs contains NaN or inf"
-    if np.abs(arr).max(initial=0.0) > MAX_ABS_LOSS_DIFF:
-        return "magnitude", f"loss_diffs magnitude {float(np.abs(arr).max()):.3g} exceeds {MAX_ABS_LOSS_DIFF:g}"
-    if not _is_int(u.num_samples) or u.num_samples < 1 or (max_samples is not None and u.num_samples > max_samples):
-        bound = f" (round batch size {max_samples})" if max_samples is not None else ""
-        return "bad_sample_count", f"invalid sample count {u.num_samples!r}{bound}"
-    return None

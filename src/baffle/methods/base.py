@@ -1,0 +1,26 @@
+"""What a training method is to the simulator: who its clients are, what one round does, what it costs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from baffle.config import Config
+
+if TYPE_CHECKING:
+    from baffle.server.ingest import RoundResult
+    from baffle.sim.rounds import RoundRunner
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+    backprop: ClassVar[bool]  # True: clients run backward passes (the baselines)
+    scalar_uploads: ClassVar[bool]  # True: uploads are K loss differences (DP, attacks, ONNX clients apply)
+
+    def run_round(self, runner: RoundRunner, sampled: list[int], all_sampled: list[int], round_idx: int) -> RoundResult:
+        """The clients in ``sampled`` (they all answer) do the round's work; the server steps. Costs are
+        added to ``runner.fed.counters``."""
+        ...
+
+    def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
+        """(upload bytes per client per round, forward passes per client per round)."""
+        ...

@@ -1,0 +1,21 @@
+"""Scoring a model on a dataset: what every front-end reports as test accuracy and loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from baffle.data.dataset import Dataset
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: Dataset, batch_size: int = 1000) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on ``data``."""
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return correct / len(data), total_loss / len(data)

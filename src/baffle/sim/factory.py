@@ -1,0 +1,138 @@
+"""The one factory: data, models, the server strategy and the clients of a run, built from a Config.
+
+The simulator calls ``build``; the Flower server calls ``load_data``/``build_model_for`` for its model and
+test set, and a Flower node builds its one client with ``make_client``: the same seeds, the same objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from baffle.records import checkpoint
+from baffle.client import Client, load_weights
+from baffle.config import Config
+from baffle.engine import make_engine
+from baffle.data.augment import augment_cifar
+from baffle.data.dataset import Dataset
+from baffle.data.partition import partition
+from baffle.data.registry import DATASET_INFO, load_dataset
+from baffle.methods import get_method
+from baffle.models import build_model
+from baffle.protocol import streams
+from baffle.records.metrics import Counters
+from baffle.server.strategy import ServerStrategy
+
+log = logging.getLogger("baffle")
+
+
+def load_data(cfg: Config) -> tuple[Dataset, Dataset]:
+    d = cfg.data
+    size = d.image_size or None
+    root = d.root or None
+    train = load_dataset(d.name, split="train", root=root, image_size=size)
+    test = load_dataset(d.name, split="test", root=root, image_size=size)
+    native = DATASET_INFO[d.name].native_size if d.name in DATASET_INFO else None
+    if size and native and native > 28 and size < native:  # the 14x14 default is tuned for the 28x28 sets
+        log.warning("data.image_size=%d downsamples %s's %dx%d images; set data.image_size=0 for the native size",
+                    size, d.name, native, native)
+    if d.classes or d.transform != "none":  # a shifted task for fine-tuning (baffle.data.tasks)
+        from baffle.data.tasks import task_view
+
+        train, test = task_view(train, d.transform, d.classes), task_view(test, d.transform, d.classes)
+    rng = streams.rng(cfg.run.seed, streams.DATA_SUBSET)
+    if d.train_subset and d.train_subset < len(train):
+        train = train.subset(np.sort(rng.choice(len(train), d.train_subset, replace=False)))
+    if d.test_subset and d.test_subset < len(test):
+        test = test.subset(np.sort(rng.choice(len(test), d.test_subset, replace=False)))
+    return train, test
+
+
+def build_model_for(cfg: Config, data: Dataset) -> torch.nn.Module:
+    torch.manual_seed(cfg.run.seed)
+    m = cfg.model
+    model = build_model(
+        m.name,
+        in_channels=data.x.shape[1],
+        num_classes=data.num_classes,
+        image_size=data.x.shape[-1],
+        activation=m.activation,
+        norm=m.norm,
+    )
+    if m.init:
+        load_weights(model, checkpoint.load_model_weights(m.init))
+    if m.adapter != "none":  # after the pretrained weights: W_eff = W + B @ A starts equal to W
+        from baffle.adapters import add_adapters
+
+        add_adapters(model, m.adapter, m.lora_rank, seed=cfg.run.seed)
+    return model
+
+
+def client_partitions(cfg: Config, train: Dataset) -> list[np.ndarray]:
+    """The sample indices of every client (a pure function of the labels and the run seed)."""
+    return partition(
+        train.y.numpy(),
+        cfg.data.num_clients,
+        cfg.data.partition,
+        alpha=cfg.data.alpha,
+        shards_per_client=cfg.data.shards_per_client,
+        seed=cfg.run.seed,
+    )
+
+
+def make_client(cfg: Config, client_id: int, train: Dataset, indices: np.ndarray, model: torch.nn.Module, engine) -> Client:
+    """Client ``client_id`` of a run: its sampler and augmentation seeds, its engine, its class (BP or not)."""
+    from baffle.baselines import BPClient
+
+    cls = BPClient if get_method(cfg.run.method).backprop else Client
+    return cls(
+        client_id,
+        train,
+        indices,
+        model,
+        batch_size=cfg.federation.batch_size,
+        seed=streams.client_seed(cfg.run.seed, client_id),
+        trainable=cfg.model.trainable,
+        engine=engine,
+        transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
+    )
+
+
+@dataclass
+class Federation:
+    cfg: Config
+    train: Dataset
+    test: Dataset
+    strategy: ServerStrategy
+    clients: list[Client]
+    eval_model: torch.nn.Module
+    train_probe: Dataset
+    counters: Counters = field(default_factory=Counters)
+
+
+def build(cfg: Config) -> Federation:
+    cfg.validate()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    train, test = load_data(cfg)
+    model = build_model_for(cfg, train)
+    strategy = ServerStrategy(model, cfg)
+    client_model = build_model_for(cfg, train)  # the clients' inference copy, shared in-process
+    eval_model = build_model_for(cfg, train)
+    if cfg.model.prune > 0:  # a fixed mask kept by the server; every client perturbs unpruned weights only
+        from baffle.pruning import magnitude_mask
+
+        strategy.set_mask(magnitude_mask(strategy.params, cfg.model.prune))
+    engine = make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, strategy.mask)
+    parts = client_partitions(cfg, train)
+    clients = [make_client(cfg, i, train, idx, client_model, engine) for i, idx in enumerate(parts)]
+    if cfg.federation.onnx_clients > 0:  # some clients are ONNX Runtime + numpy only (baffle.mixed)
+        from baffle.mixed import swap_in_onnx_clients
+
+        clients = swap_in_onnx_clients(cfg, clients, train, client_model, strategy.mask)
+    probe_n = min(cfg.data.eval_train_samples, len(train))
+    probe_idx = streams.rng(cfg.run.seed, streams.TRAIN_PROBE).choice(len(train), probe_n, replace=False)
+    return Federation(cfg, train, test, strategy, clients, eval_model, train.subset(np.sort(probe_idx)))
