@@ -47,7 +47,7 @@ def child(kind: str, work: Path, K: int, batch: int, steps: int, sigma: float) -
     weights = dict(np.load(work / "weights.npz"))
     mask = np.load(work / "mask.npy") if kind.startswith("pruned") else None
     from baffle.protocol import noise
-    from baffle.messages import RoundPlan
+    from baffle.protocol.messages import RoundPlan
 
     if kind.startswith("onnx") or kind == "pruned_onnx":
         from baffle.onnx_client import OnnxClient
@@ -62,15 +62,15 @@ def child(kind: str, work: Path, K: int, batch: int, steps: int, sigma: float) -
         torch.set_num_threads(1)
         from baffle.baselines import BPClient
         from baffle.client import Client
-        from baffle.data import Dataset
+        from baffle.data.dataset import Dataset
         from baffle.models import build_model
-        from baffle.pruning import masked_loss_differences
+        from baffle.engine import MaskedEngine
 
         model = build_model("lenet", in_channels=1, num_classes=10, image_size=x.shape[-1])
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         data = Dataset(torch.from_numpy(x), torch.from_numpy(y), 10, "mnist")
         cls = BPClient if kind == "bp_torch" else Client
-        kw = {"engine": masked_loss_differences(mask)} if mask is not None else {}
+        kw = {"engine": MaskedEngine(mask)} if mask is not None else {}
         client = cls(0, data, np.arange(len(y)), model, batch_size=batch, seed=1, **kw)
         if kind == "bp_torch":
             step = lambda r: client.gradient(None)  # noqa: E731
@@ -99,7 +99,7 @@ def prepare(work: Path, prune: float) -> None:
     import torch
 
     from baffle import estimator
-    from baffle.data import load_dataset
+    from baffle.data.registry import load_dataset
     from baffle.export import export_onnx, numpy_weights
     from baffle.models import build_model
     from baffle.pruning import magnitude_mask

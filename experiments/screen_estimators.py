@@ -2,7 +2,7 @@
 
 At a few LeNet/MNIST states (fresh, and after some backprop steps) and one minibatch of 320 samples (the
 10 clients x 32 of a round), compute the exact gradient with autograd and the REAL forward-only loss
-differences (``estimator.loss_differences``), then the cosine between the exact gradient and the estimate
+differences (``baffle.engine.loop.loss_differences``), then the cosine between the exact gradient and the estimate
 rebuilt from the raw / baseline-subtracted / rank-shaped K-vector, over several seed sets. A higher cosine at
 the same forward passes is a better estimate; only the winners go to experiments/beyond_paper.toml.
 
@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from baffle import estimator
+from baffle.engine.loop import loss_differences
 from baffle.protocol import noise
 from baffle.protocol.schemes import forward_passes
-from baffle.data import load_dataset
+from baffle.data.registry import load_dataset
 from baffle.models import build_model
 from baffle.shaping import shape_diffs
 
@@ -69,7 +70,7 @@ def main() -> None:
                 cos: dict[str, list[float]] = {v: [] for v in VARIANTS}
                 for rep in range(args.reps):
                     seeds = noise.round_seeds(1234 + rep, steps, K)
-                    d = estimator.loss_differences(model, params, x, y, seeds, sigma, scheme)
+                    d = loss_differences(model, params, x, y, seeds, sigma, scheme)
                     for v, (b, s) in VARIANTS.items():
                         cos[v].append(cosine(estimator.reconstruct(shape_diffs(d, b, s), seeds, sigma, n), g))
                 row = {"bp_steps": steps, "loss": float(loss), "sigma": sigma, "scheme": scheme, "K": K,

@@ -7,8 +7,9 @@ import torch
 from baffle import estimator
 from baffle.protocol import noise
 from baffle.client import Client, load_weights
-from baffle.data import load_dataset
-from baffle.messages import RoundPlan, Upload
+from baffle.data.registry import load_dataset
+from baffle.engine.loop import loss_differences
+from baffle.protocol.messages import RoundPlan, Upload
 from baffle.models import build_model
 
 
@@ -85,7 +86,7 @@ def test_same_seeds_same_batch_same_answer_as_the_estimator(client):
     twin = Client(3, client.data, np.arange(100), client.model, batch_size=16, seed=1)
     x, y = twin.next_batch()
     params = estimator.select_parameters(client.model)
-    ref = estimator.loss_differences(client.model, params, x, y, noise.round_seeds(0, 0, 6), 1e-3, "forward")
+    ref = loss_differences(client.model, params, x, y, noise.round_seeds(0, 0, 6), 1e-3, "forward")
     np.testing.assert_allclose(up.loss_diffs, ref, rtol=1e-5, atol=1e-7)
 
 

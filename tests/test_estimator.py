@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from baffle import estimator
+from baffle.engine.loop import loss_differences
 from baffle.protocol import noise
 
 
@@ -25,7 +26,7 @@ def _cos(a, b):
 
 def _estimate(model, params, x, y, K, sigma, scheme, rnd=0):
     seeds = noise.round_seeds(42, rnd, K)
-    d = estimator.loss_differences(model, params, x, y, seeds, sigma, scheme)
+    d = loss_differences(model, params, x, y, seeds, sigma, scheme)
     return estimator.reconstruct(d, seeds, sigma, estimator.num_elements(params))
 
 
@@ -55,7 +56,7 @@ def test_aggregate_of_scalars_equals_average_of_estimates():
     seeds = noise.round_seeds(0, 3, 16)
     torch.manual_seed(5)
     batches = [(torch.randn(b, 12), torch.randint(0, 3, (b,))) for b in (10, 30, 20)]
-    diffs = [estimator.loss_differences(model, params, xb, yb, seeds, 1e-2) for xb, yb in batches]
+    diffs = [loss_differences(model, params, xb, yb, seeds, 1e-2) for xb, yb in batches]
     w = np.array([10, 30, 20]) / 60
     from_scalars = estimator.reconstruct(np.float32(w @ np.stack(diffs)), seeds, 1e-2, n)
     from_estimates = sum(wi * estimator.reconstruct(d, seeds, 1e-2, n) for wi, d in zip(w, diffs))
@@ -75,7 +76,7 @@ def test_reconstruct_chunking_does_not_change_the_result():
 def test_perturb_restore_is_bit_identical():
     model, params, x, y, _ = _problem()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    estimator.loss_differences(model, params, x, y, noise.round_seeds(0, 0, 50), 0.37, "central")
+    loss_differences(model, params, x, y, noise.round_seeds(0, 0, 50), 0.37, "central")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -93,6 +94,6 @@ def test_trainable_filter_selects_and_rejects_typos():
 def test_only_selected_parameters_move():
     model, _, x, y, _ = _problem()
     params = estimator.select_parameters(model, ["2.bias"])
-    d = estimator.loss_differences(model, params, x, y, noise.round_seeds(0, 0, 8), 1e-2)
+    d = loss_differences(model, params, x, y, noise.round_seeds(0, 0, 8), 1e-2)
     g = estimator.reconstruct(d, noise.round_seeds(0, 0, 8), 1e-2, 3)
     assert g.shape == (3,)

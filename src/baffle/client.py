@@ -8,6 +8,7 @@ under ``torch.inference_mode()``: no autograd graph can be built, no activations
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -15,12 +16,25 @@ import torch
 import torch.nn.functional as F
 
 from baffle import estimator
+from baffle.engine import Engine, LoopEngine
+from baffle.engine.base import LossFn
 from baffle.protocol import noise
-from baffle.data import BatchSampler, Dataset
-from baffle.messages import LocalPlan, RoundPlan, Upload, WeightsUpload
+from baffle.data.dataset import Dataset
+from baffle.protocol.sampler import BatchSampler
+from baffle.protocol.messages import LocalPlan, RoundPlan, Upload, WeightsUpload
 
-# An engine computes K loss differences for one minibatch; the loop and the batched engine share it.
-Engine = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class FusionKey:
+    """What several clients' steps must share to be answered by one engine pass (``engine.fused``).
+
+    Compared with ``==``, which for the model, the engine and the loss is identity."""
+
+    model: torch.nn.Module
+    engine: Engine
+    trainable: tuple[str, ...]
+    loss_fn: LossFn
 
 
 def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
@@ -52,8 +66,8 @@ class Client:
         batch_size: int,
         seed: int,
         trainable: Sequence[str] | None = None,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-        engine: Engine = estimator.loss_differences,
+        loss_fn: LossFn = F.cross_entropy,
+        engine: Engine | None = None,
         transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ):
         if len(indices) == 0:
@@ -64,7 +78,7 @@ class Client:
         self.model = model
         self.trainable = list(trainable or [])
         self.loss_fn = loss_fn
-        self.engine = engine
+        self.engine: Engine = engine if engine is not None else LoopEngine()
         self.transform = transform
         self.sampler = BatchSampler(self.indices, batch_size, seed)
         self.generator = torch.Generator().manual_seed(seed)  # data augmentation, checkpointed
@@ -87,7 +101,20 @@ class Client:
         x, y = self.next_batch()
         params = estimator.select_parameters(self.model, self.trainable)
         diffs = self.engine(self.model, params, x, y, plan.seeds, plan.sigma, plan.scheme, self.loss_fn)
-        return Upload(client_id=self.client_id, round=plan.round, loss_diffs=diffs, num_samples=len(y))
+        return self.make_upload(plan, diffs, len(y))
+
+    def make_upload(self, plan: RoundPlan, loss_diffs: np.ndarray, num_samples: int) -> Upload:
+        """The message answering ``plan``: built in one place for ``step`` and for a fused round."""
+        return Upload(client_id=self.client_id, round=plan.round, loss_diffs=loss_diffs, num_samples=num_samples)
+
+    def fusion_key(self) -> FusionKey | None:
+        """What this client's ``step`` depends on besides its own minibatch, or None if it may not be fused.
+
+        Only a plain ``Client`` qualifies: a subclass or wrapper may add behaviour to ``step`` (a BP client,
+        a failure injector), which a fused pass would silently skip."""
+        if type(self) is not Client:
+            return None
+        return FusionKey(self.model, self.engine, tuple(self.trainable), self.loss_fn)
 
     def local_train(self, plan: LocalPlan) -> WeightsUpload:
         """Epoch-level round: several local forward-only steps with the client's own seeds and Adam.

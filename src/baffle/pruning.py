@@ -2,10 +2,10 @@
 
 A pruned client's model has zeros it must keep (the deployed sparse kernel may not even store them), so
 it perturbs only unpruned weights: eps_k is regenerated from the seed as usual and multiplied by the
-mask. The server reconstructs with the same masked directions, g = mask * 1/(K sigma) sum dL_k eps_k,
-which is the Stein estimate of the gradient restricted to the unpruned coordinates; pruned weights get a
-zero gradient and stay exactly zero (Adam moves nothing whose gradient is always zero). The estimator's
-error scales with sqrt(n_unpruned / K), so pruning also makes the zeroth-order estimate less noisy.
+mask (the client side is :class:`baffle.engine.MaskedEngine`). The server reconstructs with the same
+masked directions, g = mask * 1/(K sigma) sum dL_k eps_k, which is the Stein estimate of the gradient
+restricted to the unpruned coordinates; pruned weights get a zero gradient and stay exactly zero (Adam
+moves nothing whose gradient is always zero). The estimator's error scales with sqrt(n_unpruned / K), so pruning also makes the zeroth-order estimate less noisy.
 
 The mask is a pure function of the initial weights (per-tensor magnitude pruning of weight matrices and
 kernels; biases are kept), so a resumed run rebuilds the same mask.
@@ -13,11 +13,10 @@ kernels; biases are kept), so a resumed run rebuilds the same mask.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from baffle import estimator
 
@@ -49,22 +48,3 @@ def apply_mask(params: Sequence[tuple[str, torch.Tensor]], mask: np.ndarray) -> 
         k = p.numel()
         p.mul_(torch.from_numpy(mask[offset : offset + k].astype(np.float32)).view_as(p))
         offset += k
-
-
-def masked_loss_differences(mask: np.ndarray) -> Callable[..., np.ndarray]:
-    """An engine (signature of ``estimator.loss_differences``) that perturbs only unpruned weights."""
-    keep = torch.from_numpy(np.asarray(mask, dtype=np.float32))
-
-    def engine(
-        model: torch.nn.Module,
-        params: Sequence[tuple[str, torch.nn.Parameter]],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        seeds: Sequence[int] | np.ndarray,
-        sigma: float,
-        scheme: str = "forward",
-        loss_fn: estimator.LossFn = F.cross_entropy,
-    ) -> np.ndarray:
-        return estimator.loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, mask=keep)
-
-    return engine

@@ -1,0 +1,33 @@
+"""Client-side estimator engines behind one typed interface (:class:`Engine`).
+
+``loop`` is the reference (one forward per perturbation), ``batched`` evaluates chunks of perturbed models
+as one wide model, ``masked`` restricts directions to a pruning mask, ``fused`` lets one pass serve every
+client of a simulated round, ``threads`` picks intra-op threads. :func:`make_engine` is what the simulator
+and the Flower node call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from baffle.config.choices import ENGINES
+from baffle.engine.base import Engine, Perturber
+from baffle.engine.batched import BatchedEngine
+from baffle.engine.loop import LoopEngine
+from baffle.engine.masked import MaskedEngine
+
+def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = None) -> Engine:
+    """The engine ``estimator.engine`` names, or the masked engine when the run is pruned.
+
+    A mask wins over the name: the batched interpreter does not apply masks, so a pruned run always
+    evaluates with the masked reference loop (as it always has; the pinned pruned run depends on it)."""
+    if mask is not None:
+        return MaskedEngine(mask)
+    if name == "loop":
+        return LoopEngine()
+    if name == "batched":
+        return BatchedEngine(max_memory_mb)
+    raise ValueError(f"unknown engine {name!r}; valid: {ENGINES}")
+
+
+__all__ = ["ENGINES", "BatchedEngine", "Engine", "LoopEngine", "MaskedEngine", "Perturber", "make_engine"]

@@ -1,0 +1,169 @@
+"""The Engine interface every client-side estimator implements, and the in-place Perturber.
+
+An engine answers one question: given a model, the perturbed parameters, one minibatch and the round's K
+seeds, what are the K loss differences? The loop engine answers it with K+1 (or 2K) separate forwards, the
+batched engine with a few wide ones, the masked engine on the unpruned weights only; the client, the
+fused simulator path and the benchmarks only ever see this interface, so an engine can be swapped (or a
+device engine added) without touching them.
+
+``noise`` names the direction spec (``"v1"`` today). It is a keyword on every call, not engine state,
+because it belongs to the round (the server decides it and every party must agree), not to the client.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baffle.protocol import noise as noise_spec
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Params = Sequence[tuple[str, nn.Parameter]]
+Seeds = Union[Sequence[int], np.ndarray]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+DEFAULT_NOISE = "v1"
+
+
+class Engine(ABC):
+    """K loss differences of one minibatch, forward passes only.
+
+    Contract: the result is a float32 array of shape (K,) with ``dL_k = L(W + sigma eps_k) - L(W)``
+    (``scheme="forward"``) or ``[L(W + sigma eps_k) - L(W - sigma eps_k)] / 2`` (``"central"``), eps_k the
+    direction of ``seeds[k]`` under spec ``noise``; the model's parameters are bit-identical afterwards.
+    """
+
+    name: str = "engine"
+
+    @abstractmethod
+    def __call__(
+        self,
+        model: nn.Module,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        seeds: Seeds,
+        sigma: float,
+        scheme: str = "forward",
+        loss_fn: LossFn = F.cross_entropy,
+        *,
+        noise: str = DEFAULT_NOISE,
+    ) -> np.ndarray:
+        """The K loss differences (see the class docstring)."""
+
+    def can_fuse_clients(self, model: nn.Module) -> bool:
+        """Whether :meth:`multi_client` evaluates several minibatches in one pass (else one by one).
+
+        False by default: only an engine that batches perturbations gains anything from fusing."""
+        return False
+
+    def multi_client(
+        self,
+        model: nn.Module,
+        params: Params,
+        batches: Sequence[Batch],
+        seeds: Seeds,
+        sigma: float,
+        scheme: str = "forward",
+        loss_fn: LossFn = F.cross_entropy,
+        *,
+        noise: str = DEFAULT_NOISE,
+    ) -> list[np.ndarray]:
+        """K loss differences for each of several minibatches under the same seeds (one by one here)."""
+        return [self(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise) for x, y in batches]
+
+
+def direction_writer(seed: int | np.integer, spec: str = DEFAULT_NOISE) -> Callable[[np.ndarray], None]:
+    """A function that fills its float32 argument with the NEXT elements of direction(seed).
+
+    Successive calls continue the same stream, so a direction can be written tensor by tensor without ever
+    holding all n values: for v1 the Philox generator keeps its position between calls, and the values
+    are bit-identical to ``noise.direction(seed, n)`` (tests/test_engine.py checks it).
+    """
+    if spec != "v1":
+        raise ValueError(f"noise spec {spec!r} is not available to the engines (known: 'v1')")
+    gen = np.random.Generator(np.random.Philox(key=int(seed)))
+
+    def fill(out: np.ndarray) -> None:
+        gen.standard_normal(dtype=np.float32, out=out)
+
+    return fill
+
+
+def directions(seeds: Seeds, n: int, spec: str = DEFAULT_NOISE) -> np.ndarray:
+    """A (len(seeds), n) stack of directions under ``spec`` (the batched engine's bounded chunk)."""
+    if spec != "v1":
+        raise ValueError(f"noise spec {spec!r} is not available to the engines (known: 'v1')")
+    return noise_spec.directions(seeds, n)
+
+
+class Perturber:
+    """Writes W + scale*eps_k into the selected parameters in place, tensor by tensor, and restores W exactly.
+
+    No K model copies: one saved copy of the originals, and every perturbed value is written as
+    ``original + scale * eps`` from it, so restoring is a copy and cannot drift however many directions
+    are evaluated. eps_k is generated straight into a scratch buffer the size of the largest tensor
+    (``retain=False``), so no model-sized temporary exists per direction; ``retain=True`` keeps the whole
+    direction in one buffer allocated once, for the central scheme's second point (``rescale``), which
+    would otherwise pay the generator twice.
+
+    ``mask`` (0/1 over the flat parameter vector) restricts every direction to the unpruned weights.
+    """
+
+    def __init__(
+        self, params: Params, *, mask: torch.Tensor | None = None, noise: str = DEFAULT_NOISE, retain: bool = False
+    ):
+        self.params = [p for _, p in params]
+        self.n = sum(p.numel() for p in self.params)
+        if mask is not None and mask.numel() != self.n:
+            raise ValueError(f"mask has {mask.numel()} entries, parameters have {self.n}")
+        self.mask = mask.reshape(-1) if mask is not None else None
+        self.noise = noise
+        self.retain = retain
+        with torch.no_grad():
+            self.originals = [p.detach().clone() for p in self.params]
+        self.offsets = np.cumsum([0] + [p.numel() for p in self.params]).tolist()
+        size = self.n if retain else max((p.numel() for p in self.params), default=0)
+        self._buf = torch.empty(size, dtype=torch.float32)
+        self._has_direction = False
+
+    def _eps(self, i: int) -> torch.Tensor:
+        """The buffer slice that holds tensor i's part of the direction."""
+        k = self.params[i].numel()
+        if self.retain:
+            return self._buf[self.offsets[i] : self.offsets[i] + k]
+        return self._buf[:k]
+
+    @torch.no_grad()
+    def set(self, seed: int | np.integer, scale: float) -> None:
+        """parameters := originals + scale * eps(seed) [* mask], generated tensor by tensor."""
+        fill = direction_writer(seed, self.noise)
+        for i, (p, orig) in enumerate(zip(self.params, self.originals)):
+            e = self._eps(i)
+            fill(e.numpy())
+            if self.mask is not None:
+                e.mul_(self.mask[self.offsets[i] : self.offsets[i + 1]])
+            torch.add(orig, e.view_as(p), alpha=scale, out=p.data)
+        self._has_direction = self.retain
+
+    @torch.no_grad()
+    def rescale(self, scale: float) -> None:
+        """parameters := originals + scale * (the direction of the last ``set``); needs ``retain=True``."""
+        if not self._has_direction:
+            raise RuntimeError("rescale() needs a Perturber(retain=True) and a preceding set()")
+        for i, (p, orig) in enumerate(zip(self.params, self.originals)):
+            torch.add(orig, self._eps(i).view_as(p), alpha=scale, out=p.data)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, orig in zip(self.params, self.originals):
+            p.data.copy_(orig)
+
+
+def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy) -> float:
+    return float(loss_fn(model(x), y))

@@ -1,0 +1,199 @@
+"""The batched engine: many perturbed copies of the model evaluated in one call.
+
+The reference loop runs K+1 (or 2K) separate forwards of one minibatch. Each is a small computation (a
+LeNet forward at batch 32 is ~0.3 GFLOP) paid with the full per-call overhead of every layer. Here a chunk
+of P perturbed models runs as ONE model whose every layer is P times wider (:mod:`.kernels`), interpreted
+from an fx trace (:mod:`.program`); the P weight sets are ``W + c_p * eps_p`` written from seeded
+directions generated chunk by chunk, so at most one chunk of directions is ever held, and P comes from a
+memory budget (:mod:`.planner`). A model the interpreter cannot batch is run with the reference loop.
+The result equals the loop's to float32 rounding (``tests/test_batched.py``).
+
+The same pass evaluates the perturbed models on several clients' minibatches concatenated
+(:meth:`BatchedEngine.multi_client`): all clients of a simulated round share the seeds, so one pass serves
+them all while each client's loss stays separate (per-sample losses, then per-client means).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, directions
+from baffle.engine.batched.kernels import Unsupported, lift
+from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
+from baffle.engine.batched.program import Program
+from baffle.engine.loop import loss_differences
+from baffle.protocol.schemes import check_scheme
+
+log = logging.getLogger("baffle")
+
+
+def _members(K: int, scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """Which direction each evaluated model uses (-1: none, the base point) and its sign.
+
+    forward: [base, +1, +2, ...]; central: [+1, -1, +2, -2, ...] (a pair never straddles chunks when the
+    chunk size is even, so each direction is generated once)."""
+    if scheme == "forward":
+        idx = np.concatenate([[-1], np.arange(K)])
+        sign = np.concatenate([[0.0], np.ones(K)])
+    else:
+        idx = np.repeat(np.arange(K), 2)
+        sign = np.tile([1.0, -1.0], K)
+    return idx.astype(np.int64), sign
+
+
+def _per_sample_losses(logits: torch.Tensor, y: torch.Tensor, P: int, loss_fn: LossFn, segments: Sequence[int]) -> torch.Tensor:
+    """(P, S) mean loss of every member on every segment (client) of the batch; logits (B, P*O)."""
+    B = logits.shape[0]
+    z = logits.view(B, P, -1)
+    if loss_fn is F.cross_entropy:
+        per = F.cross_entropy(z.transpose(0, 1).reshape(P * B, -1), y.repeat(P), reduction="none").view(P, B)
+        return torch.stack([seg.mean(1) for seg in per.split(list(segments), dim=1)], dim=1)
+    out = torch.empty(P, len(segments))
+    start = 0
+    for s, length in enumerate(segments):
+        for p in range(P):
+            out[p, s] = loss_fn(z[start : start + length, p], y[start : start + length])
+        start += length
+    return out
+
+
+class BatchedEngine(Engine):
+    """``estimator.engine = "batched"``; see the module docstring."""
+
+    name = "batched"
+
+    def __init__(self, max_memory_mb: int = 512, max_chunk: int = MAX_CHUNK, cache_bytes: int = CACHE_BYTES):
+        if not isinstance(max_memory_mb, int) or isinstance(max_memory_mb, bool) or max_memory_mb < 1:
+            raise ValueError(f"max_memory_mb must be a positive integer, got {max_memory_mb!r}")
+        if max_chunk < 1:
+            raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
+        self.budget = Budget(max_memory_mb, max_chunk, cache_bytes)
+        self._programs: weakref.WeakKeyDictionary[nn.Module, Program | str] = weakref.WeakKeyDictionary()
+        self.last_chunk = 0  # members per chunk of the last call (for benchmarks and tests)
+        self.last_sub_batch = 0  # samples per batched call of the last call
+
+    def __call__(
+        self,
+        model: nn.Module,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        seeds: Seeds,
+        sigma: float,
+        scheme: str = "forward",
+        loss_fn: LossFn = F.cross_entropy,
+        *,
+        noise: str = DEFAULT_NOISE,
+    ) -> np.ndarray:
+        return self.multi_client(model, params, [(x, y)], seeds, sigma, scheme, loss_fn, noise=noise)[0]
+
+    def supports(self, model: nn.Module) -> bool:
+        """Whether ``model`` runs on the batched path (else calls fall back to the loop)."""
+        return isinstance(self._program(model), Program)
+
+    def can_fuse_clients(self, model: nn.Module) -> bool:
+        """Whether several clients' minibatches may share one pass: the model must be batchable and no
+        layer may mix samples (BatchNorm with batch statistics would mix the clients' batches)."""
+        prog = self._program(model)
+        return isinstance(prog, Program) and not prog.batch_stats
+
+    def multi_client(
+        self,
+        model: nn.Module,
+        params: Params,
+        batches: Sequence[Batch],
+        seeds: Seeds,
+        sigma: float,
+        scheme: str = "forward",
+        loss_fn: LossFn = F.cross_entropy,
+        *,
+        noise: str = DEFAULT_NOISE,
+    ) -> list[np.ndarray]:
+        """K loss differences for each of several minibatches under the same seeds, in one pass per chunk.
+
+        With a single batch this is exactly the engine call. With several, the model must not mix samples
+        (see :meth:`can_fuse_clients`), otherwise the batches are evaluated one by one.
+        """
+        check_scheme(scheme)
+        if not batches:
+            return []
+        seeds = np.asarray(seeds)
+        prog = self._program(model)
+        fallback = lambda: [  # noqa: E731
+            loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise) for x, y in batches
+        ]
+        if not isinstance(prog, Program) or (len(batches) > 1 and prog.batch_stats):
+            return fallback()
+        try:
+            return self._batched(prog, params, batches, seeds, sigma, scheme, loss_fn, noise)
+        except Unsupported as e:
+            log.info("batched engine: %s; using the loop for %s", e, type(model).__name__)
+            self._programs[model] = str(e)
+            return fallback()
+
+    def _program(self, model: nn.Module) -> Program | str:
+        """The model's traced program, or why it cannot be batched (cached per model object)."""
+        prog = self._programs.get(model)
+        if prog is None:
+            try:
+                prog = Program(model)
+            except Unsupported as e:
+                log.info("batched engine: %s; using the loop for %s", e, type(model).__name__)
+                prog = str(e)
+            self._programs[model] = prog
+        return prog
+
+    def _batched(
+        self, prog: Program, params: Params, batches: Sequence[Batch], seeds: np.ndarray, sigma: float,
+        scheme: str, loss_fn: LossFn, noise: str,
+    ) -> list[np.ndarray]:  # fmt: skip
+        K = len(seeds)
+        segments = [len(y) for _, y in batches]
+        x = batches[0][0] if len(batches) == 1 else torch.cat([b[0] for b in batches])
+        y = batches[0][1] if len(batches) == 1 else torch.cat([b[1] for b in batches])
+        plist = [p for _, p in params]
+        n = sum(p.numel() for p in plist)
+        offsets = np.cumsum([0] + [p.numel() for p in plist]).tolist()
+        idx, sign = _members(K, scheme)
+        total = len(idx)
+        sample_shape = tuple(x.shape[1:])
+        P = self.budget.chunk_size(prog, n, x.shape[0], sample_shape, total)
+        if scheme == "central" and P > 1 and P % 2:
+            P -= 1
+        self.last_chunk = P
+        sub = self.budget.sub_batch(prog, n, x.shape[0], sample_shape, P)
+        self.last_sub_batch = sub
+        losses = np.empty((total, len(batches)), dtype=np.float64)
+        with torch.inference_mode():
+            flats = [p.detach().reshape(-1) for p in plist]
+            for start in range(0, total, P):
+                c_idx, c_sign = idx[start : start + P], sign[start : start + P]
+                m = len(c_idx)
+                dirs = np.unique(c_idx[c_idx >= 0])
+                D = torch.from_numpy(directions(seeds[dirs], n, noise)) if len(dirs) else torch.zeros(1, n)
+                local = torch.from_numpy(np.searchsorted(dirs, np.maximum(c_idx, 0)) if len(dirs) else np.zeros(m, np.int64))
+                coef = torch.tensor(c_sign * sigma, dtype=torch.float32).view(m, 1)
+                E = D.index_select(0, local) if len(dirs) != m or len(dirs) == 0 else D
+                weights = {}
+                for i, (p, flat) in enumerate(zip(plist, flats)):
+                    w = torch.addcmul(flat.unsqueeze(0), coef, E[:, offsets[i] : offsets[i + 1]])
+                    weights[id(p)] = w.view(m, *p.shape)
+                del D, E
+                parts = []
+                for b0 in range(0, x.shape[0], sub):
+                    out = prog.run(x[b0 : b0 + sub], m, weights)
+                    parts.append(out.t if out.batched else lift(out.t, m))
+                logits = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+                losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().numpy()
+        if scheme == "forward":
+            diffs = losses[1:] - losses[0:1]
+        else:
+            diffs = (losses[0::2] - losses[1::2]) / 2.0
+        return [diffs[:, j].astype(np.float32) for j in range(len(batches))]

@@ -1,0 +1,101 @@
+"""The batched engine's memory planner: how many perturbed members per chunk, how many samples per call.
+
+Two bounds decide a chunk: memory (P copies of the weights and directions plus activations must fit
+``max_memory_mb``) and cache (one layer's input+output for the whole chunk should stay in a last-level
+cache: bigger chunks were measured slower, because the norm/activation/pooling passes then stream from
+DRAM; docs/performance.md). When even one member at the full batch is over the cache bound, a model
+whose layers treat samples independently is evaluated in equal slices of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from baffle.engine.batched.program import Program
+
+MIN_CHUNK = 1
+MAX_CHUNK = 64
+# Members per chunk are also limited so that one layer's input+output for the whole chunk stays within
+# about this many bytes (a last-level cache).
+CACHE_BYTES = 16 * 2**20
+# When one member at the full batch is already over CACHE_BYTES, the batch is evaluated in equal slices of
+# at most this working set (models without batch statistics only): measured to halve a WRN-10-2 step's
+# peak memory at batch 64 (docs/performance.md).
+SLICE_BYTES = 8 * 2**20
+
+
+def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Per sample, the largest (inputs + output) floats any one layer touches, and the same including
+    an im2col-sized convolution workspace (a conservative bound for the memory budget).
+
+    Measured by running the model's own layers once on a batch of 2 zeros; cached on the program."""
+    if sample_shape in prog.activation_cache:
+        return prog.activation_cache[sample_shape]
+    sizes: dict[torch.fx.Node, int] = {}
+    peak = io_peak = int(math.prod(sample_shape))
+    with torch.inference_mode():
+        env: dict[torch.fx.Node, Any] = {}
+        for n in prog.nodes:
+            if n.op == "placeholder":
+                env[n] = torch.zeros((2, *sample_shape))
+            elif n.op == "output":
+                continue
+            else:
+                args = torch.fx.node.map_arg(n.args, lambda a: env[a])
+                kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: env[a])
+                if n.op == "call_module":
+                    env[n] = prog.modules[n.target](*args, **kwargs)
+                elif n.op == "call_function":
+                    env[n] = n.target(*args, **kwargs)
+                elif n.op == "call_method":
+                    env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
+            out = env.get(n)
+            if isinstance(out, torch.Tensor):
+                sizes[n] = out.numel() // 2
+                ins = sum(sizes.get(a, 0) for a in n.all_input_nodes)
+                work = 0
+                if n.op == "call_module" and isinstance(prog.modules[n.target], nn.Conv2d):
+                    conv = prog.modules[n.target]
+                    kk = math.prod(conv.kernel_size)
+                    work = (conv.in_channels * kk) * (out.shape[-1] * out.shape[-2])  # im2col buffer
+                peak = max(peak, ins + sizes[n] + work)
+                io_peak = max(io_peak, ins + sizes[n])
+    prog.activation_cache[sample_shape] = (io_peak, peak)
+    return io_peak, peak
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The planner's knobs: the memory budget, the most members per chunk, the cache bound."""
+
+    max_memory_mb: int = 512
+    max_chunk: int = MAX_CHUNK
+    cache_bytes: int = CACHE_BYTES
+
+    def chunk_size(self, prog: Program, n: int, batch: int, sample_shape: tuple[int, ...], total: int) -> int:
+        """Members per chunk so that weights, directions and activations fit ``max_memory_mb``."""
+        io, act = activation_floats(prog, tuple(sample_shape))
+        per_member = 4 * (3 * n + 2 * act * batch)  # directions + weights (+ slack) + activations, workspace
+        by_memory = self.max_memory_mb * 2**20 // max(per_member, 1)
+        by_cache = self.cache_bytes // max(4 * io * batch, 1)
+        return int(max(MIN_CHUNK, min(self.max_chunk, total, by_memory, by_cache)))
+
+    def sub_batch(self, prog: Program, n: int, batch: int, sample_shape: tuple[int, ...], chunk: int) -> int:
+        """Samples per call when even one member at the full batch exceeds the working-set bound.
+
+        Only for models whose layers treat samples independently (no batch statistics): their losses
+        are per-sample, so a batch can be evaluated in slices with exactly the same values. This is what
+        keeps a forward-only step's memory far below a backprop step's at large batches."""
+        if chunk > 1 or prog.batch_stats:
+            return batch
+        io, act = activation_floats(prog, tuple(sample_shape))
+        by_cache = self.cache_bytes * SLICE_BYTES // CACHE_BYTES // max(4 * io, 1)
+        by_memory = max(self.max_memory_mb * 2**20 - 12 * n, 0) // max(8 * act, 1)
+        most = max(1, min(batch, by_cache, by_memory))
+        return -(-batch // -(-batch // most))  # equal slices: 32 samples at most 21 -> 2 x 16

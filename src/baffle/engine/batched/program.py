@@ -1,0 +1,201 @@
+"""The fx program of the batched engine: a traced model interpreted node by node for P members at once.
+
+The model is traced once with ``torch.fx``; :meth:`Program.run` walks the graph, sending each node to the
+per-op kernel that knows how to evaluate it for P perturbed members (:mod:`.kernels`). Anything the
+interpreter does not understand (a custom op, BatchNorm updating running statistics, dropout in training
+mode, a second input, ...) raises :class:`Unsupported`, and the engine falls back to the reference loop for
+that model, so every model works and unknown ones are merely slow.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from baffle.engine.batched.kernels import (
+    Unsupported,
+    Value,
+    batch_norm,
+    check_params_shared,
+    conv2d,
+    group_norm,
+    is_tiling_pool,
+    lift,
+    linear,
+    logical,
+    tiling_max_pool2d,
+)
+
+# Leaf modules applied unchanged to the (B, P*C, ...) layout: they act per element or per channel.
+_PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
+    nn.ELU, nn.Softplus, nn.Mish, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+# Functions with the same property (called as torch.relu(x), F.hardswish(x), ...).
+_PER_CHANNEL_FUNCTIONS: frozenset[Any] = frozenset(
+    {
+        torch.relu, F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.gelu, F.silu, torch.sigmoid, F.sigmoid,
+        torch.tanh, F.tanh, F.leaky_relu, F.elu, F.softplus, F.mish,
+        F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+    }
+)  # fmt: skip
+_BINARY_FUNCTIONS: dict[Any, Callable[[Any, Any], Any]] = {
+    operator.add: operator.add, torch.add: operator.add, operator.sub: operator.sub,
+    torch.sub: operator.sub, operator.mul: operator.mul, torch.mul: operator.mul,
+}  # fmt: skip
+_PER_CHANNEL_METHODS = frozenset({"relu", "sigmoid", "tanh", "contiguous"})
+
+
+class Program:
+    """A traced model ready to be run for P members at once (raises Unsupported if it cannot be)."""
+
+    def __init__(self, model: nn.Module):
+        try:
+            self.gm = torch.fx.symbolic_trace(model)
+        except Exception as e:  # noqa: BLE001 - any tracing failure means "not batchable"
+            raise Unsupported(f"torch.fx cannot trace {type(model).__name__}: {e}") from None
+        self.modules = dict(self.gm.named_modules())
+        self.nodes = list(self.gm.graph.nodes)
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise Unsupported(f"model forward takes {len(placeholders)} inputs; the engine feeds exactly one")
+        # last use of every node, so intermediate values are freed as soon as possible (memory bound)
+        self.free_after: dict[torch.fx.Node, list[torch.fx.Node]] = {n: [] for n in self.nodes}
+        last: dict[torch.fx.Node, torch.fx.Node] = {}
+        for n in self.nodes:
+            for a in n.all_input_nodes:
+                last[a] = n
+        for a, user in last.items():
+            self.free_after[user].append(a)
+        self.batch_stats = False  # any layer whose output depends on the other samples of the batch
+        for n in self.nodes:
+            if n.op == "call_module":
+                m = self.modules[n.target]
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    if m.training and m.running_mean is not None:
+                        # every forward would update the running statistics (the loop reproduces that)
+                        raise Unsupported("BatchNorm updating running statistics in training mode")
+                    self.batch_stats = self.batch_stats or m.running_mean is None
+            elif n.op == "get_attr":
+                raise Unsupported(f"model reads attribute {n.target!r} directly in forward")
+        # the memory planner's per-sample activation sizes, by sample shape (planner.activation_floats)
+        self.activation_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+
+    # ---- the batched forward ------------------------------------------------------------------
+    def run(self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor]) -> Value:
+        """Forward of P members. ``weights`` maps id(parameter) -> (P, *shape) perturbed copies;
+        parameters absent from it are shared by all members."""
+        env: dict[torch.fx.Node, Any] = {}
+        result: Any = None
+        for n in self.nodes:
+            if n.op == "placeholder":
+                env[n] = Value(x, False)
+            elif n.op == "output":
+                result = env[n.args[0]] if isinstance(n.args[0], torch.fx.Node) else None
+            elif n.op == "call_module":
+                env[n] = self._module(self.modules[n.target], n, env, P, weights)
+            elif n.op == "call_function":
+                env[n] = self._function(n, env, P)
+            elif n.op == "call_method":
+                env[n] = self._method(n, env, P)
+            else:
+                raise Unsupported(f"fx node kind {n.op}")
+            for a in self.free_after[n]:
+                env.pop(a, None)
+        if not isinstance(result, Value):
+            raise Unsupported("model output is not a single tensor")
+        return result
+
+    @staticmethod
+    def _arg(n: torch.fx.Node, env: dict, i: int = 0) -> Value:
+        a = n.args[i] if len(n.args) > i else None
+        if not isinstance(a, torch.fx.Node) or not isinstance(env.get(a), Value):
+            raise Unsupported(f"node {n.name}: argument {i} is not a tensor produced by the model")
+        return env[a]
+
+    def _module(self, m: nn.Module, n: torch.fx.Node, env: dict, P: int, weights: dict) -> Value:
+        if n.kwargs or len(n.args) != 1:
+            raise Unsupported(f"module {n.target} called with extra arguments")
+        v = self._arg(n, env)
+        if type(m) is nn.Conv2d:
+            return conv2d(m, v, P, weights)
+        if type(m) is nn.Linear:
+            return linear(m, v, P, weights)
+        if type(m) is nn.GroupNorm:
+            return group_norm(m, v, P, weights)
+        if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d):
+            return batch_norm(m, v, P, weights)
+        if type(m) is nn.Flatten:
+            if not v.batched:
+                return Value(m(v.t), False)
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise Unsupported("Flatten other than flatten(1, -1) on per-member values")
+            return Value(v.t.flatten(1), True)
+        if type(m) is nn.Dropout:
+            if m.training and m.p > 0:
+                raise Unsupported("dropout in training mode is random per forward")
+            return v
+        if type(m) is nn.MaxPool2d and is_tiling_pool(m):
+            return Value(tiling_max_pool2d(v.t, m.kernel_size), v.batched)
+        if type(m) in _PER_CHANNEL_MODULES:
+            if getattr(m, "return_indices", False):
+                raise Unsupported("pooling with return_indices")
+            check_params_shared(m, weights)
+            return Value(m(v.t), v.batched)
+        raise Unsupported(f"module type {type(m).__name__}")
+
+    def _function(self, n: torch.fx.Node, env: dict, P: int) -> Value:
+        fn = n.target
+        if fn in _PER_CHANNEL_FUNCTIONS:
+            v = self._arg(n, env)
+            if any(isinstance(a, torch.fx.Node) for a in list(n.args[1:]) + list(n.kwargs.values())):
+                raise Unsupported(f"{fn} with tensor arguments")
+            return Value(fn(v.t, *n.args[1:], **n.kwargs), v.batched)
+        if fn is torch.flatten:
+            v = self._arg(n, env)
+            start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+            end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+            if not v.batched:
+                return Value(torch.flatten(v.t, start, end), False)
+            if start != 1 or end != -1:
+                raise Unsupported("flatten other than flatten(x, 1) on per-member values")
+            return Value(v.t.flatten(1), True)
+        if fn in _BINARY_FUNCTIONS and not n.kwargs and len(n.args) == 2:
+            op = _BINARY_FUNCTIONS[fn]
+            a, b = n.args
+            if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node):
+                va, vb = env[a], env[b]
+                if va.batched == vb.batched:
+                    return Value(op(va.t, vb.t), va.batched)
+                sa = va.t.shape if not va.batched else logical(va.t, P)
+                sb = vb.t.shape if not vb.batched else logical(vb.t, P)
+                if sa != sb:
+                    raise Unsupported(f"broadcasting {tuple(sa)} with {tuple(sb)}")
+                ta = va.t if va.batched else lift(va.t, P)
+                tb = vb.t if vb.batched else lift(vb.t, P)
+                return Value(op(ta, tb), True)
+            if isinstance(a, torch.fx.Node) and isinstance(b, (int, float)):
+                return Value(op(env[a].t, b), env[a].batched)
+            if isinstance(b, torch.fx.Node) and isinstance(a, (int, float)):
+                return Value(op(a, env[b].t), env[b].batched)
+        raise Unsupported(f"function {getattr(fn, '__name__', fn)}")
+
+    def _method(self, n: torch.fx.Node, env: dict, P: int) -> Value:
+        v = self._arg(n, env)
+        if n.target in _PER_CHANNEL_METHODS and len(n.args) == 1 and not n.kwargs:
+            return Value(getattr(v.t, n.target)(), v.batched)
+        if n.target == "flatten":
+            start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+            end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+            if not v.batched:
+                return Value(v.t.flatten(start, end), False)
+            if start == 1 and end == -1:
+                return Value(v.t.flatten(1), True)
+        raise Unsupported(f"tensor method {n.target}")

@@ -1,0 +1,77 @@
+"""The reference engine: one forward per perturbation, the definition every other engine is tested against.
+
+It is deliberately plain (perturb in place, forward, restore) so that it works for any model, including
+ones the batched interpreter cannot trace, and so that its numbers define what "bit-identical" means for
+the pinned runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baffle.engine.base import DEFAULT_NOISE, Engine, LossFn, Params, Perturber, Seeds, batch_loss
+from baffle.protocol.schemes import check_scheme
+
+
+def loss_differences(
+    model: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seeds: Seeds,
+    sigma: float,
+    scheme: str = "forward",
+    loss_fn: LossFn = F.cross_entropy,
+    *,
+    mask: torch.Tensor | None = None,
+    noise: str = DEFAULT_NOISE,
+) -> np.ndarray:
+    """K loss differences for one minibatch, forward passes only.
+
+    ``mask`` (0/1 over the flat parameter vector) restricts every direction to the unpruned weights.
+
+    forward: dL_k = L(W + sigma eps_k) - L(W)                (K+1 forwards)
+    central: dL_k = [L(W + sigma eps_k) - L(W - sigma eps_k)] / 2   (2K forwards)
+    """
+    check_scheme(scheme)
+    out = np.empty(len(seeds), dtype=np.float32)
+    with torch.inference_mode():
+        pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central")
+        try:
+            base = batch_loss(model, x, y, loss_fn) if scheme == "forward" else 0.0
+            for k, seed in enumerate(seeds):
+                pert.set(seed, sigma)
+                plus = batch_loss(model, x, y, loss_fn)
+                if scheme == "forward":
+                    out[k] = plus - base
+                else:
+                    pert.rescale(-sigma)
+                    minus = batch_loss(model, x, y, loss_fn)
+                    out[k] = (plus - minus) / 2.0
+        finally:
+            pert.restore()
+    return out
+
+
+class LoopEngine(Engine):
+    """``estimator.engine = "loop"``: :func:`loss_differences` behind the Engine interface."""
+
+    name = "loop"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        seeds: Seeds,
+        sigma: float,
+        scheme: str = "forward",
+        loss_fn: LossFn = F.cross_entropy,
+        *,
+        noise: str = DEFAULT_NOISE,
+    ) -> np.ndarray:
+        return loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise)

@@ -1,0 +1,85 @@
+"""The Engine interface, its factory, and the Perturber that writes directions tensor by tensor."""
+
+import numpy as np
+import pytest
+import torch
+
+from baffle import estimator
+from baffle.engine import BatchedEngine, Engine, LoopEngine, MaskedEngine, Perturber, make_engine
+from baffle.engine.base import direction_writer
+from baffle.protocol import noise
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+
+
+def test_direction_written_piece_by_piece_is_the_flat_direction():
+    seed = noise.round_seeds(1, 2, 1)[0]
+    flat = noise.direction(seed, 1001)
+    fill, out = direction_writer(seed), np.empty(1001, np.float32)
+    for a, b in [(0, 1), (1, 40), (40, 41), (41, 1001)]:
+        fill(out[a:b])
+    assert out.view(np.uint32).tolist() == flat.view(np.uint32).tolist()
+
+
+@pytest.mark.parametrize("retain", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_perturber_writes_w_plus_scaled_direction_bit_for_bit(retain, masked):
+    model = _model()
+    params = estimator.select_parameters(model)
+    n = estimator.num_elements(params)
+    w0 = torch.cat([p.detach().reshape(-1) for _, p in params]).clone()
+    mask = torch.from_numpy((np.arange(n) % 3 != 0).astype(np.float32)) if masked else None
+    seed = noise.round_seeds(0, 0, 1)[0]
+    eps = torch.from_numpy(noise.direction(seed, n))
+    if mask is not None:
+        eps = eps * mask
+    pert = Perturber(params, mask=mask, retain=retain)
+    with torch.inference_mode():
+        pert.set(seed, 0.37)
+        got = torch.cat([p.detach().reshape(-1) for _, p in params])
+        assert torch.equal(got, torch.add(w0, eps, alpha=0.37))  # the flat-direction formula, exactly
+        if retain:
+            pert.rescale(-0.37)
+            got = torch.cat([p.detach().reshape(-1) for _, p in params])
+            assert torch.equal(got, torch.add(w0, eps, alpha=-0.37))
+        else:
+            with pytest.raises(RuntimeError, match="retain"):
+                pert.rescale(-0.37)
+        pert.restore()
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for _, p in params]), w0)
+
+
+def test_make_engine_names_and_mask():
+    assert isinstance(make_engine("loop"), LoopEngine)
+    eng = make_engine("batched", 64)
+    assert isinstance(eng, BatchedEngine) and eng.budget.max_memory_mb == 64
+    assert isinstance(make_engine("batched", 64, mask=np.ones(3, bool)), MaskedEngine)
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine("gpu")
+    assert all(isinstance(e, Engine) for e in (make_engine("loop"), eng))
+
+
+def test_engines_agree_and_only_batched_fuses():
+    model = _model()
+    params = estimator.select_parameters(model)
+    n = estimator.num_elements(params)
+    torch.manual_seed(1)
+    x, y = torch.randn(9, 7), torch.randint(0, 3, (9,))
+    seeds = noise.round_seeds(5, 0, 6)
+    loop = LoopEngine()(model, params, x, y, seeds, 1e-2)
+    masked = MaskedEngine(np.ones(n, bool))(model, params, x, y, seeds, 1e-2)
+    assert loop.tobytes() == masked.tobytes()  # an all-ones mask changes nothing, bit for bit
+    np.testing.assert_allclose(BatchedEngine(64)(model, params, x, y, seeds, 1e-2), loop, rtol=0, atol=2e-6)
+    assert not LoopEngine().can_fuse_clients(model) and BatchedEngine(64).can_fuse_clients(model)
+    two = LoopEngine().multi_client(model, params, [(x, y), (x[:4], y[:4])], seeds, 1e-2)
+    assert two[0].tobytes() == loop.tobytes()
+
+
+def test_unknown_noise_spec_is_refused():
+    model = _model()
+    params = estimator.select_parameters(model)
+    with pytest.raises(ValueError, match="noise spec"):
+        LoopEngine()(model, params, torch.randn(2, 7), torch.tensor([0, 1]), noise.round_seeds(0, 0, 2), 1e-2, noise="v9")
