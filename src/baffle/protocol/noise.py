@@ -133,7 +133,7 @@ def _le_view(w: np.ndarray, dtype: type) -> np.ndarray:
     return (w if _LITTLE else w.astype("<u8")).view(dtype)
 
 
-def _rademacher_into(seed: int, offset: int, out: np.ndarray) -> None:
+def _rademacher_into(seed: int, offset: int, out: np.ndarray, table: np.ndarray) -> None:
     n = len(out)
     per_block = BLOCK // 64
     z = np.empty(per_block, dtype=np.uint64)
@@ -144,13 +144,13 @@ def _rademacher_into(seed: int, offset: int, out: np.ndarray) -> None:
         j0, b0 = divmod(i, 64)
         m = min(per_block, (b0 + n - pos + 63) // 64)
         _words_into(seed, j0, z[:m], tmp[:m])
-        signs = np.take(_SIGN_TABLE, _le_view(z[:m], np.uint8), axis=0)  # (8m, 8): 64m signs, bit order
+        signs = np.take(table, _le_view(z[:m], np.uint8), axis=0)  # (8m, 8): 64m signs, bit order
         take = min(64 * m - b0, n - pos)
         out[pos : pos + take] = signs.reshape(-1)[b0 : b0 + take]
         pos += take
 
 
-def _rademacher_aligned_into(seed: int, offset: int, out: np.ndarray) -> None:
+def _rademacher_aligned_into(seed: int, offset: int, out: np.ndarray, table: np.ndarray) -> None:
     """Fast path: ``offset`` and ``len(out)`` multiples of 64, signs written straight into ``out``."""
     per_block = BLOCK // 64
     z = np.empty(per_block, dtype=np.uint64)
@@ -160,7 +160,7 @@ def _rademacher_aligned_into(seed: int, offset: int, out: np.ndarray) -> None:
     for a in range(0, total, per_block):
         m = min(per_block, total - a)
         _words_into(seed, j0 + a, z[:m], tmp[:m])
-        np.take(_SIGN_TABLE, _le_view(z[:m], np.uint8), axis=0, out=out[64 * a : 64 * (a + m)].reshape(-1, 8))
+        np.take(table, _le_view(z[:m], np.uint8), axis=0, out=out[64 * a : 64 * (a + m)].reshape(-1, 8))
 
 
 def _gauss_into(seed: int, offset: int, out: np.ndarray) -> None:
@@ -192,17 +192,28 @@ def _gauss_into(seed: int, offset: int, out: np.ndarray) -> None:
 
 
 def direction(
-    seed: int | np.integer, n: int, kind: str = "v1", offset: int = 0, out: np.ndarray | None = None
+    seed: int | np.integer,
+    n: int,
+    kind: str = "v1",
+    offset: int = 0,
+    out: np.ndarray | None = None,
+    scale: float | None = None,
 ) -> np.ndarray:
     """Elements [offset, offset + n) of the direction of ``seed``, float32 (see the module docstring).
 
     v2 kinds cost only the requested range. v1 is not seekable: a nonzero ``offset`` generates the prefix.
     ``out`` (float32, length n) is filled in place when given, so a caller can write into its own buffer.
+    ``scale`` returns float32(scale) * eps instead (the float32 product of each element), which for
+    v2-rademacher costs nothing extra: it is a sign table of +-scale. The server's reconstruction and a
+    client's sigma * eps use it to save a pass over the data.
     """
     check_kind(kind)
     if n < 0 or offset < 0:
         raise ValueError(f"n and offset must be non-negative, got n={n}, offset={offset}")
     seed = int(seed)
+    if scale is not None and kind != "v2-rademacher":
+        out = direction(seed, n, kind, offset, out)
+        return np.multiply(out, np.float32(scale), out=out)
     if kind == "v1" and offset == 0 and out is None:
         return np.random.Generator(np.random.Philox(key=seed)).standard_normal(n, dtype=np.float32)
     if out is None:
@@ -213,10 +224,11 @@ def direction(
         gen = np.random.Generator(np.random.Philox(key=seed))
         out[:] = gen.standard_normal(offset + n, dtype=np.float32)[offset:]
     elif kind == "v2-rademacher":
+        table = _SIGN_TABLE if scale is None else _SIGN_TABLE * np.float32(scale)  # exact: +-scale
         if offset % 64 == 0 and n % 64 == 0 and out.flags.c_contiguous:
-            _rademacher_aligned_into(seed, offset, out)
+            _rademacher_aligned_into(seed, offset, out, table)
         else:
-            _rademacher_into(seed, offset, out)
+            _rademacher_into(seed, offset, out, table)
     else:
         _gauss_into(seed, offset, out)
     return out
