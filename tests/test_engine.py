@@ -15,10 +15,11 @@ def _model():
     return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
 
 
-def test_direction_written_piece_by_piece_is_the_flat_direction():
+@pytest.mark.parametrize("kind", noise.KINDS)
+def test_direction_written_piece_by_piece_is_the_flat_direction(kind):
     seed = noise.round_seeds(1, 2, 1)[0]
-    flat = noise.direction(seed, 1001)
-    fill, out = direction_writer(seed), np.empty(1001, np.float32)
+    flat = noise.direction(seed, 1001, kind)
+    fill, out = direction_writer(seed, kind), np.empty(1001, np.float32)
     for a, b in [(0, 1), (1, 40), (40, 41), (41, 1001)]:
         fill(out[a:b])
     assert out.view(np.uint32).tolist() == flat.view(np.uint32).tolist()
@@ -78,8 +79,22 @@ def test_engines_agree_and_only_batched_fuses():
     assert two[0].tobytes() == loop.tobytes()
 
 
+@pytest.mark.parametrize("kind", ["v2-gauss", "v2-rademacher"])
+def test_v2_kinds_reach_every_engine_and_batched_matches_loop(kind):
+    model = _model()
+    params = estimator.select_parameters(model)
+    torch.manual_seed(2)
+    x, y = torch.randn(9, 7), torch.randint(0, 3, (9,))
+    seeds = noise.round_seeds(5, 1, 5)
+    loop = LoopEngine()(model, params, x, y, seeds, 1e-2, noise=kind)
+    v1 = LoopEngine()(model, params, x, y, seeds, 1e-2)
+    assert loop.tobytes() != v1.tobytes()  # the kind is really used
+    got = BatchedEngine(64)(model, params, x, y, seeds, 1e-2, "forward", noise=kind)
+    np.testing.assert_allclose(got, loop, rtol=0, atol=2e-6)
+
+
 def test_unknown_noise_spec_is_refused():
     model = _model()
     params = estimator.select_parameters(model)
-    with pytest.raises(ValueError, match="noise spec"):
+    with pytest.raises(ValueError, match="noise kind"):
         LoopEngine()(model, params, torch.randn(2, 7), torch.tensor([0, 1]), noise.round_seeds(0, 0, 2), 1e-2, noise="v9")

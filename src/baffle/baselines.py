@@ -12,7 +12,7 @@ import torch
 
 from baffle import estimator
 from baffle.client import Client, load_weights
-from baffle.messages import WeightsUpload
+from baffle.protocol.messages import WeightsUpload
 
 
 class BPClient(Client):

@@ -6,8 +6,9 @@ batched engine with a few wide ones, the masked engine on the unpruned weights o
 fused simulator path and the benchmarks only ever see this interface, so an engine can be swapped (or a
 device engine added) without touching them.
 
-``noise`` names the direction spec (``"v1"`` today). It is a keyword on every call, not engine state,
-because it belongs to the round (the server decides it and every party must agree), not to the client.
+``noise`` names the direction kind (``baffle.protocol.noise.KINDS``: ``"v1"``, ``"v2-gauss"``,
+``"v2-rademacher"``). It is a keyword on every call, not engine state, because it belongs to the round
+(the server decides it and every party must agree), not to the client.
 """
 
 from __future__ import annotations
@@ -78,28 +79,35 @@ class Engine(ABC):
         return [self(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise) for x, y in batches]
 
 
-def direction_writer(seed: int | np.integer, spec: str = DEFAULT_NOISE) -> Callable[[np.ndarray], None]:
+def direction_writer(seed: int | np.integer, kind: str = DEFAULT_NOISE) -> Callable[[np.ndarray], None]:
     """A function that fills its float32 argument with the NEXT elements of direction(seed).
 
     Successive calls continue the same stream, so a direction can be written tensor by tensor without ever
-    holding all n values: for v1 the Philox generator keeps its position between calls, and the values
-    are bit-identical to ``noise.direction(seed, n)`` (tests/test_engine.py checks it).
+    holding all n values, bit-identical to ``noise.direction(seed, n, kind)`` (tests/test_engine.py).
+    v1 is not seekable, so its Philox generator is kept and keeps its position between calls; the v2
+    kinds are functions of (seed, index) and are asked for exactly the next range.
     """
-    if spec != "v1":
-        raise ValueError(f"noise spec {spec!r} is not available to the engines (known: 'v1')")
-    gen = np.random.Generator(np.random.Philox(key=int(seed)))
+    noise_spec.check_kind(kind)
+    if kind == "v1":
+        gen = np.random.Generator(np.random.Philox(key=int(seed)))
 
-    def fill(out: np.ndarray) -> None:
-        gen.standard_normal(dtype=np.float32, out=out)
+        def fill_v1(out: np.ndarray) -> None:
+            gen.standard_normal(dtype=np.float32, out=out)
 
-    return fill
+        return fill_v1
+    pos = 0
+
+    def fill_v2(out: np.ndarray) -> None:
+        nonlocal pos
+        noise_spec.direction(seed, len(out), kind, offset=pos, out=out)
+        pos += len(out)
+
+    return fill_v2
 
 
-def directions(seeds: Seeds, n: int, spec: str = DEFAULT_NOISE) -> np.ndarray:
-    """A (len(seeds), n) stack of directions under ``spec`` (the batched engine's bounded chunk)."""
-    if spec != "v1":
-        raise ValueError(f"noise spec {spec!r} is not available to the engines (known: 'v1')")
-    return noise_spec.directions(seeds, n)
+def directions(seeds: Seeds, n: int, kind: str = DEFAULT_NOISE) -> np.ndarray:
+    """A (len(seeds), n) stack of directions of ``kind`` (the batched engine's bounded chunk)."""
+    return noise_spec.directions(seeds, n, kind)
 
 
 class Perturber:
