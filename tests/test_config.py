@@ -103,12 +103,12 @@ def _first_module(*names):
     (("baffle.adapters",), "LORA_PATTERN", "LORA_PATTERN"),
     (("baffle.shaping",), "BASELINES", "BASELINES"),
     (("baffle.shaping",), "SHAPINGS", "SHAPINGS"),
-    (("baffle.tasks",), "TRANSFORMS", "TRANSFORMS"),
+    (("baffle.data.tasks",), "TRANSFORMS", "TRANSFORMS"),
     (("baffle.privacy",), "MODES", "PRIVACY_MODES"),
     (("baffle.sim.attacks", "baffle.attacks"), "ATTACKS", "ATTACKS"),
     (("baffle.protocol.schemes", "baffle.estimator"), "SCHEMES", "SCHEMES"),
-    (("baffle.data",), "DATASET_NAMES", "DATASET_NAMES"),
-    (("baffle.data",), "PARTITION_SCHEMES", "PARTITION_SCHEMES"),
+    (("baffle.data.registry",), "DATASET_NAMES", "DATASET_NAMES"),
+    (("baffle.data.partition",), "PARTITION_SCHEMES", "PARTITION_SCHEMES"),
 ])
 def test_feature_modules_use_the_config_choices(modules, attr, choice):
     """One list of valid choices per key: a feature module's tuple is baffle.config.choices' (not a copy)."""
@@ -119,7 +119,7 @@ def test_feature_modules_use_the_config_choices(modules, attr, choice):
 
 def test_dataset_class_counts_match_the_registry():
     from baffle.config.choices import NUM_CLASSES
-    from baffle.data import DATASET_INFO
+    from baffle.data.registry import DATASET_INFO
 
     assert {k: v.num_classes for k, v in DATASET_INFO.items()} == NUM_CLASSES
 

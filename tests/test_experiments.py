@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from baffle.data import write_cifar_fixture
+from baffle.data.fixtures import write_cifar_fixture
 from baffle.models import build_model
 from baffle.sweep import load_sweep, make_config, run_sweep
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from baffle.config import Config, ConfigError
-from baffle.data import load_dataset
-from baffle.tasks import select_classes, task_view, transform_images
+from baffle.data.registry import load_dataset
+from baffle.data.tasks import select_classes, task_view, transform_images
 
 
 @pytest.fixture(scope="module")

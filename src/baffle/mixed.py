@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from baffle.config import Config
-from baffle.data import Dataset
+from baffle.data.dataset import Dataset
 from baffle.export import export_onnx, numpy_weights
 from baffle.protocol.messages import RoundPlan
 from baffle.onnx_client import OnnxClient

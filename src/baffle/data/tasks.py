@@ -15,7 +15,8 @@ import torch
 
 from baffle.config.choices import TRANSFORMS  # the one list of valid choices per key
 from baffle.config.data import check_classes  # config validation runs the same check
-from baffle.data import DATASET_INFO, Dataset
+from baffle.data.dataset import Dataset
+from baffle.data.registry import DATASET_INFO
 
 
 def select_classes(ds: Dataset, classes: Sequence[int]) -> Dataset:
