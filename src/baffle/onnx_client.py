@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from baffle.config.choices import ONNX_PRECISIONS as PRECISIONS  # the one list of valid choices per key
 from baffle.onnx_session import make_session
 from baffle.protocol import noise
 from baffle.protocol.layout import FlatLayout, select_names
@@ -34,8 +35,6 @@ from baffle.protocol.messages import RoundPlan, Upload
 from baffle.protocol.onnx_names import INPUT_NAME, META_NOISE, META_PARAMETERS
 from baffle.protocol.sampler import BatchSampler
 from baffle.protocol.schemes import SCHEMES, check_scheme
-
-PRECISIONS = ("float", "int8", "int8_weights")
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:

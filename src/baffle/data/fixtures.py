@@ -87,7 +87,7 @@ def write_cifar_fixture(
     if n_train < 0 or n_test < 0:
         raise ValueError("n_train and n_test must be >= 0")
     num_classes = 10 if kind == "cifar10" else 100
-    rng = np.random.default_rng([seed, streams.CIFAR_FIXTURE])
+    rng = streams.rng(seed, streams.CIFAR_FIXTURE)
     colours = rng.integers(30, 226, size=(num_classes, 3))
 
     def make(n: int) -> tuple[np.ndarray, list[int]]:

@@ -31,7 +31,7 @@ def make_synthetic(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     s = image_size
-    trng = np.random.default_rng([seed, streams.SYNTHETIC_TEMPLATES])
+    trng = streams.rng(seed, streams.SYNTHETIC_TEMPLATES)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
     templates = np.zeros((num_classes, s, s))
     orientation = np.zeros(num_classes)
@@ -51,7 +51,7 @@ def make_synthetic(
     templates = np.clip(templates, 0.0, 1.0)
 
     split_code = {"train": 1, "test": 2}.get(split, 3)
-    srng = np.random.default_rng([seed, split_code, num_samples])
+    srng = streams.rng(seed, split_code, num_samples)  # split_code 1|2|3: see protocol.streams
     labels = srng.permutation(np.arange(num_samples) % num_classes).astype(np.int64)
     shifts = srng.integers(-2, 3, size=(num_samples, 2))
     phases = srng.uniform(0, 2 * np.pi, size=num_samples)

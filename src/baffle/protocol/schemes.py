@@ -3,13 +3,13 @@
 forward: dL_k = L(W + sigma eps_k) - L(W)                        (K+1 forward passes)
 central: dL_k = [L(W + sigma eps_k) - L(W - sigma eps_k)] / 2    (2K forward passes, the twin-point scheme)
 
-Both clients (torch and ONNX), the config validation and the cost model read the names and the cost
-from here, so a new scheme is added in one place.
+Both clients (torch and ONNX) and the cost model read the check and the cost from here; the names are
+``baffle.config.choices.SCHEMES``, the one list config validation also checks against.
 """
 
 from __future__ import annotations
 
-SCHEMES: tuple[str, ...] = ("forward", "central")
+from baffle.config.choices import SCHEMES  # the one list of valid choices per key (torch-free)
 
 
 def check_scheme(scheme: str) -> None:
