@@ -5,7 +5,7 @@ arrays. The same payload travels as Message-API records (``ConfigRecord`` "baffl
 "baffle.arrays") or, for the SecAgg+ workflow which is legacy-only in flwr 1.42, as a ``FitIns`` (config
 dict + ``Parameters`` whose tensor names ride in the config). One encoder, one decoder per side.
 
-An upload is the same ``baffle.messages.Upload`` as in-process: an ArrayRecord "baffle.upload" holding
+An upload is the same ``baffle.protocol.messages.Upload`` as in-process: an ArrayRecord "baffle.upload" holding
 one float32[K] array "loss-diffs" and a MetricRecord "baffle.metrics" with "num-examples" and "round".
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from baffle.messages import MessageError, Upload
+from baffle.protocol.messages import MessageError, Upload
 
 PLAN_CONFIG = "baffle.plan"
 PLAN_ARRAYS = "baffle.arrays"
