@@ -123,15 +123,16 @@ def test_round_survives_a_node_that_raises(tmp_path):
 def _round0_mean(monkeypatch, rc: dict, nodes: int, node_extra=None) -> np.ndarray:
     """The aggregated K-vector the server steps with in round 0 (plain or SecAgg+)."""
     seen: list[np.ndarray] = []
-    real = server_core.ServerCore._step
+    real = server_core.ServerCore._count
 
-    def spy(self, round_idx, mean, res):
-        seen.append(np.array(mean, dtype=np.float64))
-        return real(self, round_idx, mean, res)
+    def spy(self, result, **kw):
+        if result.aggregate is not None:
+            seen.append(np.array(result.aggregate, dtype=np.float64))
+        return real(self, result, **kw)
 
-    monkeypatch.setattr(server_core.ServerCore, "_step", spy)
+    monkeypatch.setattr(server_core.ServerCore, "_count", spy)
     run_inmemory(rc, nodes, node_extra=node_extra)
-    monkeypatch.setattr(server_core.ServerCore, "_step", real)
+    monkeypatch.setattr(server_core.ServerCore, "_count", real)
     return seen[0]
 
 

@@ -44,10 +44,6 @@ NOT_ON_FLOWER: dict[str, str] = {
     "federation.timeout_s": "simulator-only: use the Flower option round-timeout-s",
     "federation.attack": "simulator-only: Byzantine nodes are not simulated by the app",
     "federation.attack_fraction": "simulator-only: Byzantine nodes are not simulated by the app",
-    "privacy.mode": "differential privacy is not wired into the Flower path yet",
-    "privacy.clip": "differential privacy is not wired into the Flower path yet",
-    "privacy.noise_multiplier": "differential privacy is not wired into the Flower path yet",
-    "privacy.delta": "differential privacy is not wired into the Flower path yet",
 }
 
 TRANSPORTS = ("weights", "replay")
@@ -148,6 +144,9 @@ def parse_run_config(run_config: Mapping[str, Any]) -> tuple[Config, FlowerOptio
         else:
             raise _unknown_key_error(key)
     cfg.validate()
+    if cfg.privacy.mode == "central" and opts.secure:
+        raise ConfigError("privacy-mode='central' clips and noises each node's K-vector on the server, which SecAgg+ "
+                          "hides from it: use privacy-mode='local' with secure=true")
     return cfg, opts.validate()
 
 

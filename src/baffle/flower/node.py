@@ -137,6 +137,11 @@ class Node:
         else:
             raise MessageError(f"unknown transport {transport!r}")
         upload = self.client.step(plan)
+        p = self.cfg.privacy
+        if p.mode == "local":  # what leaves the node is already clipped and noised (as in the simulator)
+            from baffle.privacy import privatize_upload
+
+            upload = privatize_upload(upload, p.clip, p.noise_multiplier, self.cfg.run.seed)
         s = self.client.sampler.state_dict()
         self.state["sampler-epoch"], self.state["sampler-position"] = int(s["epoch"]), int(s["position"])
         self.state["generator"] = bytes(self.client.generator.get_state().numpy().tobytes())

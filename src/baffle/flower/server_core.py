@@ -24,15 +24,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baffle.client import load_weights
 from baffle.config import Config
 from baffle.flower.config import FlowerOptions
 from baffle.flower.records import Payload
+from baffle.methods import per_round_costs
 from baffle.protocol.messages import Upload
-from baffle.sim.factory import build_model_for, load_data
-from baffle.sim.evaluate import evaluate
-from baffle.sim.sampling import sample_clients
-from baffle.server.ingest import RoundResult
+from baffle.protocol.schemes import forward_passes
+from baffle.records import checkpoint
+from baffle.records.checkpoint import atomic_write_bytes
+from baffle.records.metrics import Counters, append_metrics, make_summary, metrics_row
+from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
+from baffle.sim.evaluate import evaluate
+from baffle.sim.factory import build_model_for, load_data
+from baffle.sim.loop import CHECKPOINT_NAME, state_nbytes
+from baffle.privacy import PrivacyLedger
+from baffle.sim.rounds import make_ledger
+from baffle.sim.sampling import sample_clients
 
 log = logging.getLogger("baffle")
 
@@ -58,8 +67,6 @@ class Traffic:
     down_msgs: int = 0
     up_msgs: int = 0
     failures: int = 0
-    rejected: int = 0
-    skipped_rounds: int = 0
 
 
 @dataclass
@@ -83,10 +90,14 @@ class ServerCore:
         self.strategy = ServerStrategy(build_model_for(self.cfg, self.test), self.cfg)
         self.eval_model = build_model_for(self.cfg, self.test)
         self.t0 = time.perf_counter()
+        self.counters = Counters()
+        self.last: RoundResult | None = None
+        self.ledger: PrivacyLedger | None = None  # made once the number of partitions is known
         self.out = Path(self.opts.result_dir) if self.opts.result_dir else None
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "metrics.jsonl").write_text("")
+            atomic_write_bytes(self.out / "config.toml", self.cfg.to_toml().encode())
 
     # ---- nodes ----------------------------------------------------------------------------------
     def register(self, node_id: int, partition_id: int, num_partitions: int) -> None:
@@ -151,92 +162,87 @@ class ServerCore:
             self.weights_only.add(node_id)
         self.replica_round.pop(node_id, None)  # unknown now: replay from scratch (or weights) next time
 
-    # ---- aggregation ----------------------------------------------------------------------------
+    # ---- aggregation: the simulator's round ingest, one implementation -----------------------------
     def ingest(self, round_idx: int, uploads: list[Upload], expected: set[int], up_bytes: int) -> RoundResult:
-        """Plain mode: every node's K-vector is visible; validate, aggregate, step."""
+        """Plain mode: every node's K-vector is visible; ``baffle.server.ingest`` validates, aggregates, steps."""
         self.traffic.up_bytes += up_bytes
         self.traffic.up_msgs += len(uploads)
-        ok, rejected = self.strategy.validate(uploads, round_idx, expected)
-        self.traffic.rejected += len(rejected)
-        result = RoundResult(round_idx, len(ok), rejected)
-        if len(ok) < self.cfg.federation.min_clients:
-            log.warning("round %d skipped: %d valid uploads < min_clients=%d", round_idx, len(ok), self.cfg.federation.min_clients)
-            return self._skip(result)
-        mean = self.strategy.aggregate_diffs(ok)
-        self._step(round_idx, mean, result)
-        for u in ok:
+        result = ingest_uploads(self.strategy, uploads, round_idx, expected)
+        fp = forward_passes(self.cfg.estimator.K, self.cfg.estimator.scheme)
+        self._count(result, answered=len(uploads), samples=sum(u.num_samples for u in result.valid),
+                    upload_bytes=sum(u.nbytes for u in uploads if isinstance(u, Upload)), fp=fp,
+                    ids=[self.partition_of.get(self.node_of.get(u.client_id, -1), u.client_id) for u in uploads if isinstance(u, Upload)])
+        for u in result.valid if not result.skipped else ():
             self.replica_round[self.node_of[u.client_id]] = round_idx  # its replica now sits at this round
         return result
 
     def ingest_aggregate(self, round_idx: int, mean: np.ndarray | None, contributors: int, num_examples: int, up_bytes: int, replied: int) -> RoundResult:
-        """SecAgg+ mode: only the weighted mean of the contributors' K-vectors exists on the server.
-
-        It still passes the single validation point, as one pseudo-upload (shape, dtype, finiteness,
-        magnitude); per-node checks are impossible by design.
-        """
+        """SecAgg+ mode: only the weighted mean of the contributors' K-vectors exists on the server; it
+        passes the same validation and step as one pseudo-upload (``baffle.server.ingest.ingest_aggregate``)."""
         self.traffic.up_bytes += up_bytes
         self.traffic.up_msgs += replied
-        result = RoundResult(round_idx, contributors)
-        if mean is None or contributors < self.cfg.federation.min_clients:
-            log.warning("round %d skipped: %d contributors < min_clients=%d", round_idx, contributors, self.cfg.federation.min_clients)
-            return self._skip(result)
-        per_node = max(1, round(num_examples / max(1, contributors)))  # a per-node count, as validate expects
-        agg = Upload(client_id=0, round=round_idx, loss_diffs=np.asarray(mean, dtype=np.float32), num_samples=per_node)
-        ok, rejected = self.strategy.validate([agg], round_idx, None)
-        if not ok:
-            result.rejected = rejected
-            self.traffic.rejected += 1
-            return self._skip(result)
-        self._step(round_idx, ok[0].loss_diffs, result)
+        result = ingest_aggregate(self.strategy, mean, contributors, num_examples, round_idx)
+        fp = forward_passes(self.cfg.estimator.K, self.cfg.estimator.scheme)
+        self._count(result, answered=replied, samples=num_examples, upload_bytes=replied * (16 + 4 * self.cfg.estimator.K), fp=fp)
         return result
 
     def skip_round(self, round_idx: int) -> RoundResult:
-        return self._skip(RoundResult(round_idx, 0))
-
-    def _skip(self, result: RoundResult) -> RoundResult:
-        result.skipped = True
-        self.traffic.skipped_rounds += 1
-        self.history[result.round] = None
+        result = RoundResult(round_idx, 0, skipped=True)
+        self._count(result, answered=0, samples=0, upload_bytes=0, fp=0)
         return result
 
-    def _step(self, round_idx: int, mean: np.ndarray, result: RoundResult) -> None:
-        result.grad_norm = self.strategy.apply_loss_diffs(round_idx, mean)
-        self.history[round_idx] = np.asarray(mean, dtype=np.float32).copy()
+    def _count(self, result: RoundResult, answered: int, samples: int, upload_bytes: int, fp: int, ids: list[int] | None = None) -> None:
+        """The same cost counters as the simulator's (``records.metrics.Counters``), and the privacy ledger
+        (SecAgg+ hides who contributed: its rounds count ``answered`` participations, as in full participation)."""
+        if self.cfg.privacy.mode != "none":
+            if self.ledger is None:
+                self.cfg.data.num_clients = max(self.num_partitions, 1)
+                self.ledger = make_ledger(self.cfg)
+            self.ledger.record(ids if ids is not None else list(range(min(answered, self.cfg.data.num_clients))))
+        c = self.counters
+        c.forward_passes += fp * answered
+        c.forward_samples += fp * samples
+        c.upload_bytes += upload_bytes
+        result.answered = answered
+        c.add_round(result)
+        self.history[result.round] = None if result.skipped else np.asarray(result.aggregate, dtype=np.float32).copy()
+        self.last = result
 
-    # ---- evaluation and results -----------------------------------------------------------------
+    # ---- evaluation and the run record --------------------------------------------------------------
     def rounds_done(self) -> int:
         return len(self.history)
 
     def evaluate(self, rounds_done: int, force: bool = False) -> dict | None:
+        """A ``metrics.jsonl`` row in the simulator's schema (``records.metrics``), plus the message bytes."""
         if not force and rounds_done % self.cfg.run.eval_every != 0 and rounds_done != self.cfg.run.rounds:
             return None
-        from baffle.client import load_weights
-
         load_weights(self.eval_model, self.strategy.eval_weights())
-        acc, loss = evaluate(self.eval_model, self.test)
-        t = self.traffic
-        row = {
-            "round": rounds_done,
-            "test_acc": acc,
-            "test_loss": loss,
+        test = evaluate(self.eval_model, self.test)
+        t, c = self.traffic, self.counters
+        c.wall_s = time.perf_counter() - self.t0
+        costs = per_round_costs(self.cfg, self.strategy.n, state_nbytes(self.strategy.model))
+        extra = {
             "down_bytes": t.down_bytes,
             "up_bytes": t.up_bytes,
             "down_bytes_per_msg": t.down_bytes / max(1, t.down_msgs),
             "up_bytes_per_msg": t.up_bytes / max(1, t.up_msgs),
             "failures": t.failures,
-            "rejected": t.rejected,
-            "skipped_rounds": t.skipped_rounds,
-            "wall_s": round(time.perf_counter() - self.t0, 2),
         }
+        lr = self.strategy.optimizer.param_groups[0]["lr"]
+        if self.ledger is not None:
+            eps = self.ledger.epsilon()
+            extra.update({"privacy_mode": self.ledger.mode, "epsilon": eps if eps != float("inf") else None, "delta": self.ledger.delta})
+        row = metrics_row(rounds_done, test, None, costs, c, lr, self.last, extra)
         self.rows.append(row)
-        if self.out is not None:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+        append_metrics(self.out, row)
         return row
 
     def finish(self, mode: str) -> dict:
+        """Write the run dir as ``baffle run`` does (summary.json, curves.png, checkpoint.pt with the final
+        server state) plus result.json (the Flower-specific totals); return the latter."""
         last = self.rows[-1] if self.rows else self.evaluate(self.rounds_done(), force=True)
         t = self.traffic
+        summary = make_summary(self.cfg, self.rows, self.counters)
         result = {
             "mode": mode,
             "transport": self.opts.transport,
@@ -252,13 +258,21 @@ class ServerCore:
             "messages_down": t.down_msgs,
             "messages_up": t.up_msgs,
             "failures": t.failures,
-            "rejected": t.rejected,
-            "skipped_rounds": t.skipped_rounds,
+            "rejected": self.counters.rejected,
+            "skipped_rounds": self.counters.skipped_rounds,
             "weights_sha256": weights_digest(self.strategy.model.state_dict()).hex(),
             "wall_s": round(time.perf_counter() - self.t0, 2),
         }
         if self.out is not None:
-            tmp = self.out / "result.json.tmp"
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            tmp.replace(self.out / "result.json")
+            from baffle.records.report import write_curves, write_summary
+
+            write_summary(self.out, summary)
+            write_curves(self.out, self.rows, title=f"flower {mode} {self.cfg.model.name} {self.cfg.data.name}")
+            checkpoint.save(self.out / CHECKPOINT_NAME, {
+                "round": self.rounds_done(),
+                "server": self.strategy.state_dict(),
+                "counters": self.counters.__dict__.copy(),
+                "config": self.cfg.to_dict(),
+            })
+            atomic_write_bytes(self.out / "result.json", (json.dumps(result, indent=2) + "\n").encode())
         return result

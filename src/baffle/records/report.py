@@ -34,7 +34,8 @@ def write_curves(out: Path, history: list[dict], title: str = "") -> None:
     ax1.set_ylabel("test accuracy (%)")
     ax1.grid(alpha=0.3)
     ax2.plot(rounds, [h["test_loss"] for h in history], label="test loss")
-    ax2.plot(rounds, [h["train_loss"] for h in history], label="train loss")
+    if all(h.get("train_loss") is not None for h in history):  # a Flower server holds no training data
+        ax2.plot(rounds, [h["train_loss"] for h in history], label="train loss")
     ax2.set_xlabel("round")
     ax2.set_ylabel("cross-entropy")
     ax2.legend()
