@@ -1,27 +1,50 @@
-"""``baffle`` command line: run, compare."""
+"""``baffle`` command line: run, compare, sweep, convert-checkpoint.
+
+Every failure a user can cause ends with one line on stderr, ``baffle: error: ...`` naming the problem (the
+key, the file, the directory), and a non-zero exit: 2 for bad input, 70 for an internal error (set
+``BAFFLE_DEBUG=1`` to see its traceback), 130 for Ctrl-C. ``baffle run`` checks everything it can before
+any work starts: the config's values and sizes (baffle.preflight), the weights file of ``--init``, and the
+run directory (baffle.records.rundir: ``--out`` never mixes runs, ``--resume`` never deletes history).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from baffle.records.checkpoint import CheckpointError
 from baffle.config import Config, ConfigError
+from baffle.records.checkpoint import CheckpointError
+
+MAX_MESSAGE = 800
+
+
+class UsageError(Exception):
+    """A malformed command line (argparse's complaint, made one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message on two lines and exits; we say one line
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="baffle", description="Backpropagation-free federated learning.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="baffle", description="Backpropagation-free federated learning.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train a federation in-process (default: LeNet on MNIST, forward-only)")
     run.add_argument("--config", help="TOML config file (sections: run, data, model, estimator, federation, optim)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. estimator.K=200")
-    run.add_argument("--out", help="output directory (default: runs/<timestamp>)")
-    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    run.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (sets model.init)")
+    run.add_argument("--out", help="output directory, new or empty (default: runs/<timestamp>)")
+    run.add_argument("--overwrite", action="store_true", help="--out holds an earlier run: delete its files first")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (with --set, only "
+                     "the keys baffle.records.rundir.SAFE_RESUME_CHANGES lists, e.g. run.rounds)")
+    run.add_argument("--init", metavar="WEIGHTS", help="start from these weights (sets model.init): safetensors, a baffle "
+                     "checkpoint or a torch state_dict")
+    run.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate (the hard bounds stay)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     cmp = sub.add_parser("compare", help="overlay several runs' curves in one PNG and print a table")
@@ -36,28 +59,48 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--force", action="store_true", help="recompute runs whose directory holds a different config")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and their forward passes, run nothing")
     sw.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+
+    cv = sub.add_parser("convert-checkpoint", help="rewrite an old pickled checkpoint (BAFFLE01) in the safe format")
+    cv.add_argument("old", help="the old checkpoint.pt")
+    cv.add_argument("new", nargs="?", help="where to write (default: replace OLD; the run key beside NEW signs it)")
+    cv.add_argument("--trust-pickle", action="store_true", help="required: the old format is a pickle (read with torch's "
+                    "restricted weights_only unpickler); convert only files you wrote yourself")
     return p
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from baffle.sim.loop import Simulation
+def _run_config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
+    """(config, out dir, resuming) after every check that needs no data: bounds, validation, run dir."""
+    from baffle import preflight
+    from baffle.records import rundir
 
     if args.resume:
-        out = Path(args.resume)
-        if not (out / "config.toml").exists():
-            raise ConfigError(f"--resume {out}: no config.toml there; is it a baffle run directory?")
-        cfg = Config.load(out / "config.toml")
-        if args.config or args.set or args.init:
-            raise ConfigError("--resume continues a run exactly as configured; do not combine it with --config/--set/--init")
+        if args.config or args.init or args.out or args.overwrite:
+            raise ConfigError("--resume continues a run exactly as configured; do not combine it with --config/--init/--out/--overwrite")
+        prepared = rundir.prepare_resume(args.resume, args.set)
+        cfg, out = prepared.cfg, Path(args.resume)
     else:
         cfg = Config.load(args.config) if args.config else Config()
         cfg.apply_overrides(args.set)
         if args.init:
             cfg.model.init = args.init
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    preflight.check_bounds(cfg)
+    if cfg.model.init and Path(cfg.model.init).is_dir():
+        raise ConfigError(f"model.init={cfg.model.init!r} is a directory, not a weights file")
     cfg.validate()
+    if not args.no_preflight:
+        preflight.check_resources(cfg)
+    if not args.resume:
+        rundir.prepare_fresh(out, overwrite=args.overwrite)
+    return cfg, out, bool(args.resume)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg, out, resuming = _run_config(args)
+    from baffle.sim.loop import Simulation
+
     sim = Simulation(cfg, out, progress=not args.no_progress)
-    if args.resume:
+    if resuming:
         if sim.resume_or_start():
             print(f"resuming {out} from round {sim.start_round}", file=sys.stderr)
         else:
@@ -77,6 +120,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from baffle.records.report import compare
 
+    for run in args.runs:
+        if not Path(run).is_dir():
+            raise ConfigError(f"compare: {run} is not a run directory")
     print(compare(args.runs, args.out))
     print(f"\nwrote {args.out}")
     return 0
@@ -88,14 +134,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return main_sweep(args.file, args.out, args.set, not args.no_progress, args.force, args.only, args.dry_run)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from baffle.records.checkpoint import convert_legacy
+
+    new = convert_legacy(args.old, args.new, trust_pickle=args.trust_pickle)
+    print(f"wrote {new} (signed with {Path(new).parent / '.baffle-key'})")
+    return 0
+
+
+def one_line(e: BaseException) -> str:
+    """The exception's message on one line, bounded (a long list of names must not flood the terminal)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {e.strerror or text}"
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    commands = {"run": cmd_run, "compare": cmd_compare, "sweep": cmd_sweep, "convert-checkpoint": cmd_convert}
     try:
-        return {"run": cmd_run, "compare": cmd_compare, "sweep": cmd_sweep}[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"baffle: error: {e}", file=sys.stderr)
+        args = _parser().parse_args(argv)
+        return commands[args.command](args)
+    except (UsageError, ConfigError, CheckpointError, OSError, ValueError) as e:
+        print(f"baffle: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("baffle: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug, still one line; BAFFLE_DEBUG=1 shows where
+        if os.environ.get("BAFFLE_DEBUG"):
+            raise
+        print(f"baffle: internal error ({type(e).__name__}): {one_line(e)} (BAFFLE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":
