@@ -164,3 +164,27 @@ def test_quantization_model_error_and_wraparound_check():
     QuantSpec(bits=22).check(1024)
     with pytest.raises(ValueError, match="wrap"):
         QuantSpec(bits=22).check(1025)
+
+
+def test_node_with_other_baffle_or_noise_spec_is_refused(tmp_path, monkeypatch):
+    from baffle.flower import client_app, versions
+
+    ours = versions.local_versions()
+    assert versions.mismatch(dict(ours), "node 1") is None
+    why = versions.mismatch({**ours, "baffle": "0.0.9"}, "node 1")
+    assert f"node 1 runs baffle 0.0.9, noise-spec {ours['noise-spec']}" in why and f"the server runs baffle {ours['baffle']}" in why
+    assert "did not report its versions" in versions.mismatch(None, "node 2")
+    calls = {"n": 0}
+
+    def skewed():  # the first node to answer runs another noise spec
+        calls["n"] += 1
+        return {**ours, "noise-spec": "baffle-noise-v0"} if calls["n"] == 1 else dict(ours)
+
+    monkeypatch.setattr(client_app, "local_versions", skewed)
+    rc = tiny(tmp_path, "skew")
+    run_inmemory(rc, 3)
+    res = result(rc)
+    assert res["rounds_done"] == 3 and res["failures"] == 0 and res["messages_up"] == 3 * 2  # partition 0 left out
+    monkeypatch.setattr(client_app, "local_versions", lambda: {**ours, "baffle": "0.0.9"})
+    with pytest.raises(RuntimeError, match=r"every node was refused: node \d+ runs baffle 0.0.9"):
+        run_inmemory(tiny(tmp_path, "skew2"), 2)

@@ -82,11 +82,22 @@ def write_node_keys(out: str | Path, count: int) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m baffle.flower.certs", description=__doc__.split("\n\n")[0])
+    p.add_argument("dir", help="directory to write ca.crt, ca.key, server.pem, server.key into (created if missing)")
+    p.add_argument("num_node_keys", nargs="?", type=int, default=0,
+                   help="SuperNode authentication key pairs to write into DIR/node-keys (default 0)")
+    a = p.parse_args(argv)
+    if a.num_node_keys < 0:
+        p.error("NUM_NODE_KEYS must be >= 0")
+    for path in write_certs(a.dir).values():
+        print(path)
+    for priv, pub in write_node_keys(Path(a.dir) / "node-keys", a.num_node_keys) if a.num_node_keys else []:
+        print(priv, pub)
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m baffle.flower.certs DIR [NUM_NODE_KEYS]")
-    for p in write_certs(sys.argv[1]).values():
-        print(p)
-    if len(sys.argv) == 3:
-        for priv, pub in write_node_keys(Path(sys.argv[1]) / "node-keys", int(sys.argv[2])):
-            print(priv, pub)
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """The Flower ClientApp: ``baffle.client.Client.step`` (forward passes only) behind Flower messages.
 
 * ``query``: the node tells the server which partition it holds (``partition-id``, ``num-partitions``)
-  and its sample count, so the server samples the same clients ``baffle run`` would.
+  and its sample count, so the server samples the same clients ``baffle run`` would, and which baffle and
+  noise spec it runs (``baffle.flower.versions``), so the server can refuse a node running other code.
 * ``train``: a baffle plan in, the K float32 loss differences and the batch size out. Two encodings of
   the same plan arrive here: Message-API records (plain mode) and, under SecAgg+, Flower's legacy FitIns
   records wrapped by ``secaggplus_mod``, which masks the K-vector before it leaves the node.
@@ -21,6 +22,7 @@ from baffle.flower import records
 from baffle.flower.config import parse_run_config
 from baffle.flower.node import STATE, Node, node_identity
 from baffle.flower.server_core import NODE_INFO
+from baffle.flower.versions import VERSIONS, local_versions
 
 log = logging.getLogger("baffle")
 
@@ -53,7 +55,8 @@ def query(msg: Message, context: Context) -> Message:
     info = MetricRecord(
         {"partition-id": node.ident.partition_id, "num-partitions": node.ident.num_partitions, "num-samples": node.num_samples}
     )
-    return Message(RecordDict({NODE_INFO: info}), reply_to=msg)
+    versions = ConfigRecord(local_versions())  # the server refuses a node whose baffle or noise spec differ
+    return Message(RecordDict({NODE_INFO: info, VERSIONS: versions}), reply_to=msg)
 
 
 @app.train(mods=[secaggplus_when_asked])

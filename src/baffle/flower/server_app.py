@@ -29,6 +29,8 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_nodes(grid, opts.min_nodes, opts.node_wait_s)
     refresh_nodes(core, grid, opts.round_timeout_s)
     if not core.partition_of:
+        if core.refused:
+            raise RuntimeError("every node was refused: " + "; ".join(core.refused.values()))
         raise RuntimeError("no node answered the partition query; are SuperNodes running with --node-config?")
     log.warning("baffle: %d nodes, %d partitions; %d rounds, transport=%s, secure=%s",
                 len(core.partition_of), core.num_partitions, cfg.run.rounds, opts.transport, opts.secure)

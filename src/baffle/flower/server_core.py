@@ -76,6 +76,7 @@ class ServerCore:
     strategy: ServerStrategy = field(init=False)
     partition_of: dict[int, int] = field(default_factory=dict)  # node id -> partition id
     node_of: dict[int, int] = field(default_factory=dict)  # partition id -> node id
+    refused: dict[int, str] = field(default_factory=dict)  # node id -> why (other baffle/noise spec: flower.versions)
     num_partitions: int = 0
     history: dict[int, np.ndarray | None] = field(default_factory=dict)  # round -> aggregated K-vector (None: skipped)
     replica_round: dict[int, int] = field(default_factory=dict)  # node id -> round its replica is at

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from baffle.flower import records
 from baffle.flower.server_core import NODE_INFO, ServerCore
+from baffle.flower.versions import VERSIONS, mismatch
 from baffle.protocol.messages import MessageError
 
 log = logging.getLogger("baffle")
@@ -25,7 +26,7 @@ log = logging.getLogger("baffle")
 
 def refresh_nodes(core: ServerCore, grid: Grid, timeout: float) -> None:
     """Ask nodes the server has not met yet which partition they hold."""
-    new = [nid for nid in grid.get_node_ids() if nid not in core.partition_of]
+    new = [nid for nid in grid.get_node_ids() if nid not in core.partition_of and nid not in core.refused]
     if not new:
         return
     msgs = [Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY) for nid in new]
@@ -33,6 +34,11 @@ def refresh_nodes(core: ServerCore, grid: Grid, timeout: float) -> None:
         nid = reply.metadata.src_node_id
         if reply.has_error() or NODE_INFO not in reply.content.metric_records:
             log.warning("node %d did not say which partition it holds: %s", nid, reply.error if reply.has_error() else "no info")
+            continue
+        versions = reply.content.config_records.get(VERSIONS)
+        if (why := mismatch(dict(versions) if versions is not None else None, f"node {nid}")) is not None:
+            log.error("%s", why)
+            core.refused[nid] = why
             continue
         info = reply.content.metric_records[NODE_INFO]
         core.register(nid, int(info["partition-id"]), int(info["num-partitions"]))
