@@ -34,6 +34,7 @@ from baffle.onnx_session import make_session
 from baffle.onnx_quant import quantized_session
 from baffle.records.results import results_dir, write_json
 from baffle.records.tables import table_lines
+from baffle.reconstruct import reconstruct
 
 OUT = results_dir(__file__) / "int8_sigma.json"
 SIGMAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -69,12 +70,12 @@ def measure(model: torch.nn.Module, graph: bytes, batches, K: int) -> list[dict]
             F.cross_entropy(model(x), y).backward()
             true = torch.cat([p.grad.reshape(-1) for _, p in params]).numpy()
             d_f = loss_differences(fsess, w, names, xn, yn, seeds, sigma)
-            g_f = estimator.reconstruct(d_f, seeds, sigma, n)
+            g_f = reconstruct(d_f, seeds, sigma, n)
             acc.setdefault("cos_float_true", []).append(cosine(g_f, true))
             acc.setdefault("median_abs_dL", []).append(float(np.median(np.abs(d_f))))
             for mode, qw in (("int8", False), ("int8_weights", True)):
                 d_q = loss_differences(quantized_session(graph, xn, w, qw), w, names, xn, yn, seeds, sigma)
-                g_q = estimator.reconstruct(d_q, seeds, sigma, n)
+                g_q = reconstruct(d_q, seeds, sigma, n)
                 acc.setdefault(f"cos_{mode}_float", []).append(cosine(g_q, g_f))
                 acc.setdefault(f"cos_{mode}_true", []).append(cosine(g_q, true))
                 acc.setdefault(f"median_abs_err_{mode}", []).append(float(np.median(np.abs(d_q - d_f))))

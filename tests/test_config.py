@@ -110,6 +110,7 @@ def _first_module(*names):
     (("baffle.data.registry",), "DATASET_NAMES", "DATASET_NAMES"),
     (("baffle.data.partition",), "PARTITION_SCHEMES", "PARTITION_SCHEMES"),
     (("baffle.onnx_client",), "PRECISIONS", "ONNX_PRECISIONS"),
+    (("baffle.protocol.noise",), "KINDS", "NOISE_KINDS"),
 ])
 def test_feature_modules_use_the_config_choices(modules, attr, choice):
     """One list of valid choices per key: a feature module's tuple is baffle.config.choices' (not a copy)."""

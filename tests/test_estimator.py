@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from baffle import estimator
 from baffle.engine.loop import loss_differences
 from baffle.protocol import noise
+from baffle.reconstruct import reconstruct
 
 
 def _problem(seed=0):
@@ -27,7 +28,7 @@ def _cos(a, b):
 def _estimate(model, params, x, y, K, sigma, scheme, rnd=0):
     seeds = noise.round_seeds(42, rnd, K)
     d = loss_differences(model, params, x, y, seeds, sigma, scheme)
-    return estimator.reconstruct(d, seeds, sigma, estimator.num_elements(params))
+    return reconstruct(d, seeds, sigma, estimator.num_elements(params))
 
 
 def test_cosine_with_autograd_rises_with_K_and_is_high_for_large_K():
@@ -58,16 +59,16 @@ def test_aggregate_of_scalars_equals_average_of_estimates():
     batches = [(torch.randn(b, 12), torch.randint(0, 3, (b,))) for b in (10, 30, 20)]
     diffs = [loss_differences(model, params, xb, yb, seeds, 1e-2) for xb, yb in batches]
     w = np.array([10, 30, 20]) / 60
-    from_scalars = estimator.reconstruct(np.float32(w @ np.stack(diffs)), seeds, 1e-2, n)
-    from_estimates = sum(wi * estimator.reconstruct(d, seeds, 1e-2, n) for wi, d in zip(w, diffs))
+    from_scalars = reconstruct(np.float32(w @ np.stack(diffs)), seeds, 1e-2, n)
+    from_estimates = sum(wi * reconstruct(d, seeds, 1e-2, n) for wi, d in zip(w, diffs))
     np.testing.assert_allclose(from_scalars, from_estimates, rtol=1e-4, atol=1e-6)
 
 
 def test_reconstruct_chunking_does_not_change_the_result():
     seeds = noise.round_seeds(1, 1, 10)
     d = np.linspace(-1, 1, 10).astype(np.float32)
-    a = estimator.reconstruct(d, seeds, 0.1, 500, chunk=3)
-    b = estimator.reconstruct(d, seeds, 0.1, 500, chunk=10)
+    a = reconstruct(d, seeds, 0.1, 500, chunk=3)
+    b = reconstruct(d, seeds, 0.1, 500, chunk=10)
     np.testing.assert_allclose(a, b, rtol=1e-6)
     manual = (d.astype(np.float64) @ noise.directions(seeds, 500)) / (10 * 0.1)
     np.testing.assert_allclose(a, manual, rtol=1e-5)
@@ -95,5 +96,5 @@ def test_only_selected_parameters_move():
     model, _, x, y, _ = _problem()
     params = estimator.select_parameters(model, ["2.bias"])
     d = loss_differences(model, params, x, y, noise.round_seeds(0, 0, 8), 1e-2)
-    g = estimator.reconstruct(d, noise.round_seeds(0, 0, 8), 1e-2, 3)
+    g = reconstruct(d, noise.round_seeds(0, 0, 8), 1e-2, 3)
     assert g.shape == (3,)

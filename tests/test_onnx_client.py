@@ -21,6 +21,7 @@ from baffle.protocol.sampler import BatchSampler
 from baffle.protocol.messages import Upload
 from baffle.models import build_model
 from baffle.sim.loop import Simulation
+from baffle.reconstruct import reconstruct
 
 pytest.importorskip("onnxruntime")
 
@@ -135,10 +136,10 @@ def test_int8_estimate_points_like_the_float_one_at_the_documented_sigma(lenet):
     n = sum(w[k].size for k in names)
     seeds = noise.round_seeds(0, 0, 48)
     sigma = 1e-2  # docs/inference-clients.md: activation-only int8 needs sigma >= 1e-3 on LeNet
-    g_float = estimator.reconstruct(onnx_client.loss_differences(session, w, names, x.numpy(), y.numpy(), seeds, sigma), seeds, sigma, n)
+    g_float = reconstruct(onnx_client.loss_differences(session, w, names, x.numpy(), y.numpy(), seeds, sigma), seeds, sigma, n)
     q = quantized_session(graph, x.numpy(), w)
     d_int8 = onnx_client.loss_differences(q, w, names, x.numpy(), y.numpy(), seeds, sigma)
-    assert _cosine(estimator.reconstruct(d_int8, seeds, sigma, n), g_float) > 0.8
+    assert _cosine(reconstruct(d_int8, seeds, sigma, n), g_float) > 0.8
     assert not np.allclose(d_int8, onnx_client.loss_differences(session, w, names, x.numpy(), y.numpy(), seeds, sigma))
 
 

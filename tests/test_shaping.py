@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from baffle import estimator
 from baffle.config import Config, ConfigError
 from baffle.models import build_model
 from baffle.shaping import centered_ranks, shape_diffs
 from baffle.server.strategy import ServerStrategy
 from baffle.server.optim import lr_factor
+from baffle.reconstruct import reconstruct
 
 
 def test_baseline_removes_a_common_offset_exactly():
@@ -41,8 +41,8 @@ def test_strategy_rebuilds_from_the_shaped_vector():
     w0 = torch.cat([p.detach().reshape(-1) for _, p in strat.params]).clone()
     strat.apply_loss_diffs(0, d)
     step = torch.cat([p.detach().reshape(-1) for _, p in strat.params]) - w0
-    g = estimator.reconstruct(shape_diffs(d, "mean"), strat.seeds(0), cfg.estimator.sigma, strat.n)
-    g_raw = estimator.reconstruct(d, strat.seeds(0), cfg.estimator.sigma, strat.n)
+    g = reconstruct(shape_diffs(d, "mean"), strat.seeds(0), cfg.estimator.sigma, strat.n)
+    g_raw = reconstruct(d, strat.seeds(0), cfg.estimator.sigma, strat.n)
     # Adam's first step is -lr * sign(g) (plus weight decay): it follows the shaped estimate, not the raw one
     agree = float((torch.sign(step) == -torch.sign(torch.from_numpy(g))).float().mean())
     agree_raw = float((torch.sign(step) == -torch.sign(torch.from_numpy(g_raw))).float().mean())

@@ -22,6 +22,7 @@ from baffle.protocol import noise
 from baffle.data.dataset import Dataset
 from baffle.protocol.sampler import BatchSampler
 from baffle.protocol.messages import LocalPlan, RoundPlan, Upload, WeightsUpload
+from baffle.reconstruct import reconstruct
 
 
 
@@ -100,7 +101,7 @@ class Client:
             load_weights(self.model, plan.weights)
         x, y = self.next_batch()
         params = estimator.select_parameters(self.model, self.trainable)
-        diffs = self.engine(self.model, params, x, y, plan.seeds, plan.sigma, plan.scheme, self.loss_fn)
+        diffs = self.engine(self.model, params, x, y, plan.seeds, plan.sigma, plan.scheme, self.loss_fn, noise=plan.noise)
         return self.make_upload(plan, diffs, len(y))
 
     def make_upload(self, plan: RoundPlan, loss_diffs: np.ndarray, num_samples: int) -> Upload:
@@ -128,8 +129,8 @@ class Client:
         for step in range(plan.local_steps):
             seeds = noise.round_seeds(plan.run_seed, plan.round, plan.num_directions, self.client_id + 1, step + 1)
             x, y = self.next_batch()
-            diffs = self.engine(self.model, params, x, y, seeds, plan.sigma, plan.scheme, self.loss_fn)
-            grad = estimator.reconstruct(diffs, seeds, plan.sigma, n)
+            diffs = self.engine(self.model, params, x, y, seeds, plan.sigma, plan.scheme, self.loss_fn, noise=plan.noise)
+            grad = reconstruct(diffs, seeds, plan.sigma, n, noise=plan.noise)
             estimator.write_flat_grad(params, grad)
             opt.step()
             opt.zero_grad(set_to_none=True)

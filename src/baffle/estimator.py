@@ -1,9 +1,9 @@
 """The zeroth-order (Stein) gradient estimator's shared pieces: the perturbed parameters and the gradient.
 
 Client side: the K loss differences are computed by an engine (:mod:`baffle.engine`: loop, batched,
-masked). Server side: g = 1/(K*sigma) * sum_k dL_k * eps_k, regenerating eps_k from its seed chunk by
-chunk. Both sides agree on which parameters form the flat vector (:func:`select_parameters`) and write a
-flat gradient back into ``.grad`` (:func:`write_flat_grad`).
+masked). Server side: g = 1/(K*sigma) * sum_k dL_k * eps_k is :mod:`baffle.reconstruct`. Both sides agree
+on which parameters form the flat vector (:func:`select_parameters`) and write a flat gradient back into
+``.grad`` (:func:`write_flat_grad`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from baffle.protocol import noise
 from baffle.protocol.layout import select_names
 
 
@@ -31,19 +30,6 @@ def select_parameters(model: torch.nn.Module, trainable: Sequence[str] | None = 
 
 def num_elements(params: Sequence[tuple[str, torch.Tensor]]) -> int:
     return sum(p.numel() for _, p in params)
-
-
-def reconstruct(
-    loss_diffs: np.ndarray, seeds: Sequence[int] | np.ndarray, sigma: float, n: int, chunk: int = 32
-) -> np.ndarray:
-    """g = 1/(K sigma) sum_k dL_k eps_k, holding at most ``chunk`` directions in memory at once."""
-    loss_diffs = np.asarray(loss_diffs, dtype=np.float32)
-    if loss_diffs.shape != (len(seeds),):
-        raise ValueError(f"expected {len(seeds)} loss differences, got shape {loss_diffs.shape}")
-    g = np.zeros(n, dtype=np.float64)
-    for start, eps in noise.iter_direction_chunks(seeds, n, chunk):
-        g += loss_diffs[start : start + len(eps)].astype(np.float64) @ eps
-    return (g / (len(seeds) * sigma)).astype(np.float32)
 
 
 def write_flat_grad(params: Sequence[tuple[str, torch.nn.Parameter]], flat: np.ndarray | torch.Tensor) -> None:

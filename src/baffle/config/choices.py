@@ -32,6 +32,7 @@ SCHEMES: tuple[str, ...] = ("forward", "central")
 ENGINES: tuple[str, ...] = ("batched", "loop")
 BASELINES: tuple[str, ...] = ("none", "mean")
 SHAPINGS: tuple[str, ...] = ("none", "rank")
+NOISE_KINDS: tuple[str, ...] = ("v1", "v2-gauss", "v2-rademacher")  # direction specs (baffle.protocol.noise)
 
 # [federation]
 AGGREGATORS: tuple[str, ...] = ("mean", "median", "trimmed_mean", "clipped_mean", "multi_krum")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from baffle.config.checks import ConfigError, choice, positive
-from baffle.config.choices import BASELINES, ENGINES, SCHEMES, SHAPINGS
+from baffle.config.choices import BASELINES, ENGINES, NOISE_KINDS, SCHEMES, SHAPINGS
 
 if TYPE_CHECKING:
     from baffle.config.core import Config
@@ -23,6 +23,7 @@ class EstimatorConfig:
     shaping: str = "none"  # server-side: none | rank (ES centered-rank fitness shaping; baffle.shaping)
     seed_pool: int = 0  # server-side: reuse a pool of this many directions (a multiple of K), K per round; 0 = fresh
     fuse_clients: bool = True  # simulator: one batched pass over all sampled clients' minibatches (same uploads)
+    noise: str = "v1"  # direction spec: v1 (numpy Philox normal) | v2-gauss | v2-rademacher (baffle.protocol.noise)
 
 
 def validate(e: EstimatorConfig, cfg: "Config") -> None:
@@ -34,8 +35,11 @@ def validate(e: EstimatorConfig, cfg: "Config") -> None:
     positive("estimator.max_memory_mb", e.max_memory_mb)
     choice("estimator.baseline", e.baseline, BASELINES)
     choice("estimator.shaping", e.shaping, SHAPINGS)
+    choice("estimator.noise", e.noise, NOISE_KINDS)
     if (e.baseline, e.shaping) != ("none", "none") and cfg.run.method != "baffle":
         raise ConfigError("estimator.baseline/shaping transform the server's aggregated K-vector: they need run.method='baffle'")
+    if e.seed_pool and cfg.run.method != "baffle":
+        raise ConfigError("estimator.seed_pool reuses the round seeds of scalar rounds: it needs run.method='baffle'")
     if e.seed_pool and (e.seed_pool < e.K or e.seed_pool % e.K):
         raise ConfigError(f"estimator.seed_pool must be 0 or a multiple of estimator.K={e.K}, got {e.seed_pool}")
     if not isinstance(e.fuse_clients, bool):

@@ -36,5 +36,7 @@ def fused_uploads(clients: Sequence[Any], plan: RoundPlan) -> list[Upload] | Non
         return None
     batches = [c.next_batch() for c in clients]
     params = estimator.select_parameters(first.model, list(first.trainable))
-    diffs = first.engine.multi_client(first.model, params, batches, plan.seeds, plan.sigma, plan.scheme, first.loss_fn)
+    diffs = first.engine.multi_client(
+        first.model, params, batches, plan.seeds, plan.sigma, plan.scheme, first.loss_fn, noise=plan.noise
+    )
     return [c.make_upload(plan, d, len(b[1])) for c, d, b in zip(clients, diffs, batches)]

@@ -33,6 +33,7 @@ from baffle.flower.records import Payload
 from baffle.protocol import streams
 from baffle.protocol.messages import MessageError, RoundPlan, Upload
 from baffle.engine import make_engine
+from baffle.engine.threads import intra_op_threads
 from baffle.sim.factory import build_model_for, load_data
 from baffle.server.strategy import ServerStrategy
 
@@ -86,8 +87,6 @@ class Node:
     """One invocation's view of a node; state in/out through a plain dict (the ConfigRecord)."""
 
     def __init__(self, cfg: Config, ident: NodeIdentity, state: Mapping[str, Any] | None = None):
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
         self.cfg = cfg
         self.ident = ident
         train, parts = _partition_data(data_key(cfg), ident.num_partitions)
@@ -104,6 +103,8 @@ class Node:
             engine=make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb),
             transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
         )
+        # run.threads, or the rule of baffle.engine.threads for this node's one client
+        torch.set_num_threads(intra_op_threads(cfg, self.model, self.client.engine, tuple(train.x.shape[1:]), 1))
         self.state: dict[str, Any] = dict(state or {})
         if "sampler-epoch" in self.state:
             self.client.sampler.load_state_dict({"epoch": self.state["sampler-epoch"], "position": self.state["sampler-position"]})
@@ -120,13 +121,16 @@ class Node:
             round_idx = int(c["round"])
             transport = str(c["transport"])
             seeds = np.asarray(a["seeds"], dtype=np.uint64)
-            plan = RoundPlan(round_idx, seeds, float(c["sigma"]), str(c["scheme"]), int(c["batch-size"]), None)
+            plan = RoundPlan(round_idx, seeds, float(c["sigma"]), str(c["scheme"]), int(c["batch-size"]), None,
+                             str(c.get("noise", "v1")))
         except KeyError as e:
             raise MessageError(f"plan lacks {e}") from None
         if round_idx == self.ident.fail_at_round:
             raise NodeFailure(f"partition {self.ident.partition_id}: failing at round {round_idx} as configured (fail-at-round)")
         if plan.batch_size != self.client.sampler.batch_size:
             raise MessageError(f"plan batch size {plan.batch_size} != node batch size {self.client.sampler.batch_size} (same run config?)")
+        if plan.noise != self.cfg.estimator.noise:
+            raise MessageError(f"plan noise {plan.noise!r} != node noise {self.cfg.estimator.noise!r} (same run config?)")
         if transport == "weights":
             weights = {k[2:]: torch.from_numpy(np.array(v)) for k, v in a.items() if k.startswith("w/")}
             load_weights(self.model, weights)

@@ -130,6 +130,7 @@ class ServerCore:
             "sigma": float(e.sigma),
             "scheme": e.scheme,
             "batch-size": int(self.cfg.federation.batch_size),
+            "noise": e.noise,
         }
         arrays: dict[str, np.ndarray] = {"seeds": s.seeds(round_idx).astype(np.uint64)}
         replay = self.opts.transport == "replay" and node_id not in self.weights_only and not send_weights

@@ -23,7 +23,7 @@ class LocalZO:
         fed, c = runner.fed, runner.fed.counters
         cfg, e, f = fed.cfg, fed.cfg.estimator, fed.cfg.federation
         bs = f.batch_size
-        plan = LocalPlan(round_idx, cfg.run.seed, e.K, e.sigma, e.scheme, bs, f.local_steps, f.local_lr, runner.weights)
+        plan = LocalPlan(round_idx, cfg.run.seed, e.K, e.sigma, e.scheme, bs, f.local_steps, f.local_lr, runner.weights, e.noise)
         ups = [fed.clients[i].local_train(plan) for i in sampled]
         fp = forward_passes(e.K, e.scheme) * f.local_steps
         c.forward_passes += fp * len(sampled)

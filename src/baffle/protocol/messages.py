@@ -35,6 +35,7 @@ class RoundPlan:
     scheme: str  # "forward" | "central"
     batch_size: int
     weights: Mapping[str, torch.Tensor] | None = None
+    noise: str = "v1"  # direction spec (baffle.protocol.noise.KINDS): every party must generate the same kind
 
     @property
     def num_directions(self) -> int:
@@ -54,6 +55,7 @@ class LocalPlan:
     local_steps: int
     lr: float
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    noise: str = "v1"  # direction spec of the private local-step seeds
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from baffle.config.choices import NOISE_KINDS as KINDS  # the one list of kinds (torch-free)
+
 NOISE_SPEC = "baffle-noise-v1"
-KINDS = ("v1", "v2-gauss", "v2-rademacher")
 
 GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9

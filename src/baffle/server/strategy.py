@@ -21,6 +21,7 @@ from baffle.server import aggregation
 from baffle.server.optim import EMA, lr_factor, make_optimizer
 from baffle.server.validation import Rejection, decode_uploads, validate_uploads
 from baffle.shaping import shape_diffs
+from baffle.reconstruct import reconstruct
 
 
 class ServerStrategy:
@@ -57,7 +58,7 @@ class ServerStrategy:
     def plan(self, round_idx: int, send_weights: bool = True) -> RoundPlan:
         e = self.cfg.estimator
         weights = self.global_weights() if send_weights else None
-        return RoundPlan(round_idx, self.seeds(round_idx), e.sigma, e.scheme, self.cfg.federation.batch_size, weights)
+        return RoundPlan(round_idx, self.seeds(round_idx), e.sigma, e.scheme, self.cfg.federation.batch_size, weights, e.noise)
 
     def global_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -98,7 +99,7 @@ class ServerStrategy:
         e = self.cfg.estimator
         if (e.baseline, e.shaping) != ("none", "none"):  # server-side variance reduction (baffle.shaping)
             mean_diffs = shape_diffs(mean_diffs, e.baseline, e.shaping)
-        g = estimator.reconstruct(mean_diffs, self.seeds(round_idx), self.cfg.estimator.sigma, self.n)
+        g = reconstruct(mean_diffs, self.seeds(round_idx), self.cfg.estimator.sigma, self.n, noise=self.cfg.estimator.noise)
         if self.mask is not None:  # clients perturbed with mask * eps_k: reconstruct with the same directions
             g = g * self.mask
         return self.apply_gradient(round_idx, g)
