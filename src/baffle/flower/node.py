@@ -33,7 +33,6 @@ from baffle.flower.records import Payload
 from baffle.protocol import streams
 from baffle.protocol.messages import MessageError, RoundPlan, Upload
 from baffle.engine import make_engine
-from baffle.engine.threads import intra_op_threads
 from baffle.sim.factory import build_model_for, load_data
 from baffle.server.strategy import ServerStrategy
 
@@ -87,6 +86,8 @@ class Node:
     """One invocation's view of a node; state in/out through a plain dict (the ConfigRecord)."""
 
     def __init__(self, cfg: Config, ident: NodeIdentity, state: Mapping[str, Any] | None = None):
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         self.cfg = cfg
         self.ident = ident
         train, parts = _partition_data(data_key(cfg), ident.num_partitions)
@@ -103,8 +104,6 @@ class Node:
             engine=make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb),
             transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
         )
-        # run.threads, or the rule of baffle.engine.threads for this node's one client
-        torch.set_num_threads(intra_op_threads(cfg, self.model, self.client.engine, tuple(train.x.shape[1:]), 1))
         self.state: dict[str, Any] = dict(state or {})
         if "sampler-epoch" in self.state:
             self.client.sampler.load_state_dict({"epoch": self.state["sampler-epoch"], "position": self.state["sampler-position"]})
