@@ -98,3 +98,20 @@ def test_unknown_noise_spec_is_refused():
     params = estimator.select_parameters(model)
     with pytest.raises(ValueError, match="noise kind"):
         LoopEngine()(model, params, torch.randn(2, 7), torch.tensor([0, 1]), noise.round_seeds(0, 0, 2), 1e-2, noise="v9")
+
+
+def test_thread_rule_gives_small_work_one_thread_and_caps_at_free_cores():
+    from baffle.config import Config
+    from baffle.engine.threads import MIN_FLOPS_PER_THREAD, free_cores, intra_op_threads, threads_for_work
+    from baffle.models import build_model
+
+    assert threads_for_work(0.5 * MIN_FLOPS_PER_THREAD, 16) == 1
+    assert threads_for_work(4.2 * MIN_FLOPS_PER_THREAD, 16) == 4
+    assert threads_for_work(1e15, 2) == 2
+    assert free_cores(cores=8, load=3.4) == 5 and free_cores(cores=2, load=9.0) == 1
+    cfg = Config()  # the default job: too little work per layer for a second thread on any machine
+    model = build_model(cfg.model.name, image_size=cfg.data.image_size)
+    engine = make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb)
+    assert intra_op_threads(cfg, model, engine, (1, cfg.data.image_size, cfg.data.image_size), 10, cores=64) == 1
+    cfg.apply_overrides(["run.threads=3"])  # an explicit count always wins
+    assert intra_op_threads(cfg, model, engine, (1, 14, 14), 10, cores=1) == 3

@@ -138,6 +138,21 @@ class BatchedEngine(Engine):
             self._programs[model] = str(e)
             return fallback()
 
+    def call_size(self, model: nn.Module, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> tuple[int, int]:
+        """(members, samples) of each batched call for K directions on ``samples`` inputs of ``sample_shape``
+        and n perturbed parameters: the planner's chunk and slice (1 member, all samples, if not batchable).
+
+        The thread policy (``engine.threads``) sizes its work estimate with it."""
+        prog = self._program(model)
+        return self._plan(prog, n, samples, sample_shape, K, scheme) if isinstance(prog, Program) else (1, samples)
+
+    def _plan(self, prog: Program, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> tuple[int, int]:
+        total = K + 1 if scheme == "forward" else 2 * K
+        P = self.budget.chunk_size(prog, n, samples, tuple(sample_shape), total)
+        if scheme == "central" and P > 1 and P % 2:
+            P -= 1  # a +/- pair never straddles two chunks: each direction is generated once
+        return P, self.budget.sub_batch(prog, n, samples, tuple(sample_shape), P)
+
     def _program(self, model: nn.Module) -> Program | str:
         """The model's traced program, or why it cannot be batched (cached per model object)."""
         prog = self._programs.get(model)
@@ -163,13 +178,8 @@ class BatchedEngine(Engine):
         offsets = np.cumsum([0] + [p.numel() for p in plist]).tolist()
         idx, sign = _members(K, scheme)
         total = len(idx)
-        sample_shape = tuple(x.shape[1:])
-        P = self.budget.chunk_size(prog, n, x.shape[0], sample_shape, total)
-        if scheme == "central" and P > 1 and P % 2:
-            P -= 1
-        self.last_chunk = P
-        sub = self.budget.sub_batch(prog, n, x.shape[0], sample_shape, P)
-        self.last_sub_batch = sub
+        P, sub = self._plan(prog, n, x.shape[0], tuple(x.shape[1:]), K, scheme)
+        self.last_chunk, self.last_sub_batch = P, sub
         losses = np.empty((total, len(batches)), dtype=np.float64)
         with torch.inference_mode():
             flats = [p.detach().reshape(-1) for p in plist]
