@@ -28,6 +28,7 @@ CASES: dict[str, dict] = {
     "baffle_fused": {"estimator.engine": "batched", "estimator.fuse_clients": "true"},
     "baffle_central_scheme": {"estimator.scheme": "central"},
     "baffle_local": {"run.method": "baffle_local", "federation.local_steps": 2},
+    "baffle_multistep": {"run.method": "baffle_multistep", "federation.local_steps": 2},
     "fedsgd": {"run.method": "fedsgd"},
     "fedavg": {"run.method": "fedavg", "federation.local_steps": 2},
     "pruned": {"model.prune": 0.5},

@@ -9,13 +9,13 @@ config validation checks values against it. Adding a choice means adding it here
 from __future__ import annotations
 
 # [run]
-METHODS: tuple[str, ...] = ("baffle", "baffle_local", "fedsgd", "fedavg")
+METHODS: tuple[str, ...] = ("baffle", "baffle_local", "fedsgd", "fedavg", "baffle_multistep")
 DEVICES: tuple[str, ...] = ("cpu",)  # run.device: every engine runs on the CPU today
 
 # [data]
 #: number of classes of each dataset: data.classes is checked against it without loading any data
-NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
-DATASET_NAMES: tuple[str, ...] = tuple(NUM_CLASSES)
+NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10, "cifar10_jpeg": 10}
+DATASET_NAMES: tuple[str, ...] = tuple(NUM_CLASSES) + ("imagefolder",)  # imagefolder: classes known once loaded
 PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shard")
 TRANSFORMS: tuple[str, ...] = ("none", "invert", "rotate90", "hflip")
 

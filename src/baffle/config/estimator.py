@@ -38,6 +38,8 @@ def validate(e: EstimatorConfig, cfg: "Config") -> None:
     choice("estimator.noise", e.noise, NOISE_KINDS)
     if (e.baseline, e.shaping) != ("none", "none") and cfg.run.method != "baffle":
         raise ConfigError("estimator.baseline/shaping transform the server's aggregated K-vector: they need run.method='baffle'")
+    if e.seed_pool and cfg.run.method != "baffle":
+        raise ConfigError("estimator.seed_pool reuses the round seeds of scalar rounds: it needs run.method='baffle'")
     if e.seed_pool and (e.seed_pool < e.K or e.seed_pool % e.K):
         raise ConfigError(f"estimator.seed_pool must be 0 or a multiple of estimator.K={e.K}, got {e.seed_pool}")
     if not isinstance(e.fuse_clients, bool):

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 class FederationConfig:
     clients_per_round: float = 1.0  # fraction in (0, 1], or an integer count > 1
     batch_size: int = 8  # per client; ZO noise is dominated by directions, not data: small batches buy more rounds
-    local_steps: int = 10  # baffle_local / fedavg: local steps per round
-    local_lr: float = 0.01  # baffle_local / fedavg: client learning rate
+    local_steps: int = 10  # baffle_local / baffle_multistep / fedavg: local steps per round
+    local_lr: float = 0.01  # baffle_local / baffle_multistep / fedavg: client learning rate
     aggregator: str = "mean"
     trim_fraction: float = 0.1
     min_clients: int = 1  # quorum: a round with fewer valid uploads is skipped
@@ -39,6 +39,9 @@ def validate(f: FederationConfig, cfg: "Config") -> None:
     if not f.local_lr > 0:
         raise ConfigError(f"federation.local_lr must be > 0, got {f.local_lr}")
     choice("federation.aggregator", f.aggregator, AGGREGATORS)
+    if method == "baffle_multistep" and f.aggregator != "mean":
+        raise ConfigError(f"federation.aggregator={f.aggregator!r}: run.method='baffle_multistep' averages the clients' "
+                          "replayed weight deltas; only 'mean' is implemented for it")
     if not 0 <= f.trim_fraction < 0.5:
         raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {f.trim_fraction}")
     positive("federation.min_clients", f.min_clients)

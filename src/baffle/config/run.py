@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunConfig:
-    method: str = "baffle"  # baffle (forward-only, scalar uploads) | baffle_local | fedsgd | fedavg (backprop)
+    method: str = "baffle"  # baffle (forward-only, scalar uploads) | baffle_multistep (S local steps, S x K scalars) | baffle_local | fedsgd | fedavg (backprop)
     rounds: int = 3000
     seed: int = 0
     eval_every: int = 250

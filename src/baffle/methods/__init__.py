@@ -9,9 +9,10 @@ from baffle.methods.base import Method
 from baffle.methods.fedavg import FedAvg
 from baffle.methods.fedsgd import FedSGD
 from baffle.methods.local_zo import LocalZO
+from baffle.methods.multistep import MultiStepZO
 from baffle.methods.scalar import ScalarZO
 
-METHODS: dict[str, Method] = {m.name: m for m in (ScalarZO(), LocalZO(), FedSGD(), FedAvg())}
+METHODS: dict[str, Method] = {m.name: m for m in (ScalarZO(), LocalZO(), FedSGD(), FedAvg(), MultiStepZO())}
 
 
 def get_method(name: str) -> Method:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -45,15 +45,26 @@ def _quorum(strategy: ServerStrategy, result: RoundResult, valid: int, what: str
 
 
 def ingest_uploads(
-    strategy: ServerStrategy, uploads: Sequence[object], round_idx: int, expected: set[int] | None
+    strategy: ServerStrategy,
+    uploads: Sequence[object],
+    round_idx: int,
+    expected: set[int] | None,
+    *,
+    length: int | None = None,
+    step: Callable[[list[Upload]], float] | None = None,
 ) -> RoundResult:
-    """Plain mode: every client's K-vector is visible. Validate, check the quorum, aggregate (robust
-    aggregators and central DP act here), rebuild g from the round's seeds and step."""
-    ok, rejected = strategy.validate(uploads, round_idx, expected)  # type: ignore[arg-type]
+    """Plain mode: every client's scalars are visible. Validate, check the quorum, then step: by default
+    aggregate the K-vectors (robust aggregators and central DP act here), rebuild g from the round's seeds
+    and step. A method whose uploads are longer (``length``, e.g. S x K for local steps) brings its own
+    ``step`` over the valid uploads; validation and the quorum stay this one."""
+    ok, rejected = strategy.validate(uploads, round_idx, expected, length=length)  # type: ignore[arg-type]
     result = RoundResult(round_idx, len(ok), rejected, valid=ok)
     if _quorum(strategy, result, len(ok), "valid uploads"):
-        result.aggregate = strategy.aggregate_diffs(ok, round_idx)
-        result.grad_norm = strategy.apply_loss_diffs(round_idx, result.aggregate)
+        if step is not None:
+            result.grad_norm = step(ok)
+        else:
+            result.aggregate = strategy.aggregate_diffs(ok, round_idx)
+            result.grad_norm = strategy.apply_loss_diffs(round_idx, result.aggregate)
     return result
 
 

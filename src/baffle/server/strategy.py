@@ -67,8 +67,12 @@ class ServerStrategy:
         return self.ema.shadow if self.ema is not None else self.model.state_dict()
 
     # ---- validation: the single point where client uploads enter aggregation ---------------------
-    def validate(self, uploads: Sequence[Upload], round_idx: int, expected: set[int] | None = None) -> tuple[list[Upload], list[Rejection]]:
-        return validate_uploads(uploads, round_idx, self.cfg.estimator.K, expected, max_samples=self.cfg.federation.batch_size)
+    def validate(
+        self, uploads: Sequence[Upload], round_idx: int, expected: set[int] | None = None, length: int | None = None
+    ) -> tuple[list[Upload], list[Rejection]]:
+        """``length``: scalars per upload (K unless a method uploads more, e.g. S x K local steps)."""
+        K = self.cfg.estimator.K if length is None else length
+        return validate_uploads(uploads, round_idx, K, expected, max_samples=self.cfg.federation.batch_size)
 
     def validate_bytes(
         self, blobs: Sequence[bytes], round_idx: int, expected: set[int] | None = None
