@@ -188,3 +188,29 @@ def test_node_with_other_baffle_or_noise_spec_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(client_app, "local_versions", lambda: {**ours, "baffle": "0.0.9"})
     with pytest.raises(RuntimeError, match=r"every node was refused: node \d+ runs baffle 0.0.9"):
         run_inmemory(tiny(tmp_path, "skew2"), 2)
+
+
+def test_a_node_loads_only_its_partition_cached_on_disk(tmp_path, monkeypatch):
+    import torch
+
+    from baffle.data.partition import partition
+    from baffle.flower import node
+    from baffle.sim import factory
+
+    monkeypatch.setenv("BAFFLE_CACHE", str(tmp_path / "cache"))
+    cfg, _ = parse_run_config(tiny(tmp_path, "light"))
+    train, _ = factory.load_data(cfg)
+    d = cfg.data
+    expected = train.subset(partition(train.y.numpy(), 3, d.partition, alpha=d.alpha, shards_per_client=d.shards_per_client,
+                                      seed=cfg.run.seed)[1])
+    splits = []
+    real = factory.load_dataset
+    monkeypatch.setattr(factory, "load_dataset", lambda name, split, **kw: splits.append(split) or real(name, split=split, **kw))
+    node._partition_data.cache_clear()
+    first = node.partition_data(cfg, 1, 3)
+    assert splits == ["train"]  # never the test set
+    assert torch.equal(first.x, expected.x) and torch.equal(first.y, expected.y) and first.num_classes == train.num_classes
+    assert len(list((tmp_path / "cache" / "flower-partitions").glob("*-1-of-3.npz"))) == 1
+    node._partition_data.cache_clear()  # a new ClientApp process: the partition file alone
+    again = node.partition_data(cfg, 1, 3)
+    assert splits == ["train"] and torch.equal(again.x, expected.x) and torch.equal(again.y, expected.y)

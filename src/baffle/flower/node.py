@@ -1,9 +1,9 @@
 """What a Flower node does with a baffle plan: the same ``baffle.client.Client.step`` as ``baffle run``.
 
 A node is partition ``partition-id`` of ``num-partitions`` (from its node config; the simulation engine
-sets both). It rebuilds exactly the data split ``baffle run`` gives client ``partition-id`` (same subset,
-same partitioner, same seeds), so a Flower run and an in-process run with the same config sample the same
-minibatches. Everything that must survive between rounds lives in the Flower node state
+sets both). It holds exactly the samples ``baffle run`` gives client ``partition-id`` (same subset, same
+partitioner, same seeds, same order), so a Flower run and an in-process run with the same config sample the
+same minibatches; it loads only those (``partition_data``: cached on disk per partition, never the test set). Everything that must survive between rounds lives in the Flower node state
 (``context.state``): the minibatch sampler position and, in replay transport, the server replica.
 
 Replay transport: the replica is a ``ServerStrategy`` (model + optimizer + schedule) that the node advances
@@ -14,6 +14,7 @@ the server's SHA-256 of the weights. No weights travel at all after the start.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -27,13 +28,15 @@ import torch
 from baffle.client import Client, load_weights
 from baffle.config import Config
 from baffle.data.augment import augment_cifar
+from baffle.data.cache import cache_dir, cached_arrays
 from baffle.data.dataset import Dataset
 from baffle.data.partition import partition
 from baffle.flower.records import Payload
 from baffle.protocol import streams
 from baffle.protocol.messages import MessageError, RoundPlan, Upload
 from baffle.engine import make_engine
-from baffle.sim.factory import build_model_for, load_data
+from baffle.engine.threads import intra_op_threads
+from baffle.sim.factory import build_model_for, load_train
 from baffle.server.strategy import ServerStrategy
 
 log = logging.getLogger("baffle")
@@ -63,19 +66,47 @@ def node_identity(node_config: Mapping[str, Any]) -> NodeIdentity:
     return NodeIdentity(pid, num, int(node_config.get("fail-at-round", -1)))
 
 
-@lru_cache(maxsize=4)
-def _partition_data(cfg_key: str, num_partitions: int) -> tuple[Dataset, list[np.ndarray]]:
-    cfg = Config.from_dict(json.loads(cfg_key))
-    train, _ = load_data(cfg)
-    d = cfg.data
-    parts = partition(train.y.numpy(), num_partitions, d.partition, alpha=d.alpha, shards_per_client=d.shards_per_client, seed=cfg.run.seed)
-    return train, parts
+PARTITION_CACHE_FORMAT = 1  # bump to invalidate every cached partition
 
 
 def data_key(cfg: Config) -> str:
-    """What determines the training data and its split (cache key for the node process)."""
+    """What determines the training data and its split (the partition cache key)."""
     d = cfg.data
-    return json.dumps({"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in ("name", "root", "image_size", "partition", "alpha", "shards_per_client", "train_subset", "test_subset")}}, sort_keys=True)
+    keys = ("name", "root", "image_size", "partition", "alpha", "shards_per_client", "train_subset", "transform", "classes")
+    return json.dumps({"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in keys}, "format": PARTITION_CACHE_FORMAT},
+                      sort_keys=True)
+
+
+def partition_data(cfg: Config, partition_id: int, num_partitions: int) -> Dataset:
+    """This node's training samples only, in the order ``baffle run``'s client ``partition_id`` holds them.
+
+    The first call on a machine loads the training split (never the test set), partitions it exactly as
+    the simulator does and keeps only this partition, written to ``$BAFFLE_CACHE/flower-partitions/`` (one
+    .npz per partition); every later call (each message of a deployment starts a new ClientApp process)
+    reads that file alone, so a node holds its partition, not the dataset.
+    """
+    return _partition_data(data_key(cfg), partition_id, num_partitions)
+
+
+@lru_cache(maxsize=4)
+def _partition_data(key: str, partition_id: int, num_partitions: int) -> Dataset:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    target = cache_dir() / "flower-partitions" / f"{digest}-{partition_id}-of-{num_partitions}.npz"
+
+    def build() -> dict[str, np.ndarray]:
+        k = json.loads(key)
+        cfg = Config.from_dict({"run": k["run"], "data": k["data"]})
+        train, _ = load_train(cfg)
+        d = cfg.data
+        parts = partition(train.y.numpy(), num_partitions, d.partition, alpha=d.alpha, shards_per_client=d.shards_per_client,
+                          seed=cfg.run.seed)
+        mine = train.subset(parts[partition_id])
+        return {"x": mine.x.numpy(), "y": mine.y.numpy(), "num_classes": np.int64(train.num_classes),
+                "name": np.str_(train.name), "classes": np.array(list(train.classes), dtype=np.str_)}
+
+    a = cached_arrays(target, build)
+    return Dataset(x=a["x"], y=a["y"], num_classes=int(a["num_classes"]), name=str(a["name"]),
+                   classes=tuple(str(c) for c in a["classes"]))
 
 
 def client_seed(run_seed: int, partition_id: int) -> int:
@@ -86,17 +117,15 @@ class Node:
     """One invocation's view of a node; state in/out through a plain dict (the ConfigRecord)."""
 
     def __init__(self, cfg: Config, ident: NodeIdentity, state: Mapping[str, Any] | None = None):
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
         self.cfg = cfg
         self.ident = ident
-        train, parts = _partition_data(data_key(cfg), ident.num_partitions)
+        train = partition_data(cfg, ident.partition_id, ident.num_partitions)  # this partition only
         self.train = train
         self.model = build_model_for(cfg, train)
         self.client = Client(
             ident.partition_id,
             train,
-            parts[ident.partition_id],
+            np.arange(len(train)),  # the partition's samples, in the simulator client's order
             self.model,
             batch_size=cfg.federation.batch_size,
             seed=client_seed(cfg.run.seed, ident.partition_id),
@@ -104,6 +133,8 @@ class Node:
             engine=make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb),
             transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
         )
+        # run.threads, or the rule of baffle.engine.threads for this node's one client
+        torch.set_num_threads(intra_op_threads(cfg, self.model, self.client.engine, tuple(train.x.shape[1:]), 1))
         self.state: dict[str, Any] = dict(state or {})
         if "sampler-epoch" in self.state:
             self.client.sampler.load_state_dict({"epoch": self.state["sampler-epoch"], "position": self.state["sampler-position"]})

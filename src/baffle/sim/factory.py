@@ -30,25 +30,37 @@ log = logging.getLogger("baffle")
 
 
 def load_data(cfg: Config) -> tuple[Dataset, Dataset]:
+    train, rng = load_train(cfg)
+    test = _task(cfg, load_dataset(cfg.data.name, split="test", root=cfg.data.root or None, image_size=cfg.data.image_size or None))
+    n = cfg.data.test_subset
+    if n and n < len(test):  # drawn after the training subset, from the same stream
+        test = test.subset(np.sort(rng.choice(len(test), n, replace=False)))
+    return train, test
+
+
+def load_train(cfg: Config) -> tuple[Dataset, np.random.Generator]:
+    """The training split of ``load_data`` alone (a Flower node never loads the test set), and the
+    subset stream positioned where ``load_data`` draws the test subset from."""
     d = cfg.data
     size = d.image_size or None
-    root = d.root or None
-    train = load_dataset(d.name, split="train", root=root, image_size=size)
-    test = load_dataset(d.name, split="test", root=root, image_size=size)
+    train = _task(cfg, load_dataset(d.name, split="train", root=d.root or None, image_size=size))
     native = DATASET_INFO[d.name].native_size if d.name in DATASET_INFO else None
     if size and native and native > 28 and size < native:  # the 14x14 default is tuned for the 28x28 sets
         log.warning("data.image_size=%d downsamples %s's %dx%d images; set data.image_size=0 for the native size",
                     size, d.name, native, native)
-    if d.classes or d.transform != "none":  # a shifted task for fine-tuning (baffle.data.tasks)
-        from baffle.data.tasks import task_view
-
-        train, test = task_view(train, d.transform, d.classes), task_view(test, d.transform, d.classes)
     rng = streams.rng(cfg.run.seed, streams.DATA_SUBSET)
     if d.train_subset and d.train_subset < len(train):
         train = train.subset(np.sort(rng.choice(len(train), d.train_subset, replace=False)))
-    if d.test_subset and d.test_subset < len(test):
-        test = test.subset(np.sort(rng.choice(len(test), d.test_subset, replace=False)))
-    return train, test
+    return train, rng
+
+
+def _task(cfg: Config, ds: Dataset) -> Dataset:
+    d = cfg.data
+    if d.classes or d.transform != "none":  # a shifted task for fine-tuning (baffle.data.tasks)
+        from baffle.data.tasks import task_view
+
+        return task_view(ds, d.transform, d.classes)
+    return ds
 
 
 def build_model_for(cfg: Config, data: Dataset) -> torch.nn.Module:
