@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from baffle.protocol.schemes import forward_passes
+from baffle.methods import get_method
 from baffle.config import Config, ConfigError
 from baffle.records.tables import markdown_table, percent
 
@@ -205,11 +205,9 @@ def make_config(spec: RunSpec, extra: list[str], where: str = "") -> Config:
                 options[short] = int(value)
             else:
                 cfg.apply_overrides([item])
-        if "forward_budget" in options and cfg.run.method in ("baffle", "baffle_local"):
-            e = cfg.estimator
-            per_round = forward_passes(e.K, e.scheme)
-            if cfg.run.method == "baffle_local":
-                per_round *= cfg.federation.local_steps
+        method = get_method(cfg.run.method)
+        if "forward_budget" in options and not method.backprop:
+            per_round = method.per_round_costs(cfg, 0, 0)[1]  # forward passes per client per round
             cfg.run.rounds = max(1, round(options["forward_budget"] / per_round))  # nearest: equal cost within half a round
         if "evals" in options:
             cfg.run.eval_every = max(1, math.ceil(cfg.run.rounds / options["evals"]))
