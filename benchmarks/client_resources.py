@@ -141,8 +141,9 @@ def main() -> None:
                   f"peak {row['peak_rss_mb']:7.1f} MB  (+{row['step_peak_increment_mb']:.1f} MB in steps)  torch={row['torch_imported']}", flush=True)
     result = {"K": args.K, "batch_size": args.batch, "sigma": args.sigma, "prune": args.prune, "steps": args.steps,
               "model": "lenet", "dataset": "mnist (28x28)", "threads": 1, "loadavg_1m_at_end": os.getloadavg()[0], "rows": rows}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    from baffle.records.results import write_json  # here, not at the top: the --child processes must not import torch
+
+    write_json(OUT, result)
 
 
 if __name__ == "__main__":

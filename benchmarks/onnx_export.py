@@ -16,11 +16,9 @@ Writes benchmarks/results/onnx_export.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -32,8 +30,9 @@ from baffle.export import export_onnx, numpy_weights
 from baffle.models import build_model
 from baffle.onnx_client import check_weights
 from baffle.onnx_session import make_session
+from baffle.records.results import results_dir, write_json
 
-OUT = Path(__file__).resolve().parent / "results" / "onnx_export.json"
+OUT = results_dir(__file__) / "onnx_export.json"
 
 
 def median_time(fn, reps: int) -> float:
@@ -114,8 +113,7 @@ def main() -> None:
         print(f"{r['model']}: inputs graph {a['graph_bytes_once']} B once + {a['bytes_per_round']} B/round, "
               f"run {a['per_perturbation_s'] * 1e3:.2f} ms/perturbation | re-export {b['bytes_per_round']} B/round, "
               f"export {b['export_s_per_round'] * 1e3:.0f} ms/round, rebuild {b['per_perturbation_s'] * 1e3:.1f} ms/perturbation")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"reps": args.reps, "threads": 1, "loadavg_1m_at_end": os.getloadavg()[0], "rows": rows}, indent=1) + "\n")
+    write_json(OUT, {"reps": args.reps, "threads": 1, "loadavg_1m_at_end": os.getloadavg()[0], "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ fast with 5.5x fewer parameters, and the zeroth-order estimator's error grows wi
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from baffle.config import Config
 from baffle.models import num_parameters
+from baffle.records.results import write_json
 from baffle.sim.factory import build_model_for, load_data
 from baffle.sim.evaluate import evaluate
 
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                      "image_size": cfg.data.image_size, "curve": curve, "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{name:12s} {rows[-1]['params']:6d} params  " + "  ".join(f"{c['step']}: {100 * c['test_acc']:.2f}%" for c in curve))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"optimizer": "adam lr 1e-2 batch 64, single process (not federated)", "rows": rows}, indent=1) + "\n")
+    write_json(out, {"optimizer": "adam lr 1e-2 batch 64, single process (not federated)", "rows": rows})
     print(f"wrote {out}")
     return 0
 

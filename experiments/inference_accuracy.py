@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from baffle.config import Config
+from baffle.records.results import results_dir, write_json
 from baffle.sim.loop import Simulation
 
-OUT = Path(__file__).resolve().parent / "results" / "inference_accuracy"
+OUT = results_dir(__file__) / "inference_accuracy"
 
 BASE = [
     "data.name=mnist",
@@ -65,7 +65,7 @@ def run(name: str, rounds: int) -> dict:
     result = {"run": name, "settings": settings, "summary": summary, "history": [
         {k: h[k] for k in ("round", "test_acc", "test_loss", "wall_s")} for h in history
     ], "wall_s": round(time.perf_counter() - t0, 1)}
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(OUT / f"{name}.json", result)
     for junk in ("checkpoint.pt", "curves.png", "config.toml", "summary.json", "metrics.jsonl"):
         (out_dir / junk).unlink(missing_ok=True)
     out_dir.rmdir()

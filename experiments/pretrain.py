@@ -14,7 +14,6 @@ model.activation, model.norm, run.seed), so the saved weights fit the fine-tunin
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from baffle.config import Config
 from baffle.protocol import streams
+from baffle.records.results import write_json
 from baffle.sim.factory import build_model_for, load_data
 from baffle.sim.evaluate import evaluate
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
     info["config"] = {"data": cfg.to_dict()["data"], "model": cfg.to_dict()["model"]}
-    out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    write_json(out.with_suffix(".json"), info)
     print(f"source-task test accuracy {100 * info['source_test_acc']:.2f}% after {args.steps} steps; wrote {out}")
     return 0
 

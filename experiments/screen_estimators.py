@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from baffle.data.registry import load_dataset
 from baffle.models import build_model
 from baffle.shaping import shape_diffs
 from baffle.reconstruct import reconstruct
+from baffle.records.results import write_json
 
 VARIANTS = {"plain": ("none", "none"), "baseline": ("mean", "none"), "rank": ("none", "rank"), "baseline+rank": ("mean", "rank")}
 
@@ -81,8 +81,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     ideal = float(np.sqrt(args.K / (args.K + n)))  # E cos of the projected-gradient estimate, (1/K) sum (eps.g) eps
     out = {"n_params": n, "ideal_forward_cos_approx": ideal, "reps": args.reps, "rows": rows, "seconds": time.perf_counter() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.out, out)
     print(f"wrote {args.out} ({out['seconds']:.0f} s); cos of the sigma->0 limit at K={args.K}: ~{ideal:.3f}")
 
 

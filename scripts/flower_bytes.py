@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from collections import defaultdict
 from pathlib import Path
 

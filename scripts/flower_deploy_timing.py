@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from baffle.records.results import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ('data-name="synthetic" data-train-subset=200 data-test-subset=100 estimator-k=4 estimator-engine="loop" '
         'run-eval-every=1 round-timeout-s=120.0 node-wait-s=60.0 model-name="lenet" data-image-size=0 '
@@ -52,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                          "load_avg_1min_start": load0, "load_avg_1min_end": os.getloadavg()[0],
                          "result": {k: res[k] for k in ("mode", "rounds_done", "failures", "skipped_rounds", "up_bytes_per_msg")} if res else None})
             print(rows[-1], flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(a.out, rows, indent=2)
     return 0 if all(r["exit_code"] == 0 for r in rows) else 1
 
 

@@ -1,33 +1,28 @@
 """Crash safety: SIGKILL ``baffle run`` at random points, ``--resume``, get the uninterrupted run exactly.
 
-The harness lives in benchmarks/crash_trials.py (which also writes the figures in docs/robustness.md).
+The harness is baffle.testing.crash (benchmarks/crash_trials.py runs it for the figures in docs/robustness.md).
 Each restart pays a Python + torch start-up, so CI runs one trial; the slow test runs ten.
 """
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from baffle import cli
 from baffle.records import checkpoint
-
-_spec = importlib.util.spec_from_file_location("crash_trials", Path(__file__).parent.parent / "benchmarks" / "crash_trials.py")
-crash_trials = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(crash_trials)
+from baffle.testing import crash
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    return crash_trials.reference_run(tmp_path_factory.mktemp("ref"))
+    return crash.reference_run(tmp_path_factory.mktemp("ref"))
 
 
 def _trial(reference, directory, seed, max_kills):
-    out, kills = crash_trials.killed_run(directory, np.random.default_rng(seed), max_kills)
-    same, metrics_ok, why = crash_trials.compare(reference, out)
+    out, kills = crash.killed_run(directory, np.random.default_rng(seed), max_kills)
+    same, metrics_ok, why = crash.compare(reference, out)
     assert same and metrics_ok, why
     return kills
 

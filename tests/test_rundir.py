@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,7 @@ import pytest
 from baffle import cli
 from baffle.config import Config
 from baffle.records import rundir
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tinycfg import tiny  # noqa: E402
+from baffle.testing import tiny
 
 FLAGS = ["--no-progress", "--no-preflight"]
 
