@@ -44,14 +44,11 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never let Flower `uv sy
 export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"  # default 1 s per hop
 LOGS="$FLWR_HOME/logs"; mkdir -p "$LOGS"
 PIDS=()
+source "$REPO/scripts/flower_procs.sh"
 
 cleanup() {
   local code=$?
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
+  [[ ${#PIDS[@]} -gt 0 ]] && stop_groups "${PIDS[@]}"  # each process's group and its SuperExecs' (flower_procs.sh)
   if [[ $code -ne 0 ]]; then
     echo "deploy_local.sh: failed (exit $code); last log lines:" >&2
     for f in "$LOGS"/*.log; do [[ -f "$f" ]] && { echo "== $f" >&2; tail -n 15 "$f" >&2; }; done
@@ -72,7 +69,7 @@ fi
 "$BIN/python" -m baffle.flower.connections --address "127.0.0.1:$PORT" "${ROOT_CERT[@]}" >/dev/null
 
 LINK_AUTH=(); [[ $AUTH -eq 1 ]] && LINK_AUTH=(--enable-supernode-auth)
-flower-superlink "${LINK_TLS[@]}" "${LINK_AUTH[@]}" --host 127.0.0.1 --port "$PORT" --disable-runtime-dependency-installation \
+setsid flower-superlink "${LINK_TLS[@]}" "${LINK_AUTH[@]}" --host 127.0.0.1 --port "$PORT" --disable-runtime-dependency-installation \
   >"$LOGS/superlink.log" 2>&1 &
 PIDS+=($!)
 for i in $(seq 1 60); do
@@ -89,7 +86,7 @@ for ((i = 0; i < NODES; i++)); do
   NODE_AUTH=(); [[ $AUTH -eq 1 ]] && NODE_AUTH=(--auth-supernode-private-key "$CERTS/node-keys/node_$i")
   cfg="partition-id=$i num-partitions=$NODES"
   if [[ -n "$FAIL" && "${FAIL%%:*}" == "$i" ]]; then cfg="$cfg fail-at-round=${FAIL##*:}"; fi
-  flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + 1 + i))" \
+  setsid flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + 1 + i))" \
     --node-config "$cfg" >"$LOGS/supernode-$i.log" 2>&1 &
   PIDS+=($!)
 done

@@ -36,3 +36,19 @@ def as_cli(config: dict[str, Any]) -> str:
     from baffle.config.values import toml_value
 
     return " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print DOCS_TASK as `flwr run --run-config` pairs, or with --set as flower_compare.py arguments."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--set"]:
+        print(" ".join(f"--set {pair}" for pair in as_cli(DOCS_TASK).split()))
+    else:
+        print(as_cli(DOCS_TASK))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

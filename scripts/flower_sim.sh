@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Flower simulation (Ray) of the baffle app: `flwr run . local-simulation`, with the SuperLink stopped at
-# the end. flwr 1.42 would otherwise start a detached local SuperLink that outlives the run.
+# Flower simulation (Ray) of the baffle app: `flwr run . local-simulation` with NODES virtual nodes, on a
+# SuperLink this script owns and stops at the end with every process it started (flwr 1.42 would otherwise
+# start a detached local SuperLink that outlives the run). Exits non-zero when the run did not complete
+# (flwr run itself exits 0 for a failed run).
 #
-#   scripts/flower_sim.sh [-n NODES] [-- FLWR_RUN_ARGS...]     e.g. -- -c 'num-server-rounds=5'
+#   scripts/flower_sim.sh [-n NODES] [-- FLWR_RUN_ARGS...]     e.g. -- --run-config 'num-server-rounds=5'
 #
 # Environment: FLWR_HOME (default: a fresh temporary directory, removed at the end), FLWR_BIN (default
 # the repo's .venv/bin). The SuperLink uses the ports flwr's local-simulation connection expects
@@ -15,7 +17,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     -n) NODES="$2"; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "flower_sim.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -26,22 +28,19 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never let Flower `uv sy
 HTTP_PORT="${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}"
 CONTROL_PORT="${FLWR_LOCAL_CONTROL_API_PORT:-39093}"
 LINK=""
+source "$REPO/scripts/flower_procs.sh"
 cleanup() {
   local code=$?
-  if [[ -n "$LINK" ]]; then
-    kill "$LINK" 2>/dev/null || true
-    for _ in $(seq 1 20); do kill -0 "$LINK" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$LINK" 2>/dev/null || true
-  fi
+  [[ -n "$LINK" ]] && stop_groups "$LINK"
   [[ $OWN_HOME -eq 1 ]] && rm -rf "$FLWR_HOME"
   exit $code
 }
 trap cleanup EXIT INT TERM
 
-"$BIN/python" -m baffle.flower.connections --num-supernodes "$NODES" >/dev/null
+"$BIN/python" -m baffle.flower.connections >/dev/null
 mkdir -p "$FLWR_HOME/local-superlink"
 # the same command flwr uses for its managed local SuperLink, but owned (and stopped) by this script
-flower-superlink --insecure --simulation --isolation subprocess --control-api-address "127.0.0.1:$CONTROL_PORT" \
+setsid flower-superlink --insecure --simulation --isolation subprocess --control-api-address "127.0.0.1:$CONTROL_PORT" \
   --host 127.0.0.1 --port "$HTTP_PORT" --disable-runtime-dependency-installation \
   >"$FLWR_HOME/local-superlink/superlink.log" 2>&1 &
 LINK=$!
@@ -51,4 +50,15 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 cd "$REPO"
-flwr run . local-simulation --stream "$@"
+FED="$("$BIN/python" -c "from baffle.flower.connections import federation_config as f; print(f($NODES))")"
+set +e
+flwr run . local-simulation --stream --federation-config "$FED" "$@" 2>&1 | tee "$FLWR_HOME/flwr-run.log"
+RC=${PIPESTATUS[0]}
+set -e
+[[ $RC -eq 0 ]] || { echo "flower_sim.sh: flwr run exited with $RC" >&2; exit "$RC"; }
+RUN_ID="$(grep -o 'Successfully started run [0-9]*' "$FLWR_HOME/flwr-run.log" | tail -1 | awk '{print $4}')"
+[[ -n "$RUN_ID" ]] || { echo "flower_sim.sh: the run did not start" >&2; exit 1; }
+STATUS="$(flwr ls local-simulation --run-id "$RUN_ID" --format json \
+  | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["runs"][0]["status"])')"
+[[ "$STATUS" == "finished:completed" ]] || { echo "flower_sim.sh: run $RUN_ID ended as $STATUS" >&2; exit 1; }
+echo "flower_sim.sh: run $RUN_ID $STATUS"

@@ -89,3 +89,64 @@ def test_tls_auth_secagg_deployment_with_a_dropout(tmp_path):
     assert res["skipped_rounds"] == 0 and res["failures"] == 1  # node 1 raised in round 1; the round went on
     assert "--enable-supernode-auth" in (REPO / "scripts" / "deploy_local.sh").read_text()
     print(f"TLS + node auth + SecAgg+ deployment took {took:.0f} s")
+
+
+def test_connections_use_flowers_current_format(tmp_path):
+    """No `options.` in the connection (flwr 1.42 warns on every run); other entries are kept."""
+    from flwr.cli.flower_config import parse_superlink_connection
+
+    from baffle.flower.connections import federation_config, write_connections
+
+    (tmp_path / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
+    path = write_connections(tmp_path)
+    import tomllib
+
+    data = tomllib.loads(path.read_text())["superlink"]
+    assert data["default"] == "local" and data["local"] == {"address": ":local:"}
+    assert data["local-simulation"] == {"address": ":local:"}
+    assert data["local-deployment"] == {"address": "127.0.0.1:9093", "insecure": True}
+    for name in ("local-simulation", "local-deployment"):
+        conn = parse_superlink_connection(data[name], name)
+        assert conn.options is None and conn.address == data[name]["address"]
+    assert federation_config(10) == "num-supernodes=10 client-resources-num-cpus=1"
+
+
+def test_certs_help_writes_nothing(tmp_path):
+    for args in (["--help"], []):
+        proc = subprocess.run([str(BIN / "python"), "-m", "baffle.flower.certs", *args], cwd=tmp_path, capture_output=True, text=True)
+        assert ("usage:" in proc.stdout) if args else (proc.returncode == 2 and "usage:" in proc.stderr)
+    assert list(tmp_path.iterdir()) == []
+    proc = subprocess.run([str(BIN / "python"), "-m", "baffle.flower.certs", str(tmp_path / "c"), "1"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ca.crt", "ca.key", "node-keys", "server.key", "server.pem"]
+
+
+def _flwr_processes(port: int) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()
+    return [ln for ln in ps if (f":{port}" in ln or "ClientAppActor" in ln or "flwr-simulation" in ln) and " Z" not in ln]
+
+
+def simulate(tmp_path: Path, run_config: str, timeout: int) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """scripts/flower_sim.sh: `flwr run . local-simulation` (Ray) with 2 nodes on free ports."""
+    port = free_port_block(2)
+    env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr-home"), FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port),
+               FLWR_LOCAL_CONTROL_API_PORT=str(port + 2))
+    cmd = [str(REPO / "scripts" / "flower_sim.sh"), "-n", "2", "--", "--run-config", run_config]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc, _flwr_processes(port)
+
+
+@pytest.mark.slow  # Ray start-up: ~1 min on an idle 2-core machine, several when it is shared
+def test_flwr_run_local_simulation_trains_fails_loudly_and_leaves_nothing(tmp_path):
+    out = tmp_path / "result"
+    tiny = ('num-server-rounds=2 run-eval-every=1 run-threads=1 data-name="synthetic" data-train-subset=200 '
+            'data-test-subset=100 estimator-k=4 estimator-engine="loop"')
+    proc, left = simulate(tmp_path, f'{tiny} result-dir="{out}"', timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert not left, left
+    res = json.loads((out / "result.json").read_text())
+    assert res["rounds_done"] == 2 and res["num_partitions"] == 2 and res["failures"] == 0
+    # a run whose ServerApp fails (an invalid value) exits non-zero, and leaves nothing behind either
+    proc, left = simulate(tmp_path, tiny.replace("estimator-k=4", "estimator-k=0"), timeout=600)
+    assert proc.returncode != 0 and "ended as finished:failed" in proc.stderr, (proc.stdout + proc.stderr)[-4000:]
+    assert not left, left

@@ -30,7 +30,7 @@ FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.c
 # `baffle run` keys that are not app keys, and why (delete an entry when the Flower path implements it)
 NOT_ON_FLOWER: dict[str, str] = {
     "run.method": "the Flower app runs the scalar-upload protocol (run.method='baffle') only",
-    "run.checkpoint_every": "a Flower run writes no checkpoint yet",
+    "run.checkpoint_every": "a Flower run writes one checkpoint, at the end (no periodic checkpoints, no resume yet)",
     "data.num_clients": "the number of partitions is the nodes' num-partitions (their node config)",
     "data.eval_train_samples": "the Flower server scores the test set only (no train_loss metric)",
     "model.prune": "the Flower nodes do not apply the server's pruning mask yet",
