@@ -33,7 +33,7 @@ import numpy as np
 from baffle.protocol import streams
 from baffle.protocol.messages import Upload
 
-MODES = ("none", "local", "central")
+from baffle.config.choices import PRIVACY_MODES as MODES  # the one list of valid choices per key
 
 
 def clip_l2(vector: np.ndarray, clip: float) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from baffle.protocol import streams
 from baffle.protocol.messages import Upload
 
-ATTACKS = ("none", "scale_neg10", "scale_100", "noise", "sign_flip")
+from baffle.config.choices import ATTACKS  # the one list of valid choices per key
 _SCALES = {"scale_neg10": -10.0, "scale_100": 100.0, "sign_flip": -1.0}
 _NOISE_RMS_FACTOR = 10.0
 
