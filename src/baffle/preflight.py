@@ -45,7 +45,7 @@ BOUNDS: dict[str, tuple[int, str]] = {
 
 # (train, test) samples of each dataset as loaded (before data.train_subset/test_subset)
 DATASET_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
-                 "cifar100": (50_000, 10_000), "synthetic": (2_000, 500)}
+                 "cifar100": (50_000, 10_000), "synthetic": (2_000, 500), "cifar10_jpeg": (50_000, 10_000)}
 
 
 class PreflightError(ConfigError):
@@ -134,11 +134,11 @@ def _model_cost(cfg: Config, channels: int, classes: int, size: int) -> tuple[in
 
 def estimate(cfg: Config) -> Estimate:
     """Peak memory and a lower bound on compute time of ``cfg`` (validated), without loading anything."""
-    from baffle.data.registry import DATASET_INFO
+    from baffle.data.registry import dataset_info
     from baffle.protocol.schemes import forward_passes
 
     d, e, f, r = cfg.data, cfg.estimator, cfg.federation, cfg.run
-    info = DATASET_INFO[d.name]
+    info = dataset_info(d.name, d.root)  # data.name=imagefolder: read from the data (decoded once, cached)
     size = d.image_size or info.native_size
     classes = len(d.classes) if d.classes else info.num_classes
     n_train, n_test = DATASET_SIZES.get(d.name, (60_000, 10_000))

@@ -53,10 +53,12 @@ def validate(d: DataConfig, cfg: "Config") -> None:
     nonneg("data.test_subset", d.test_subset)
     nonneg("data.eval_train_samples", d.eval_train_samples)
     choice("data.transform", d.transform, TRANSFORMS)
-    if d.classes:
+    if d.classes and d.name in NUM_CLASSES:  # imagefolder: checked when the data is loaded
         check_classes(d.classes, NUM_CLASSES[d.name])
     if d.name in ("cifar10", "cifar100") and not d.root:
         raise ConfigError(
             f"data.name={d.name} needs data.root: no CIFAR data ships with baffle; download the python "
             "version of the dataset and pass --set data.root=DIR"
         )
+    if d.name in ("cifar10_jpeg", "imagefolder") and not d.root:
+        raise ConfigError(f"data.name={d.name} needs data.root: a directory or .tar/.tar.gz archive in ImageFolder layout (<split>/<class>/<image>)")

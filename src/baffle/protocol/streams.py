@@ -20,11 +20,13 @@ hostile clients of a run           ``[run_seed, ATTACKERS, num_clients]``       
 attack noise                       ``[run_seed, ATTACK_NOISE, round, client_id]``  ``attacks.corrupt``
 client failures and delays         ``[run_seed, FAULTS, round, client_id]``        ``faults.client_draws``
 DP noise                           ``[run_seed, DP_NOISE, round, stream + 1]``     ``privacy.gaussian_noise``
+server's trusted root batch        ``[run_seed, TRUST_ROOT]``                      ``sim.factory.attach_trust``
 epoch permutation of a sampler     ``[sampler_seed, epoch]``                       ``sampler.BatchSampler``
 client partition                   ``run_seed`` (plain)                            ``data.partition``
 synthetic task templates           ``[data_seed, SYNTHETIC_TEMPLATES]``            ``data.synthetic``
 synthetic samples                  ``[data_seed, split_code, num_samples]``        ``data.synthetic``
 CIFAR fixture images               ``[fixture_seed, CIFAR_FIXTURE]``               ``data.fixtures``
+ImageFolder fixture images         ``[fixture_seed, IMAGEFOLDER_FIXTURE]``         ``data.fixtures``
 =================================  ==============================================  ============================
 
 torch streams (not numpy, listed for completeness): model initialisation is ``torch.manual_seed(run_seed)``
@@ -50,8 +52,10 @@ ATTACKERS = 7  # with num_clients appended, so it differs from PRETRAIN's [run_s
 ATTACK_NOISE = 8
 FAULTS = 9
 DP_NOISE = 10
+TRUST_ROOT = 11
 SYNTHETIC_TEMPLATES = 0x5EED
 CIFAR_FIXTURE = 0xC1FA
+IMAGEFOLDER_FIXTURE = 0x1F01
 
 
 def rng(seed: int, tag: int, *extra: int) -> np.random.Generator:
