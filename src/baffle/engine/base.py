@@ -105,11 +105,6 @@ def direction_writer(seed: int | np.integer, kind: str = DEFAULT_NOISE) -> Calla
     return fill_v2
 
 
-def directions(seeds: Seeds, n: int, kind: str = DEFAULT_NOISE) -> np.ndarray:
-    """A (len(seeds), n) stack of directions of ``kind`` (the batched engine's bounded chunk)."""
-    return noise_spec.directions(seeds, n, kind)
-
-
 class Perturber:
     """Writes W + scale*eps_k into the selected parameters in place, tensor by tensor, and restores W exactly.
 

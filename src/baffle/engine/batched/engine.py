@@ -3,10 +3,9 @@
 The reference loop runs K+1 (or 2K) separate forwards of one minibatch. Each is a small computation (a
 LeNet forward at batch 32 is ~0.3 GFLOP) paid with the full per-call overhead of every layer. Here a chunk
 of P perturbed models runs as ONE model whose every layer is P times wider (:mod:`.kernels`), interpreted
-from an fx trace (:mod:`.program`); the P weight sets are ``W + c_p * eps_p`` written from seeded
-directions generated chunk by chunk, so at most one chunk of directions is ever held, and P comes from a
-memory budget (:mod:`.planner`). A model the interpreter cannot batch is run with the reference loop.
-The result equals the loop's to float32 rounding (``tests/test_batched.py``).
+from an fx trace (:mod:`.program`); the P weight sets are ``W + c_p * eps_p``, written tensor by tensor
+straight from each seed's direction stream (no chunk-of-directions block beside them), and P comes from a
+memory budget (:mod:`.planner`). A model the interpreter cannot batch is run with the reference loop. The result equals the loop's to float32 rounding (``tests/test_batched.py``).
 
 The same pass evaluates the perturbed models on several clients' minibatches concatenated
 (:meth:`BatchedEngine.multi_client`): all clients of a simulated round share the seeds, so one pass serves
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, directions
+from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
 from baffle.engine.batched.kernels import Unsupported, lift
 from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
 from baffle.engine.batched.program import Program
@@ -187,14 +186,18 @@ class BatchedEngine(Engine):
                 c_idx, c_sign = idx[start : start + P], sign[start : start + P]
                 m = len(c_idx)
                 dirs = np.unique(c_idx[c_idx >= 0])
-                D = torch.from_numpy(directions(seeds[dirs], n, noise)) if len(dirs) else torch.zeros(1, n)
                 local = torch.from_numpy(np.searchsorted(dirs, np.maximum(c_idx, 0)) if len(dirs) else np.zeros(m, np.int64))
                 coef = torch.tensor(c_sign * sigma, dtype=torch.float32).view(m, 1)
-                E = D.index_select(0, local) if len(dirs) != m or len(dirs) == 0 else D
+                # the chunk's directions are written tensor by tensor, each straight from its seed's stream,
+                # so no (directions x n) block exists beside the (members x n) perturbed weights
+                writers = [direction_writer(seeds[d], noise) for d in dirs]
                 weights = {}
                 for i, (p, flat) in enumerate(zip(plist, flats)):
-                    w = torch.addcmul(flat.unsqueeze(0), coef, E[:, offsets[i] : offsets[i + 1]])
-                    weights[id(p)] = w.view(m, *p.shape)
+                    D = torch.empty(len(dirs), p.numel()) if len(dirs) else torch.zeros(1, p.numel())
+                    for j, fill in enumerate(writers):
+                        fill(D[j].numpy())
+                    E = D.index_select(0, local) if len(dirs) != m or len(dirs) == 0 else D
+                    weights[id(p)] = torch.addcmul(flat.unsqueeze(0), coef, E).view(m, *p.shape)
                 del D, E
                 parts = []
                 for b0 in range(0, x.shape[0], sub):
