@@ -29,4 +29,10 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
         echo "[setup] note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist to add it)"
     fi
 fi
-echo "[setup] ready: .venv/bin/baffle --help"
+# Flower: every Python of this venv (so `flwr run`'s managed SuperLink too) defaults to running the app in this
+# venv instead of letting Flower `uv sync` its dependencies (torch: a multi-GB CUDA build) into a fresh one
+# per run; and the local-simulation / local-deployment connections in $FLWR_HOME/config.toml (docs/flower.md).
+SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo 'import os; os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")' > "$SITE/baffle_flower_env.pth"
+.venv/bin/python -m baffle.flower.connections
+echo "[setup] ready: .venv/bin/baffle --help; .venv/bin/flwr run . local-simulation (docs/flower.md)"
