@@ -58,6 +58,7 @@ change in numpy's normal sampler, or a slip in a reimplementation, fails before 
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -81,6 +82,19 @@ _MASK64 = (1 << 64) - 1
 _STEPS = np.arange(BLOCK, dtype=np.uint64) * np.uint64(GAMMA)  # k * GAMMA mod 2^64, k < BLOCK
 # Byte value -> the eight +-1 entries of its bits, least significant bit first.
 _SIGN_TABLE = (1.0 - 2.0 * ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1)).astype(np.float32)
+_local = threading.local()
+
+
+def _scratch(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two uint64 work buffers of length m (<= BLOCK // 2), reused per thread.
+
+    Why: a fresh 256 KiB array per call is an mmap plus page faults each time, which at K directions x
+    n / BLOCK blocks per reconstruction cost more than the arithmetic.
+    """
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = (np.empty(BLOCK // 2, dtype=np.uint64), np.empty(BLOCK // 2, dtype=np.uint64))
+    return bufs[0][:m], bufs[1][:m]
 
 
 def check_kind(kind: str) -> str:
@@ -137,8 +151,7 @@ def _le_view(w: np.ndarray, dtype: type) -> np.ndarray:
 def _rademacher_into(seed: int, offset: int, out: np.ndarray, table: np.ndarray) -> None:
     n = len(out)
     per_block = BLOCK // 64
-    z = np.empty(per_block, dtype=np.uint64)
-    tmp = np.empty(per_block, dtype=np.uint64)
+    z, tmp = _scratch(min(per_block, n // 64 + 2))
     pos = 0
     while pos < n:
         i = offset + pos
@@ -154,8 +167,7 @@ def _rademacher_into(seed: int, offset: int, out: np.ndarray, table: np.ndarray)
 def _rademacher_aligned_into(seed: int, offset: int, out: np.ndarray, table: np.ndarray) -> None:
     """Fast path: ``offset`` and ``len(out)`` multiples of 64, signs written straight into ``out``."""
     per_block = BLOCK // 64
-    z = np.empty(per_block, dtype=np.uint64)
-    tmp = np.empty(per_block, dtype=np.uint64)
+    z, tmp = _scratch(min(per_block, len(out) // 64))
     j0 = offset // 64
     total = len(out) // 64
     for a in range(0, total, per_block):
@@ -167,8 +179,7 @@ def _rademacher_aligned_into(seed: int, offset: int, out: np.ndarray, table: np.
 def _gauss_into(seed: int, offset: int, out: np.ndarray) -> None:
     n = len(out)
     per_block = BLOCK // 2
-    z = np.empty(per_block, dtype=np.uint64)
-    tmp = np.empty(per_block, dtype=np.uint64)
+    z, tmp = _scratch(min(per_block, n // 2 + 2))
     pos = 0
     while pos < n:
         i = offset + pos
