@@ -78,3 +78,9 @@ def test_flower_checkpoint_initialises_a_run(tmp_path):
     model = build_model_for(cfg, train)
     result = json.loads((flower / "result.json").read_text())
     assert server_core.weights_digest(model.state_dict()).hex() == result["weights_sha256"]
+
+
+def test_fltrust_on_flower_matches_the_simulator(tmp_path):
+    flower, _, digest = _flower_and_inprocess(tmp_path, "trust", **{"federation-aggregator": "fltrust",
+                                                                     "federation-trust-root-samples": 32})
+    assert json.loads((flower / "result.json").read_text())["weights_sha256"] == digest

@@ -38,6 +38,7 @@ CASES: dict[str, dict] = {
     "median": {"federation.aggregator": "median", "data.num_clients": 6},
     "trimmed_mean": {"federation.aggregator": "trimmed_mean", "federation.trim_fraction": 0.2, "data.num_clients": 6},
     "clipped_mean": {"federation.aggregator": "clipped_mean"},
+    "fltrust": {"federation.aggregator": "fltrust", "federation.attack": "sign_flip", "federation.attack_fraction": 0.25},
     "multi_krum": {"federation.aggregator": "multi_krum", "federation.trim_fraction": 0.34, "data.num_clients": 6},
     "faults_attack_sampling": {"federation.clients_per_round": 0.75, "federation.dropout_rate": 0.2,
                                "federation.attack": "sign_flip", "federation.attack_fraction": 0.25},

@@ -14,13 +14,15 @@ DEVICES: tuple[str, ...] = ("cpu",)  # run.device: every engine runs on the CPU 
 
 # [data]
 #: number of classes of each dataset: data.classes is checked against it without loading any data
-NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10, "cifar10_jpeg": 10}
+NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10, "cifar10_jpeg": 10, "vader": 2}
 DATASET_NAMES: tuple[str, ...] = tuple(NUM_CLASSES) + ("imagefolder",)  # imagefolder: classes known once loaded
-PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shard")
+TEXT_DATASETS: tuple[str, ...] = ("vader",)  # sentences as token ids + mask (baffle.data.text): the text models' input
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shard", "domain")  # domain: the data's natural groups (vader)
 TRANSFORMS: tuple[str, ...] = ("none", "invert", "rotate90", "hflip")
 
 # [model]
 MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small")
+TEXT_MODEL_NAMES: tuple[str, ...] = ("minilm", "bert_tiny")  # BERT text classifiers (baffle.nlp): text datasets only
 MODEL_ALIASES: dict[str, str] = {"wrn-10-2": "wrn10_2"}  # alternative spelling -> canonical name
 ACTIVATIONS: tuple[str, ...] = ("hardswish", "relu", "gelu")
 NORMS: tuple[str, ...] = ("group", "batch", "none")
@@ -35,7 +37,7 @@ SHAPINGS: tuple[str, ...] = ("none", "rank")
 NOISE_KINDS: tuple[str, ...] = ("v1", "v2-gauss", "v2-rademacher")  # direction specs (baffle.protocol.noise)
 
 # [federation]
-AGGREGATORS: tuple[str, ...] = ("mean", "median", "trimmed_mean", "clipped_mean", "multi_krum")
+AGGREGATORS: tuple[str, ...] = ("mean", "median", "trimmed_mean", "clipped_mean", "multi_krum", "fltrust")
 ATTACKS: tuple[str, ...] = ("none", "scale_neg10", "scale_100", "noise", "sign_flip")
 ONNX_PRECISIONS: tuple[str, ...] = ("float", "int8", "int8_weights")
 

@@ -21,6 +21,8 @@ class FederationConfig:
     local_lr: float = 0.01  # baffle_local / baffle_multistep / fedavg: client learning rate
     aggregator: str = "mean"
     trim_fraction: float = 0.1
+    trust_root_samples: int = 64  # fltrust: size of the server's trusted root batch (drawn from the training set)
+    trust_decay: float = 0.9  # fltrust: reputation memory across rounds (0 = per-round trust only, plain FLTrust)
     min_clients: int = 1  # quorum: a round with fewer valid uploads is skipped
     onnx_clients: float = 0.0  # clients that run ONNX Runtime + numpy only: fraction in [0, 1] or a count > 1
     onnx_precision: str = "float"  # ONNX clients' arithmetic: float | int8 (activations) | int8_weights
@@ -45,6 +47,11 @@ def validate(f: FederationConfig, cfg: "Config") -> None:
     if not 0 <= f.trim_fraction < 0.5:
         raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {f.trim_fraction}")
     positive("federation.min_clients", f.min_clients)
+    positive("federation.trust_root_samples", f.trust_root_samples)
+    if not 0 <= f.trust_decay < 1:
+        raise ConfigError(f"federation.trust_decay must be in [0, 1), got {f.trust_decay}")
+    if f.aggregator == "fltrust" and method != "baffle":
+        raise ConfigError(f"federation.aggregator='fltrust' scores scalar uploads: it needs run.method='baffle', got {method!r}")
     # faults and attacks (baffle.faults, baffle.attacks)
     for key, value in (("dropout_rate", f.dropout_rate), ("attack_fraction", f.attack_fraction)):
         if not 0 <= value <= 1:

@@ -37,7 +37,8 @@ from baffle.records.metrics import Counters, append_metrics, make_summary, metri
 from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
 from baffle.sim.evaluate import evaluate
-from baffle.sim.factory import build_model_for, load_data
+from baffle.engine import make_engine
+from baffle.sim.factory import attach_trust, build_model_for, load_data
 from baffle.sim.loop import CHECKPOINT_NAME, state_nbytes
 from baffle.privacy import PrivacyLedger
 from baffle.sim.rounds import make_ledger
@@ -87,8 +88,10 @@ class ServerCore:
     def __post_init__(self) -> None:
         if self.cfg.run.threads:
             torch.set_num_threads(self.cfg.run.threads)
-        _, self.test = load_data(self.cfg)
+        train, self.test = load_data(self.cfg)
         self.strategy = ServerStrategy(build_model_for(self.cfg, self.test), self.cfg)
+        e = self.cfg.estimator  # fltrust: the server's own root-batch K-vector, computed as a client would
+        attach_trust(self.cfg, self.strategy, train, make_engine(e.engine, e.max_memory_mb, self.strategy.mask))
         self.eval_model = build_model_for(self.cfg, self.test)
         self.t0 = time.perf_counter()
         self.counters = Counters()

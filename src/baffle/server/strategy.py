@@ -18,6 +18,7 @@ from baffle.config import Config
 from baffle.protocol.messages import RoundPlan, Upload, WeightsUpload
 from baffle.protocol import noise
 from baffle.server import aggregation
+from baffle.server.trust import TrustAggregator
 from baffle.server.optim import EMA, lr_factor, make_optimizer
 from baffle.server.validation import Rejection, decode_uploads, validate_uploads
 from baffle.shaping import shape_diffs
@@ -37,6 +38,7 @@ class ServerStrategy:
         self.optimizer = make_optimizer([p for _, p in self.params], cfg)
         self.ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.mask: np.ndarray | None = None  # fixed pruning mask over the flat vector (baffle.pruning)
+        self.trust: TrustAggregator | None = None  # federation.aggregator='fltrust' (baffle.server.trust)
 
     def set_mask(self, mask: np.ndarray) -> None:
         """Prune the global model for good: zero masked weights, restart the EMA from the pruned model,
@@ -47,6 +49,9 @@ class ServerStrategy:
         self.mask = np.asarray(mask, dtype=bool)
         if self.ema is not None:
             self.ema = EMA(self.model, self.ema.decay)
+
+    def set_trust(self, trust: TrustAggregator) -> None:
+        self.trust = trust
 
     # ---- planning -----------------------------------------------------------------------------
     def seeds(self, round_idx: int) -> np.ndarray:
@@ -95,6 +100,10 @@ class ServerStrategy:
             from baffle import privacy
 
             return privacy.central_mean(vectors, p.clip, p.noise_multiplier, self.cfg.run.seed, round_idx)
+        if f.aggregator == "fltrust":  # scored against the server's own K-vector (baffle.server.trust)
+            if self.trust is None:
+                raise ValueError("federation.aggregator='fltrust' needs a root reference (ServerStrategy.set_trust)")
+            return self.trust.aggregate(vectors, [int(u.client_id) for u in uploads], self.seeds(round_idx or 0))
         weights = np.array([u.num_samples for u in uploads], dtype=np.float64)
         return aggregation.aggregate(vectors, weights, f.aggregator, f.trim_fraction)
 
@@ -147,6 +156,7 @@ class ServerStrategy:
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            **({"trust": self.trust.state_dict()} if self.trust is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -156,3 +166,7 @@ class ServerStrategy:
             if state["ema"] is None:
                 raise ValueError("checkpoint has no EMA state but optim.ema_decay > 0")
             self.ema.load_state_dict(state["ema"])
+        if self.trust is not None:
+            if "trust" not in state:
+                raise ValueError("checkpoint has no trust state but federation.aggregator='fltrust'")
+            self.trust.load_state_dict(state["trust"])

@@ -6,16 +6,20 @@ test set, and a Flower node builds its one client with ``make_client``: the same
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from baffle import estimator
 from baffle.records import checkpoint
 from baffle.client import Client, load_weights
 from baffle.config import Config
-from baffle.engine import make_engine
+from baffle.engine import Engine, make_engine
+from baffle.engine.threads import intra_op_threads
 from baffle.data.augment import augment_cifar
 from baffle.data.dataset import Dataset
 from baffle.data.partition import partition
@@ -25,6 +29,8 @@ from baffle.models import build_model
 from baffle.protocol import streams
 from baffle.records.metrics import Counters
 from baffle.server.strategy import ServerStrategy
+from baffle.server.trust import TrustAggregator
+from baffle.sim.sampling import clients_per_round
 
 log = logging.getLogger("baffle")
 
@@ -92,6 +98,7 @@ def client_partitions(cfg: Config, train: Dataset) -> list[np.ndarray]:
         alpha=cfg.data.alpha,
         shards_per_client=cfg.data.shards_per_client,
         seed=cfg.run.seed,
+        groups=None if train.groups is None else train.groups.numpy(),  # data.partition=domain
     )
 
 
@@ -113,6 +120,24 @@ def make_client(cfg: Config, client_id: int, train: Dataset, indices: np.ndarray
     )
 
 
+def attach_trust(cfg: Config, strategy: ServerStrategy, train: Dataset, engine: Engine) -> None:
+    """``federation.aggregator='fltrust'``: give the server its trusted root batch and a model copy, so it can
+    compute its own K loss differences each round with the clients' engine (``baffle.server.trust``)."""
+    f, e = cfg.federation, cfg.estimator
+    if f.aggregator != "fltrust":
+        return
+    n = min(f.trust_root_samples, len(train))
+    root = train.subset(np.sort(streams.rng(cfg.run.seed, streams.TRUST_ROOT).choice(len(train), n, replace=False)))
+    model = copy.deepcopy(strategy.model)
+
+    def reference(seeds: np.ndarray) -> np.ndarray:
+        load_weights(model, strategy.model.state_dict())
+        params = estimator.select_parameters(model, cfg.model.trainable)
+        return engine(model, params, root.x, root.y, seeds, e.sigma, e.scheme, F.cross_entropy, noise=e.noise)
+
+    strategy.set_trust(TrustAggregator(reference, cfg.data.num_clients, f.trust_decay))
+
+
 @dataclass
 class Federation:
     cfg: Config
@@ -127,8 +152,6 @@ class Federation:
 
 def build(cfg: Config) -> Federation:
     cfg.validate()
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
     train, test = load_data(cfg)
     model = build_model_for(cfg, train)
     strategy = ServerStrategy(model, cfg)
@@ -139,8 +162,11 @@ def build(cfg: Config) -> Federation:
 
         strategy.set_mask(magnitude_mask(strategy.params, cfg.model.prune))
     engine = make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, strategy.mask)
+    backprop = get_method(cfg.run.method).backprop  # run.threads, or the rule of baffle.engine.threads
+    torch.set_num_threads(intra_op_threads(cfg, client_model, engine, tuple(train.x.shape[1:]), clients_per_round(cfg), backprop))
     parts = client_partitions(cfg, train)
     clients = [make_client(cfg, i, train, idx, client_model, engine) for i, idx in enumerate(parts)]
+    attach_trust(cfg, strategy, train, engine)
     if cfg.federation.onnx_clients > 0:  # some clients are ONNX Runtime + numpy only (baffle.mixed)
         from baffle.mixed import swap_in_onnx_clients
 
