@@ -74,7 +74,7 @@ __all__ = [
 # Canonical model names, their alternative spellings, activations (``hardswish`` is the paper's
 # recommendation: smooth almost everywhere, cheap, ReLU-like) and norms accepted by :func:`build_model`:
 # the one list of valid choices per key lives in the config layer.
-from baffle.config.choices import ACTIVATIONS, MODEL_ALIASES, MODEL_NAMES, NORMS  # noqa: E402
+from baffle.config.choices import ACTIVATIONS, MODEL_ALIASES, MODEL_NAMES, NORMS, TEXT_MODEL_NAMES  # noqa: E402
 
 _ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "hardswish": lambda: nn.Hardswish(inplace=False),
@@ -357,6 +357,10 @@ def build_model(
     Raises ValueError for an unknown name/activation/norm, listing the valid
     options, and for non-positive sizes.
     """
+    if name in TEXT_MODEL_NAMES:  # BERT text classifiers take token ids + mask, not images (baffle.nlp)
+        from baffle.nlp.pretrained import build_text_model
+
+        return build_text_model(name, num_classes)
     canonical = resolve_model_name(name)
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("norm", norm, NORMS)

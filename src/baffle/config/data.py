@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from baffle.config.checks import ConfigError, choice, nonneg, positive
-from baffle.config.choices import DATASET_NAMES, NUM_CLASSES, PARTITION_SCHEMES, TRANSFORMS
+from baffle.config.choices import DATASET_NAMES, NUM_CLASSES, PARTITION_SCHEMES, TEXT_DATASETS, TRANSFORMS
 
 if TYPE_CHECKING:
     from baffle.config.core import Config
@@ -18,7 +18,7 @@ class DataConfig:
     root: str = ""  # directory for cifar10/cifar100 (or fashion_mnist idx files)
     image_size: int = 14  # square resize; 0 = native size (use 0 or 32 for CIFAR). 14x14 MNIST: 4x cheaper forwards
     num_clients: int = 10
-    partition: str = "iid"  # iid | dirichlet | shard
+    partition: str = "iid"  # iid | dirichlet | shard | domain (text data: one client group per domain)
     alpha: float = 0.5
     shards_per_client: int = 2
     train_subset: int = 0  # 0 = all training samples; else a seeded random subset (for quick runs/tests)
@@ -46,6 +46,8 @@ def validate(d: DataConfig, cfg: "Config") -> None:
     nonneg("data.image_size", d.image_size)
     positive("data.num_clients", d.num_clients)
     choice("data.partition", d.partition, PARTITION_SCHEMES)
+    if d.partition == "domain" and d.name not in TEXT_DATASETS:
+        raise ConfigError(f"data.partition=domain needs a dataset with domains ({', '.join(TEXT_DATASETS)}), got data.name={d.name}")
     if d.alpha <= 0:
         raise ConfigError(f"data.alpha must be > 0 (Dirichlet concentration), got {d.alpha}")
     positive("data.shards_per_client", d.shards_per_client)

@@ -26,6 +26,8 @@ class Dataset:
         num_classes: number of classes of the task (not just those present in this subset).
         name: dataset name, one of :data:`baffle.data.registry.DATASET_NAMES` (or anything for user-built datasets).
         classes: optional human-readable class names.
+        groups: optional int64 natural group of each sample (a sentence's domain in a text dataset), used by
+            ``data.partition = "domain"``; carried through :meth:`subset`.
     """
 
     x: torch.Tensor  # a numpy array is accepted and converted
@@ -33,6 +35,7 @@ class Dataset:
     num_classes: int
     name: str
     classes: tuple[str, ...] = field(default=())
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.x, np.ndarray):
@@ -40,6 +43,10 @@ class Dataset:
         if isinstance(self.y, np.ndarray):
             y = self.y.astype(np.int64, copy=False) if np.issubdtype(self.y.dtype, np.integer) else self.y
             self.y = torch.from_numpy(np.ascontiguousarray(y))
+        if isinstance(self.groups, np.ndarray):
+            self.groups = torch.from_numpy(np.ascontiguousarray(self.groups.astype(np.int64, copy=False)))
+        if self.groups is not None and tuple(self.groups.shape) != (self.x.shape[0],):
+            raise ValueError(f"Dataset.groups must hold one group per sample, got shape {tuple(self.groups.shape)}")
         if self.x.dim() != 4:
             raise ValueError(f"Dataset.x must be N x C x H x W, got shape {tuple(self.x.shape)}")
         if self.y.dim() != 1 or self.y.shape[0] != self.x.shape[0]:
@@ -86,6 +93,7 @@ class Dataset:
             num_classes=self.num_classes,
             name=self.name,
             classes=self.classes,
+            groups=None if self.groups is None else self.groups[index.cpu() if isinstance(index, torch.Tensor) else index],
         )
 
     def label_counts(self) -> np.ndarray:

@@ -19,6 +19,7 @@ def partition(
     seed: int = 0,
     min_size: int = 1,
     max_retries: int = 1000,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Split sample indices among clients; returns ``num_clients`` disjoint, sorted int64 arrays
     that together cover ``range(len(labels))``.
@@ -31,6 +32,9 @@ def partition(
         - "shard": sort by label, cut into ``num_clients * shards_per_client`` contiguous shards
           and hand each client ``shards_per_client`` random ones (McMahan et al. 2017); each client
           sees about ``shards_per_client`` classes.
+        - "domain": the data's natural groups (``groups``, one int per sample: a sentence's domain). With G
+          groups, ``num_clients`` must be a multiple of G; each group is split iid among its own
+          ``num_clients / G`` clients (clients 0.. of group 0 first), so clients differ as the groups do.
 
     Deterministic in ``seed``; independent of global RNG state.
     """
@@ -67,6 +71,8 @@ def partition(
         shards = np.array_split(order, num_shards)
         assignment = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
         parts = [np.concatenate([shards[s] for s in row]) for row in assignment]
+    elif scheme == "domain":
+        parts = _by_group(groups, n, num_clients, rng)
     else:  # dirichlet
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
@@ -101,3 +107,24 @@ def partition(
                 f"(now {alpha}), fewer clients (now {num_clients}) or a smaller min_size"
             )
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _by_group(groups: np.ndarray | None, n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The "domain" scheme: every group split iid among the same number of clients."""
+    if groups is None:
+        raise ValueError("partition scheme 'domain' needs the samples' groups (a dataset with domains, e.g. data.name=vader)")
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups must hold one group per sample ({n}), got shape {g.shape}")
+    names = np.unique(g)
+    if num_clients % len(names):
+        raise ValueError(f"partition 'domain': {num_clients} clients cannot be split evenly over the data's "
+                         f"{len(names)} domains; use a multiple of {len(names)}")
+    per = num_clients // len(names)
+    parts: list[np.ndarray] = []
+    for name in names:
+        idx = np.flatnonzero(g == name)
+        if len(idx) < per:
+            raise ValueError(f"partition 'domain': domain {name} has {len(idx)} samples for {per} clients")
+        parts += np.array_split(rng.permutation(idx), per)
+    return parts

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle.config.choices import DATASET_NAMES  # the one list of valid choices per key
+from baffle.config.choices import DATASET_NAMES, TEXT_DATASETS  # the one list of valid choices per key
 from baffle.data.cache import CACHE_FORMAT, cache_dir, cached_arrays, file_signature, readonly
 from baffle.data.dataset import Dataset
 from baffle.data.formats import IDX_PREFIX, find_idx_pair, load_cifar_batch, load_idx_pair, parse_mnist_csv
@@ -52,6 +52,8 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     # The JPEG copy of CIFAR-10 in ImageFolder layout: normalized like the originals, so models and
     # recipes carry over (its own statistics differ in the third decimal).
     "cifar10_jpeg": DatasetInfo(10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # Sentences as [2 (token ids, mask), 1, 64 tokens] float32, not images (baffle.data.text): no normalization.
+    "vader": DatasetInfo(2, 2, 64, (), ()),
 }
 # Datasets read from an ImageFolder directory or archive (baffle.data.imagefolder). "imagefolder" is any
 # user dataset in that layout: its facts (classes, size, statistics) come from the data, see dataset_info.
@@ -333,6 +335,10 @@ def load_dataset(
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 0):
         raise ValueError(f"num_samples must be a non-negative int or None, got {num_samples!r}")
 
+    if name in TEXT_DATASETS:  # sentences tokenised for a text model (baffle.data.text); image_size does not apply
+        from baffle.data.text import load_text_dataset
+
+        return load_text_dataset(name, split=split, root=root, num_samples=num_samples)
     if name in FOLDER_DATASETS:
         src = _folder_source(name, root)
         info, classes, arrays = _read_folder(name, str(src.resolve()), source_key(src))
