@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from baffle import estimator
 from baffle.protocol import noise
-from baffle.data import load_dataset
+from baffle.data.registry import load_dataset
 from baffle.export import export_onnx, numpy_weights
 from baffle.models import build_model
 from baffle.onnx_client import loss_differences, parameter_names
