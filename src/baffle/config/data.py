@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 @dataclass
 class DataConfig:
     name: str = "mnist"
-    root: str = ""  # directory for cifar10/cifar100 (or fashion_mnist idx files)
+    root: str = ""  # cifar10/cifar100 pickle directory, fashion_mnist idx files, or an ImageFolder directory/.tar(.gz)
     image_size: int = 14  # square resize; 0 = native size (use 0 or 32 for CIFAR). 14x14 MNIST: 4x cheaper forwards
     num_clients: int = 10
     partition: str = "iid"  # iid | dirichlet | shard | domain (text data: one client group per domain)
