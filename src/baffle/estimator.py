@@ -8,7 +8,6 @@ on which parameters form the flat vector (:func:`select_parameters`) and write a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -40,12 +39,3 @@ def write_flat_grad(params: Sequence[tuple[str, torch.nn.Parameter]], flat: np.n
         k = p.numel()
         p.grad = flat_t[offset : offset + k].view_as(p).clone()
         offset += k
-
-
-@dataclass
-class Estimate:
-    """A reconstructed gradient and what it cost (kept for metrics)."""
-
-    grad: np.ndarray
-    num_directions: int
-    forward_passes: int
