@@ -158,7 +158,13 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(means), np.array(stds)
 
 
-def load_imagefolder(path: Path) -> dict[str, np.ndarray]:
-    """:func:`read_imagefolder`'s arrays, decoded once and then read from the user's cache directory."""
-    key = source_key(path)
-    return cached_arrays(cache_dir() / f"imagefolder-{key[:24]}.npz", lambda: read_imagefolder(path))
+def load_imagefolder(path: Path, key: str | None = None) -> dict[str, np.ndarray]:
+    """:func:`read_imagefolder`'s arrays, decoded once and then read from the user's cache directory.
+
+    The cache file is named by the source's location and its checksum; writing it removes the caches of
+    earlier contents of the same location, so editing a dataset does not fill the disk. ``key`` is the
+    source's :func:`source_key` when the caller has it already (hashing a large archive takes a while).
+    """
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    target = cache_dir() / f"imagefolder-{where}-{(key or source_key(path))[:24]}.npz"
+    return cached_arrays(target, lambda: read_imagefolder(path), stale_glob=f"imagefolder-{where}-*.npz")

@@ -205,7 +205,7 @@ def _folder_source(name: str, root: str | os.PathLike[str] | None) -> Path:
 @functools.lru_cache(maxsize=4)
 def _read_folder(name: str, path: str, key: str) -> tuple[DatasetInfo, tuple[str, ...], dict[str, np.ndarray]]:
     """Both splits of an ImageFolder source and its facts; memoized on the source's checksum ``key``."""
-    z = load_imagefolder(Path(path))
+    z = load_imagefolder(Path(path), key)
     classes = tuple(str(c) for c in z["classes"])
     shape = tuple(int(v) for v in z["train_x"].shape[1:])
     if name == "cifar10_jpeg":
