@@ -20,7 +20,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from baffle.flower import records
 from baffle.flower.config import parse_run_config
-from baffle.flower.node import STATE, Node, node_identity
+from baffle.flower.node import STATE, Node, node_identity, partition_data
 from baffle.flower.server_core import NODE_INFO
 from baffle.flower.versions import VERSIONS, local_versions
 
@@ -51,10 +51,10 @@ app = ClientApp()
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    node = _node(context)
-    info = MetricRecord(
-        {"partition-id": node.ident.partition_id, "num-partitions": node.ident.num_partitions, "num-samples": node.num_samples}
-    )
+    cfg, _ = parse_run_config(context.run_config)
+    ident = node_identity(context.node_config)
+    samples = len(partition_data(cfg, ident.partition_id, ident.num_partitions))  # no model, no client: just the data
+    info = MetricRecord({"partition-id": ident.partition_id, "num-partitions": ident.num_partitions, "num-samples": samples})
     versions = ConfigRecord(local_versions())  # the server refuses a node whose baffle or noise spec differ
     return Message(RecordDict({NODE_INFO: info, VERSIONS: versions}), reply_to=msg)
 
