@@ -50,7 +50,7 @@ def load_train(cfg: Config) -> tuple[Dataset, np.random.Generator]:
     d = cfg.data
     size = d.image_size or None
     train = _task(cfg, load_dataset(d.name, split="train", root=d.root or None, image_size=size))
-    native = DATASET_INFO[d.name].native_size if d.name in DATASET_INFO else None
+    native = DATASET_INFO[d.name].native_size if DATASET_INFO.get(d.name) and DATASET_INFO[d.name].mean else None  # text data: not images
     if size and native and native > 28 and size < native:  # the 14x14 default is tuned for the 28x28 sets
         log.warning("data.image_size=%d downsamples %s's %dx%d images; set data.image_size=0 for the native size",
                     size, d.name, native, native)
