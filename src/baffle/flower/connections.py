@@ -59,9 +59,9 @@ def write_connections(home: str | os.PathLike[str] | None = None, **kwargs: Any)
     superlink = data.setdefault("superlink", {})
     superlink.setdefault("default", "local-simulation")
     superlink.update(connections(**kwargs))
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(data))
-    tmp.replace(path)
+    from baffle.records.checkpoint import atomic_write_bytes  # here: the other commands need no torch
+
+    atomic_write_bytes(path, tomli_w.dumps(data).encode())
     return path
 
 
