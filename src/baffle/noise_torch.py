@@ -101,22 +101,22 @@ def _rademacher_into(seed: int, offset: int, out: torch.Tensor) -> None:
 
 def _gauss_into(seed: int, offset: int, out: torch.Tensor) -> None:
     n, dev = out.numel(), out.device
-    per_block = BLOCK // 2
+    per_block = BLOCK // 4
     z = torch.empty(per_block, dtype=torch.int64, device=dev)
     tmp = torch.empty(per_block, dtype=torch.int64, device=dev)
     pos = 0
     while pos < n:
-        j0, h0 = divmod(offset + pos, 2)
-        m = min(per_block, (h0 + n - pos + 1) // 2)
+        j0, q0 = divmod(offset + pos, 4)
+        m = min(per_block, (q0 + n - pos + 3) // 4)
         zz, tt = z[:m], tmp[:m]
         _words_into(seed, j0, zz, tt)
-        # Byte sums, SWAR as in the numpy reference; the mask clears sign-extended bits of the shift.
-        torch.bitwise_right_shift(zz, 8, out=tt).bitwise_and_(spec.BYTE_MASK)
-        zz.bitwise_and_(spec.BYTE_MASK).add_(tt)
-        torch.bitwise_left_shift(zz, 16, out=tt)
-        zz.add_(tt)
-        take = min(2 * m - h0, n - pos)
-        sums = zz.view(torch.int16)[1::2][h0 : h0 + take]  # lanes 1 and 3 (<= 1020, so int16 is fine)
+        # Nibble sums, SWAR as in the numpy reference; the masks clear the sign-extended bits of the shifts.
+        torch.bitwise_right_shift(zz, 4, out=tt).bitwise_and_(spec.NIBBLE_MASK)
+        zz.bitwise_and_(spec.NIBBLE_MASK).add_(tt)
+        torch.bitwise_right_shift(zz, 8, out=tt)
+        zz.add_(tt).bitwise_and_(spec.LANE_MASK)
+        take = min(4 * m - q0, n - pos)
+        sums = zz.view(torch.int16)[q0 : q0 + take]  # lane q of word j is element 4j + q (values <= 60)
         dst = out[pos : pos + take]
         dst.copy_(sums).sub_(float(spec.GAUSS_CENTER))  # exact
         dst.mul_(float(spec.GAUSS_SCALE))  # the one rounding; the scalar is exactly a float32
