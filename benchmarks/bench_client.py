@@ -315,8 +315,8 @@ model P times wider: member activations sit side by side in the channel dimensio
 GroupNorm (P*G groups), BatchNorm (P*C channels), activations and pooling run unchanged; the first
 convolution (shared input) is one im2col + GEMM with P*C_out output rows; later convolutions are grouped
 convolutions (groups = P); linear layers are one wide GEMM (shared input) or a batched matmul. The P weight
-sets are written from seeded directions chunk by chunk, so at most one chunk of directions exists. The
-chunk is bounded by `estimator.max_memory_mb` and by a cache-sized working set. Anything the tracer or
+sets are written tensor by tensor straight from each seed's direction stream, so no block of directions
+exists beside them. The chunk is bounded by `estimator.max_memory_mb` and by a cache-sized working set. Anything the tracer or
 interpreter does not know falls back to the reference loop (same answers, loop speed).
 
 Measured while building it (single thread, same shared machine, alternating runs):
