@@ -16,6 +16,7 @@ from baffle.engine.batched import BatchedEngine
 from baffle.engine.loop import LoopEngine
 from baffle.engine.masked import MaskedEngine
 
+
 def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = None) -> Engine:
     """The engine ``estimator.engine`` names, or the masked engine when the run is pruned.
 
