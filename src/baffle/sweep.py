@@ -36,7 +36,6 @@ At the end: out/results.md, out/results.json, out/acc_vs_rounds.png, out/acc_vs_
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 import shutil
@@ -50,6 +49,7 @@ from typing import Any, Callable
 
 from baffle.methods import get_method
 from baffle.config import Config, ConfigError
+from baffle.records.results import write_json, write_text
 from baffle.records.tables import markdown_table, percent
 
 TOP_LEVEL_KEYS = ("out", "title", "description", "base", "grid", "runs")
@@ -377,8 +377,8 @@ def write_results(sweep: Sweep, rows: list[dict]) -> None:
         "![accuracy vs client forward passes](acc_vs_forward_passes.png)",
         "",
     ]
-    (out / "results.md").write_text("\n".join(text))
-    (out / "results.json").write_text(json.dumps({"title": sweep.title, "description": sweep.description.strip(), "varied_keys": sweep.varied_keys, "runs": rows}, indent=1) + "\n")
+    write_text(out / "results.md", "\n".join(text))
+    write_json(out / "results.json", {"title": sweep.title, "description": sweep.description.strip(), "varied_keys": sweep.varied_keys, "runs": rows})
     curves = {r["name"]: r["history"] for r in done if r["history"]}
     plot_accuracy(curves, out / "acc_vs_rounds.png", "round", "round")
     plot_accuracy(curves, out / "acc_vs_forward_passes.png", "total_forward_passes", "client minibatch forward passes (all clients)", log_x=True)
