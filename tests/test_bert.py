@@ -183,3 +183,43 @@ def test_bert_tiny_trains_forward_only_through_a_client():
     up = client.step(RoundPlan(0, np.array([1, 2, 3], dtype=np.uint64), 1e-2, "forward", 8))
     assert len(up.loss_diffs) == 3 and all(math.isfinite(float(d)) for d in up.loss_diffs)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("patterns, skipped", [
+    (["classifier.*"], True),  # the whole encoder is frozen: K forwards run the pooling and head only
+    (["classifier.*", "bert.blocks.1.*"], True),  # the top block and the head
+    (["classifier.*", "*norm.*", "*.bias"], False),  # BitFit reaches the embeddings' LayerNorm: nothing to skip
+    (["*lora_*", "classifier.*"], False),
+])
+def test_prefix_cache_is_exact_and_skips_the_frozen_bottom(patterns, skipped):
+    """K loss differences with the prefix cache equal those of plain forwards bit for bit, over two minibatches
+    with a server step in between; the frozen stages run once per minibatch, not K+1 times."""
+    from baffle.engine.loop import loss_differences
+
+    torch.manual_seed(0)
+    models = [build_model("bert_tiny", num_classes=2) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    if "*lora_*" in patterns:
+        for m in models:
+            add_adapters(m, "lora", rank=2, seed=0)
+    models[1].prefix_cache = None
+    out = []
+    for m in models:
+        diffs = []
+        for step in range(2):
+            g = torch.Generator().manual_seed(step)
+            ids = torch.randint(1000, 2000, (6, 9), generator=g)
+            mask = torch.ones_like(ids)
+            mask[0, 5:] = 0
+            x, y = _x(ids * mask, mask), torch.arange(6) % 2
+            params = select_parameters(m, patterns)
+            seeds = np.arange(1, 6, dtype=np.uint64) + 10 * step
+            diffs.append(loss_differences(m, params, x, y, seeds, 1e-2, "forward"))
+            diffs.append(loss_differences(m, params, x, y, seeds, 1e-2, "central"))
+            with torch.no_grad():  # a server step on the trained parameters between minibatches
+                for _, p in params:
+                    p.add_(0.01 * torch.randn(p.shape, generator=g))
+        out.append(diffs)
+    assert all(np.array_equal(a, b) for a, b in zip(*out))
+    cache = models[0].prefix_cache
+    assert (cache.stages_run < 0.5 * cache.stages_total) == skipped, (cache.stages_run, cache.stages_total)
