@@ -17,13 +17,13 @@ Two checks, both cheap (no data is loaded, the model is built on torch's ``meta`
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from baffle.config import Config, ConfigError
+from baffle.protocol.layout import matches
 
 INT64_MAX = 2**63 - 1
 MAX_HOURS = 24 * 30  # a month of optimistic compute
@@ -121,7 +121,7 @@ def _model_cost(cfg: Config, channels: int, classes: int, size: int) -> tuple[in
     named = [(n, p.numel()) for n, p in model.named_parameters()]
     total = sum(n for _, n in named)
     pats = cfg.model.trainable
-    trainable = sum(n for name, n in named if not pats or any(fnmatch.fnmatchcase(name, p) for p in pats))
+    trainable = sum(n for name, n in named if not pats or matches(name, pats))  # lax: LoRA's patterns match later
     if cfg.model.adapter == "lora":
         extra = 0
         for m in model.modules():

@@ -14,6 +14,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a parameter name matches one of the glob patterns (case-sensitive, ``fnmatch`` syntax)."""
+    return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+
 def select_names(names: Sequence[str], trainable: Sequence[str] | None = None) -> list[str]:
     """The perturbed parameter names, in ``names`` order.
 
@@ -25,9 +30,9 @@ def select_names(names: Sequence[str], trainable: Sequence[str] | None = None) -
     if not trainable:
         return names
     for pat in trainable:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+        if not any(matches(n, [pat]) for n in names):
             raise ValueError(f"trainable pattern {pat!r} matches no parameter; parameters are: {', '.join(names)}")
-    return [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in trainable)]
+    return [n for n in names if matches(n, trainable)]
 
 
 class FlatLayout:
