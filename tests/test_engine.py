@@ -115,3 +115,23 @@ def test_thread_rule_gives_small_work_one_thread_and_caps_at_free_cores():
     assert intra_op_threads(cfg, model, engine, (1, cfg.data.image_size, cfg.data.image_size), 10, cores=64) == 1
     cfg.apply_overrides(["run.threads=3"])  # an explicit count always wins
     assert intra_op_threads(cfg, model, engine, (1, 14, 14), 10, cores=1) == 3
+
+
+def test_fusion_key_is_public_and_only_plain_clients_share_one():
+    from baffle.baselines import BPClient
+    from baffle.client import Client
+    from baffle.data.dataset import Dataset
+    from baffle.engine.fused import fused_uploads
+    from baffle.protocol.messages import RoundPlan
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), _model())
+    data = Dataset(torch.randn(40, 1, 1, 7), torch.randint(0, 3, (40,)), 3, "t")
+    eng = BatchedEngine(64)
+    a, b = (Client(i, data, np.arange(20 * i, 20 * i + 20), model, batch_size=4, seed=i, engine=eng) for i in (0, 1))
+    assert a.fusion_key() == b.fusion_key() is not None
+    assert BPClient(2, data, np.arange(20), model, batch_size=4, seed=2, engine=eng).fusion_key() is None
+    plan = RoundPlan(0, noise.round_seeds(0, 0, 3), 1e-2, "forward", 4)
+    fused = fused_uploads([a, b], plan)
+    assert [u.client_id for u in fused] == [0, 1] and all(u.num_samples == 4 for u in fused)
+    loop_clients = [Client(i, data, np.arange(20), model, batch_size=4, seed=i) for i in (0, 1)]
+    assert fused_uploads(loop_clients, plan) is None  # the loop engine gains nothing from fusing
