@@ -207,10 +207,11 @@ def check_resources(cfg: Config, max_hours: float = MAX_HOURS, limit_bytes: floa
             section, name = key.split(".")
             now, was = getattr(getattr(cfg, section), name), getattr(getattr(default, section), name)
             ratios[key] = (now or 1) / (was or 1)
-        key = max(ratios, key=ratios.get)
-        section, name = key.split(".")
+        top = sorted(ratios, key=ratios.get, reverse=True)[:2]  # the keys furthest above their defaults
+        top = [k for k in top if ratios[k] > 1] or top[:1]
+        named = " x ".join(f"{k}={getattr(getattr(cfg, k.split('.')[0]), k.split('.')[1])!r}" for k in top)
         raise PreflightError(
-            f"{key}={getattr(getattr(cfg, section), name)!r}: the run would take at least {hours:,.0f} hours of compute "
+            f"{named}: the run would take at least {hours:,.0f} hours of compute "
             f"({est.params:,} parameters, {est.flops_per_sample:,.0f} FLOPs per sample), over the bound of {max_hours:,.0f} hours; "
             "pass --no-preflight to run it anyway"
         )
