@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(out: Path, extra: list[str]) -> dict:
-    cmd = [str(ROOT / ".venv/bin/baffle"), "run", "--out", str(out), "--no-progress", *extra]
+    cmd = [str(ROOT / ".venv/bin/baffle"), "run", "--out", str(out), "--overwrite", "--no-progress", *extra]  # regenerates its own run
     t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     elapsed = time.time() - t0
