@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod  # legacy location: flwr 1.42 keeps SecAgg+ there
@@ -23,8 +21,6 @@ from baffle.flower.config import parse_run_config
 from baffle.flower.node import STATE, Node, node_identity, partition_data
 from baffle.flower.server_core import NODE_INFO
 from baffle.flower.versions import VERSIONS, local_versions
-
-log = logging.getLogger("baffle")
 
 LEGACY_FITINS = "fitins.config"  # ConfigRecord name of a legacy FitIns (what SecAgg+ delivers)
 

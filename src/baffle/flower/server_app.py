@@ -8,16 +8,16 @@ evaluation, as ``baffle run``) and ``result.json`` (final accuracy, bytes per me
 
 from __future__ import annotations
 
-import logging
+from logging import INFO
 
 from flwr.app import ArrayRecord, Context
+from flwr.common.logger import log  # Flower's logger: these lines appear in `flwr run --stream` / `flwr log`
 from flwr.serverapp import Grid, ServerApp
 
 from baffle.flower.config import parse_run_config
 from baffle.flower.server_core import ServerCore
 from baffle.flower.strategy import BaffleStrategy, refresh_nodes, wait_for_nodes
 
-log = logging.getLogger("baffle")
 
 app = ServerApp()
 
@@ -32,7 +32,7 @@ def main(grid: Grid, context: Context) -> None:
         if core.refused:
             raise RuntimeError("every node was refused: " + "; ".join(core.refused.values()))
         raise RuntimeError("no node answered the partition query; are SuperNodes running with --node-config?")
-    log.warning("baffle: %d nodes, %d partitions; %d rounds, transport=%s, secure=%s",
+    log(INFO, "baffle: %d nodes, %d partitions; %d rounds, transport=%s, secure=%s",
                 len(core.partition_of), core.num_partitions, cfg.run.rounds, opts.transport, opts.secure)
     if opts.secure:
         from baffle.flower.secure import run_secure
@@ -50,4 +50,4 @@ def main(grid: Grid, context: Context) -> None:
         )
         mode = "message-api"
     result = core.finish(mode)
-    log.warning("baffle: final test accuracy %.4f after %d rounds (%s)", result["final_test_acc"] or float("nan"), result["rounds_done"], mode)
+    log(INFO, "baffle: final test accuracy %.4f after %d rounds (%s)", result["final_test_acc"] or float("nan"), result["rounds_done"], mode)
