@@ -223,3 +223,23 @@ def test_prefix_cache_is_exact_and_skips_the_frozen_bottom(patterns, skipped):
     assert all(np.array_equal(a, b) for a, b in zip(*out))
     cache = models[0].prefix_cache
     assert (cache.stages_run < 0.5 * cache.stages_total) == skipped, (cache.stages_run, cache.stages_total)
+
+
+def test_onnx_export_with_weights_as_inputs_matches_torch():
+    """The text model exports like the image models (weights as named graph inputs, dynamic batch): the ONNX
+    client's path. Trimming and the prefix cache stay out of the trace."""
+    ort = pytest.importorskip("onnxruntime")
+    from baffle.export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("bert_tiny", num_classes=2).eval()
+    sess = ort.InferenceSession(export_onnx(model, (2, 1, 16)))
+    ids = torch.randint(1000, 2000, (3, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    x = _x(ids * mask, mask)
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    feed = {i.name: (weights[i.name] if i.name in weights else x.numpy()) for i in sess.get_inputs()}
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(sess.run(None, feed)[0] - ref).max() < 1e-5

@@ -141,11 +141,16 @@ def mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1)
 
 
+def tracing() -> bool:
+    """Inside torch.jit tracing or an ONNX export: no data-dependent shortcuts (trimming, the prefix cache)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def split_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids int64 [B, L], mask [B, L]) from a text dataset's ``x`` [B, 2, 1, L], cut to the batch's longest
     sentence: padding beyond it changes no unmasked state, and attention costs O(L^2)."""
     ids, mask = x[:, 0, 0].long(), x[:, 1, 0]
-    if not x.is_meta and x.shape[0] > 0:
+    if not x.is_meta and x.shape[0] > 0 and not tracing():  # a trace must not bake in one batch's length
         n = max(int(mask.sum(1).max()), 1)
         ids, mask = ids[:, :n], mask[:, :n]
     return ids, mask
@@ -222,7 +227,7 @@ class TextClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of the text dataset batch ``x`` [B, 2, 1, L]."""
-        if self.prefix_cache is not None and not torch.is_grad_enabled() and not x.is_meta and x.shape[0] > 0:
+        if self.prefix_cache is not None and not torch.is_grad_enabled() and not x.is_meta and x.shape[0] > 0 and not tracing():
             emb = mean_pool(*self.prefix_cache.encode(self.bert, x))
         else:
             emb = self.bert.sentence_embedding(*split_input(x))
