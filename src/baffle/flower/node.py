@@ -73,8 +73,11 @@ def data_key(cfg: Config) -> str:
     """What determines the training data and its split (the partition cache key)."""
     d = cfg.data
     keys = ("name", "root", "image_size", "partition", "alpha", "shards_per_client", "train_subset", "transform", "classes")
-    return json.dumps({"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in keys}, "format": PARTITION_CACHE_FORMAT},
-                      sort_keys=True)
+    import baffle
+    from baffle.data.cache import CACHE_FORMAT  # the data layer's own cache version: a bump invalidates partitions too
+
+    fmt = [PARTITION_CACHE_FORMAT, CACHE_FORMAT, baffle.__version__]
+    return json.dumps({"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in keys}, "format": fmt}, sort_keys=True)
 
 
 def partition_data(cfg: Config, partition_id: int, num_partitions: int) -> Dataset:
