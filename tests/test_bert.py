@@ -243,3 +243,35 @@ def test_onnx_export_with_weights_as_inputs_matches_torch():
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.abs(sess.run(None, feed)[0] - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("precision, tol", [("float", 1e-4), ("int8", None)])
+def test_onnx_client_answers_like_the_torch_client_on_bert_tiny(precision, tol):
+    """An inference-only ONNX Runtime client (issue 15 item 5, small): the same plan on the same minibatch gives the
+    torch client's loss differences (float: to float rounding; int8: finite and correlated)."""
+    pytest.importorskip("onnxruntime")
+    from baffle.client import Client
+    from baffle.data.dataset import Dataset
+    from baffle.export import export_onnx, numpy_weights
+    from baffle.onnx_client import OnnxClient
+    from baffle.protocol.messages import RoundPlan
+
+    torch.manual_seed(0)
+    model = build_model("bert_tiny", num_classes=2)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (32, 12), generator=g)
+    mask = (torch.arange(12) < torch.randint(4, 13, (32, 1), generator=g)).long()
+    x = _x(ids * mask, mask)
+    data = Dataset(x=x, y=torch.arange(32) % 2, num_classes=2, name="vader")
+    trainable = ["classifier.*", "*norm.*"]
+    plan = RoundPlan(0, np.arange(1, 17, dtype=np.uint64), 1e-2, "forward", 16, weights=None)
+    torch_up = Client(0, data, np.arange(32), model, batch_size=16, seed=3, trainable=trainable).step(plan)
+    onnx = OnnxClient(0, x.numpy(), data.y.numpy(), np.arange(32), export_onnx(model, (2, 1, 12)), batch_size=16, seed=3,
+                      trainable=trainable, precision=precision)
+    onnx.set_weights(numpy_weights(model.state_dict()))
+    onnx_up = onnx.step(plan)
+    a, b = np.asarray(torch_up.loss_diffs), np.asarray(onnx_up.loss_diffs)
+    if tol is not None:
+        assert np.abs(a - b).max() < tol
+    else:
+        assert np.all(np.isfinite(b)) and np.corrcoef(a, b)[0, 1] > 0.5, (a, b)
