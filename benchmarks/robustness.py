@@ -182,12 +182,45 @@ pure function of (seed, round, client), so the per-client loop and the fused pat
 a resumed run drops the same ones. Byzantine behaviour (`baffle.attacks`) is applied to the computed Upload
 objects, after local DP noise, for a fixed seeded set of clients.
 
-**Crash safety.** `checkpoint.atomic_write_bytes`: temp file, write, fsync, rename, fsync of the directory;
-a failed write removes its temp file; temp files of a writer killed mid-write are removed when a run
-(re)starts. Checkpoints carry a SHA-256 of the payload: a truncated, altered or foreign file is refused
-with an error naming it, and `baffle run --resume` exits with status 2. Each metrics row is fsynced before
-the checkpoint that covers it; on resume, rows after the checkpoint and a torn last line are dropped; a
-run killed before its first checkpoint restarts from round 0. Checkpoints are pickles: load only your own.
+**Crash safety.** `records.checkpoint.atomic_write_bytes`: temp file, write, fsync, rename, fsync of the
+directory; a failed write removes its temp file; temp files of a writer killed mid-write are removed when a
+run (re)starts. Each metrics row is fsynced before the checkpoint that covers it; on resume, rows after the
+checkpoint and a torn last line are dropped; a run killed before its first checkpoint (no summary, no
+evaluation past the first checkpoint round) restarts from round 0.
+
+**Files from disk cannot run code** (`baffle.records.checkpoint`). A checkpoint is `BAFFLE02` | SHA-256 |
+HMAC-SHA256 | payload, and the payload is a safetensors file: tensors as raw bytes, everything else
+(optimizer state, EMA, RNG states, counters, the resolved config) a JSON tree (schema `baffle.checkpoint/2`)
+in its metadata. Nothing is unpickled. The SHA-256 catches truncation and bit rot (the error names the
+file, `--resume` exits with status 2). The HMAC is keyed by the run's `.baffle-key` (32 random bytes, mode
+0600 like the checkpoint): `--resume` refuses a checkpoint altered by anyone who cannot read that key, or
+copied in from another run. That is authenticity against other users, not against the run's owner or root,
+who can read the key. `--init` takes safetensors, a baffle checkpoint (HMAC-checked when its key is beside
+it, integrity only otherwise) or a plain state_dict (torch's `weights_only=True` loader); anything else,
+and old pickled checkpoints (`BAFFLE01`), are refused in one line (`baffle convert-checkpoint
+--trust-pickle OLD` rewrites one you wrote yourself). `tests/test_checkpoint_safety.py` crafts 40 malicious
+or malformed files (pickle payloads in .pt, legacy and old-header files, bogus safetensors headers, hostile
+JSON trees: huge numbers, deep nesting, object dtypes, forged HMACs) and hands each to every loader: 120 of
+120 loads refused, 0 payloads ran (the same files through `baffle run --init`: 40 one-line refusals).
+
+**Run directories never mix** (`baffle.records.rundir`). `baffle run --out DIR` refuses a regular file, a
+non-empty directory, and a directory holding a run unless `--overwrite`, which deletes that run's files
+and refuses if the directory holds anything else. `--resume DIR` never deletes history: a missing
+checkpoint in a run that finished, or whose metrics reach past the first checkpoint round, is an error.
+The config (config.toml plus `--set`) must equal the resolved config stored in the checkpoint, except the
+declared-safe keys `run.rounds` (not before the checkpoint's round; with `optim.cosine` the decay is
+recomputed for the new length), `run.eval_every`, `run.checkpoint_every` and `run.threads`; the error
+names each differing key with both values. `tests/test_rundir.py` changes each config key in turn: 62
+refused by name, 4 accepted as declared safe.
+
+**Bounded inputs** (`baffle.preflight`). Before any work: every integer fits 64 bits, a few sizes have
+hard bounds (`estimator.K` <= 10^6, `data.image_size` <= 4096, ...), and an estimate of peak memory
+(datasets at the configured image size, server state, the engine's chunks of K directions, activations;
+the model is built on torch's meta device) must fit in 90% of the machine's memory, and a lower bound on
+compute time in 720 hours (`--no-preflight` skips the estimate, not the bounds). Every CLI error is one
+line, `baffle: error: ...`, naming the key or file (exit 2; 70 for an internal error, whose traceback
+`BAFFLE_DEBUG=1` shows). `tests/test_cli_fuzz.py` runs 76 bad command lines: 76 one-line errors naming
+the key or file, no traceback.
 
 **Differential privacy** (`baffle.privacy`): the unit is a client (replace-one adjacency, sensitivity 2C of
 a vector clipped to L2 norm C). `local`: each client clips and adds N(0, (zC)^2) per coordinate before

@@ -17,6 +17,7 @@ Two checks, both cheap (no data is loaded, the model is built on torch's ``meta`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ BOUNDS: dict[str, tuple[int, str]] = {
 # (train, test) samples of each dataset as loaded (before data.train_subset/test_subset)
 DATASET_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
                  "cifar100": (50_000, 10_000), "synthetic": (2_000, 500), "cifar10_jpeg": (50_000, 10_000)}
+
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(ConfigError):
@@ -183,14 +187,24 @@ def _gb(b: float) -> str:
 _TIME_KEYS = ("estimator.K", "run.rounds", "federation.batch_size", "federation.local_steps", "data.image_size", "data.num_clients")
 
 
-def check_resources(cfg: Config, max_hours: float = MAX_HOURS, limit_bytes: float | None = None) -> Estimate:
-    """Refuse a config whose estimated memory exceeds this machine's or whose compute exceeds ``max_hours``."""
+def check_resources(cfg: Config, max_hours: float = MAX_HOURS, limit_bytes: float | None = None) -> Estimate | None:
+    """Refuse a config whose estimated memory exceeds this machine's or whose compute exceeds ``max_hours``.
+
+    Returns the estimate, or None for a dataset or model it cannot size without loading (an image folder,
+    text): those runs are not refused on a guess."""
     d = cfg.data
-    n_train = DATASET_SIZES.get(d.name, (60_000, 10_000))[0]
-    n_eff = min(d.train_subset or n_train, n_train)
-    if d.num_clients > n_eff:
-        raise PreflightError(f"data.num_clients={d.num_clients} exceeds the {n_eff:,} training samples (bound: one sample per client)")
-    est = estimate(cfg)
+    if d.name in DATASET_SIZES:
+        n_train = DATASET_SIZES[d.name][0]
+        n_eff = min(d.train_subset or n_train, n_train)
+        if d.num_clients > n_eff:
+            raise PreflightError(f"data.num_clients={d.num_clients} exceeds the {n_eff:,} training samples (bound: one sample per client)")
+    if d.name not in DATASET_SIZES or d.name == "vader":
+        return None
+    try:
+        est = estimate(cfg)
+    except Exception as e:  # noqa: BLE001 - an estimate that cannot be made must not block a valid run
+        log.info("no memory/time estimate for this config (%s: %s)", type(e).__name__, e)
+        return None
     limit = memory_limit() if limit_bytes is None else limit_bytes
     if est.memory_bytes > 0.9 * limit:
         term, (b, key) = max(est.memory.items(), key=lambda kv: kv[1][0])
