@@ -196,3 +196,46 @@ def test_bad_input_fails_with_one_line_naming_the_problem(case, files, tmp_path,
 
 def test_there_are_at_least_48_cases():
     assert len(CASES) >= 48
+
+
+# ---- random overrides: accepted, or refused in one line naming the key -----------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from baffle.config import Config  # noqa: E402
+
+_KEYS = [f"{s}.{k}" for s in Config.sections() for k in getattr(Config(), s).__dataclass_fields__]
+_values = st.one_of(
+    st.integers(-(2**80), 2**80).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["1e30", "1e7", "-1", "0", "2000", "true", "maybe", "[1,2,3]", "[]", "[a]", "", "abc", "1e-400"]),
+    st.text(max_size=8),
+)
+
+
+class _Accepted(BaseException):
+    pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(st.tuples(st.sampled_from(_KEYS), _values), min_size=1, max_size=3))
+def test_random_overrides_are_accepted_or_refused_in_one_line(items, monkeypatch, capsys, tmp_path):
+    """What reaches the simulator is a valid config; everything else is one line, no traceback."""
+    import baffle.sim.loop
+
+    class Stub:
+        def __init__(self, *a, **k):
+            raise _Accepted()
+
+    monkeypatch.setattr(baffle.sim.loop, "Simulation", Stub)
+    argv = ["run", "--set", "data.name=synthetic", "--out", str(tmp_path / "o"), "--no-progress"]
+    for key, value in items:
+        argv += ["--set", f"{key}={value}"]
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except _Accepted:
+        return
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("baffle: error:") and len(err.splitlines()) == 1, (argv, err)
