@@ -186,3 +186,12 @@ def test_every_config_key_changed_on_resume_is_refused_unless_declared_safe(fini
                 refused += 1
     assert accepted == len(rundir.SAFE_RESUME_CHANGES) and refused > 40
     print(f"resume with one changed key: {refused} refused by name, {accepted} accepted as declared safe")
+
+
+def test_a_key_newer_than_the_checkpoint_at_its_default_is_not_a_change():
+    cfg = tiny(2)
+    saved = cfg.to_dict()
+    del saved["estimator"]["K"]  # as if estimator.K had been added to baffle after this checkpoint
+    assert rundir.config_changes(saved, cfg) == {"estimator.K": (rundir._ABSENT, 16)}  # not at its default: a change
+    cfg.estimator.K = Config().estimator.K
+    assert rundir.config_changes(saved, cfg) == {}

@@ -118,8 +118,15 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (value in the checkpoint, value now) for every key that differs."""
-    a, b = _flat(saved), _flat(cfg.to_dict())
-    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+    a, b, default = _flat(saved), _flat(cfg.to_dict()), _flat(Config().to_dict())
+    changes = {}
+    for k in sorted(set(a) | set(b)):
+        was, now = a.get(k, _ABSENT), b.get(k, _ABSENT)
+        if was is _ABSENT and k in default and now == default[k]:
+            continue  # a key added to baffle after the checkpoint was written, left at its default
+        if was != now:
+            changes[k] = (was, now)
+    return changes
 
 
 def check_resume_config(saved: Any, cfg: Config, round_done: int, where: Path) -> None:
