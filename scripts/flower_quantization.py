@@ -21,10 +21,12 @@ import argparse
 import json
 import logging
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
+
+from baffle.records.results import write_json, write_text
+from baffle.records.tables import markdown_table, percent
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,17 +89,27 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"rounds": a.rounds, "nodes": a.nodes, "K": a.k, "abs_max_loss_diff": absmax, "abs_p99.9_loss_diff": p999,
               "estimate": est, "final_test_acc": acc, "config": base}
-    (out / "quantization.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"LeNet / MNIST (5000-sample train subset, 1000 test), {a.nodes} nodes, K = {a.k}, {a.rounds} rounds. "
-             f"Largest |loss difference| seen: {absmax:.3g} (99.9th percentile {p999:.3g}).", "",
-             "| clip | bits | cos, worst round | cos, median | rel. L2 error, median | scalars clipped |", "|---:|---:|---:|---:|---:|---:|"]
-    for e in est:
-        lines.append(f"| {e['clip']} | {e['bits']} | {e['cos_min']:.6f} | {e['cos_median']:.6f} | {e['rel_err_median']:.2e} | {100 * e['clipped_fraction']:.2f}% |")
-    lines += ["", "| run | final test accuracy |", "|---|---:|"]
-    lines += [f"| {k} | {100 * v:.2f}% |" for k, v in acc.items()]
-    (out / "quantization.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_json(out / "quantization.json", result, indent=2)
+    text = quantization_md(result)
+    write_text(out / "quantization.md", text)
+    print(text, end="")
     return 0
+
+
+def quantization_md(result: dict) -> str:
+    """quantization.md from quantization.json."""
+    head = (f"LeNet / MNIST (5000-sample train subset, 1000 test), {result['nodes']} nodes, K = {result['K']}, "
+            f"{result['rounds']} rounds. Largest |loss difference| seen: {result['abs_max_loss_diff']:.3g} "
+            f"(99.9th percentile {result['abs_p99.9_loss_diff']:.3g}).")
+    est = markdown_table(
+        ["clip", "bits", "cos, worst round", "cos, median", "rel. L2 error, median", "scalars clipped"],
+        [[e["clip"], e["bits"], f"{e['cos_min']:.6f}", f"{e['cos_median']:.6f}", f"{e['rel_err_median']:.2e}",
+          percent(e["clipped_fraction"], sign=True)] for e in result["estimate"]],
+        align="right",
+    )
+    acc = markdown_table(["run", "final test accuracy"], [[k, percent(v, sign=True)] for k, v in result["final_test_acc"].items()],
+                         align=[None, "right"])
+    return f"{head}\n\n{est}\n\n{acc}\n"
 
 
 if __name__ == "__main__":
