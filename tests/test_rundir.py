@@ -195,3 +195,8 @@ def test_a_key_newer_than_the_checkpoint_at_its_default_is_not_a_change():
     assert rundir.config_changes(saved, cfg) == {"estimator.K": (rundir._ABSENT, 16)}  # not at its default: a change
     cfg.estimator.K = Config().estimator.K
     assert rundir.config_changes(saved, cfg) == {}
+
+
+def test_default_run_dirs_are_claimed_never_shared(tmp_path):
+    names = [rundir.claim_new(tmp_path / "runs", "20260101-000000").name for _ in range(3)]
+    assert names == ["20260101-000000", "20260101-000000-2", "20260101-000000-3"]

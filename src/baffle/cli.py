@@ -83,14 +83,16 @@ def _run_config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
         cfg.apply_overrides(args.set)
         if args.init:
             cfg.model.init = args.init
-        out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else None
     preflight.check_bounds(cfg)
     if cfg.model.init and Path(cfg.model.init).is_dir():
         raise ConfigError(f"model.init={cfg.model.init!r} is a directory, not a weights file")
     cfg.validate()
     if not args.no_preflight:
         preflight.check_resources(cfg)
-    if not args.resume:
+    if out is None:
+        out = rundir.claim_new("runs", time.strftime("%Y%m%d-%H%M%S"))  # created here: no two runs share it
+    elif not args.resume:
         rundir.prepare_fresh(out, overwrite=args.overwrite)
     return cfg, out, bool(args.resume)
 
@@ -99,7 +101,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, out, resuming = _run_config(args)
     from baffle.sim.loop import Simulation
 
-    sim = Simulation(cfg, out, progress=not args.no_progress)
+    try:
+        sim = Simulation(cfg, out, progress=not args.no_progress)
+    except BaseException:
+        if not resuming and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that could not even be built leaves no empty directory behind
+        raise
     if resuming:
         if sim.resume_or_start():
             print(f"resuming {out} from round {sim.start_round}", file=sys.stderr)

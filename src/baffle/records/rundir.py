@@ -198,3 +198,19 @@ def prepare_resume(out: str | Path, overrides: list[str] | None = None) -> Resum
         )
     return Resume(cfg, False, 0)
 
+
+
+def claim_new(parent: str | Path, stamp: str) -> Path:
+    """Create and return a new, empty run directory ``parent/stamp`` (``stamp-2``, ``-3``... if taken).
+
+    ``mkdir`` fails when the name exists, so two runs started in the same second never share a directory."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        out = parent / (stamp if i == 1 else f"{stamp}-{i}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise RunDirError(f"{parent}: cannot find a free run directory name for {stamp}; pass --out")
