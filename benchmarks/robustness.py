@@ -210,8 +210,8 @@ checkpoint in a run that finished, or whose metrics reach past the first checkpo
 The config (config.toml plus `--set`) must equal the resolved config stored in the checkpoint, except the
 declared-safe keys `run.rounds` (not before the checkpoint's round; with `optim.cosine` the decay is
 recomputed for the new length), `run.eval_every`, `run.checkpoint_every` and `run.threads`; the error
-names each differing key with both values. `tests/test_rundir.py` changes each config key in turn: 62
-refused by name, 4 accepted as declared safe.
+names each differing key with both values. `tests/test_rundir.py` changes each config key in turn: all 65
+others refused by name, the 4 declared safe accepted.
 
 **Bounded inputs** (`baffle.preflight`). Before any work: every integer fits 64 bits, a few sizes have
 hard bounds (`estimator.K` <= 10^6, `data.image_size` <= 4096, ...), and an estimate of peak memory
@@ -220,7 +220,8 @@ the model is built on torch's meta device) must fit in 90% of the machine's memo
 compute time in 720 hours (`--no-preflight` skips the estimate, not the bounds). Every CLI error is one
 line, `baffle: error: ...`, naming the key or file (exit 2; 70 for an internal error, whose traceback
 `BAFFLE_DEBUG=1` shows). `tests/test_cli_fuzz.py` runs 76 bad command lines: 76 one-line errors naming
-the key or file, no traceback.
+the key or file, no traceback; and 150 random `--set` combinations, each reaching the simulator as a valid
+config or refused in one line.
 
 **Differential privacy** (`baffle.privacy`): the unit is a client (replace-one adjacency, sensitivity 2C of
 a vector clipped to L2 norm C). `local`: each client clips and adds N(0, (zC)^2) per coordinate before
