@@ -259,3 +259,12 @@ def test_old_checkpoint_message_says_how_to_convert_and_conversion_needs_the_fla
     ck.convert_legacy(old, trust_pickle=True)
     back = ck.load(old)
     assert back["round"] == 2 and back["t"] == (1, 2) and torch.equal(back["server"]["model"]["w"], torch.ones(2))
+
+
+def test_well_formed_checkpoints_of_the_wrong_shape_are_refused_for_init(tmp_path):
+    odd = [{"round": 1}, {"server": []}, {"server": {"model": [1, 2]}}, {"server": {"model": {}, "ema": {}}},
+           {"server": {"model": {"w": 1.0}, "ema": None}}, {"server": {"model": {"w": torch.ones(1)}, "ema": {"shadow": {3: torch.ones(1)}}}}]
+    for i, state in enumerate(odd):
+        path = tmp_path / f"odd{i}.pt"
+        ck.save(path, state)
+        _refused(ck.load_model_weights, path)

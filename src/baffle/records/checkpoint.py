@@ -398,7 +398,8 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
         server = state.get("server")
         if not isinstance(server, dict) or "model" not in server:
             raise CheckpointError(f"{path} is a baffle checkpoint without server weights")
-        return _state_dict_or_error(server["ema"]["shadow"] if isinstance(server.get("ema"), dict) else server["model"], path)
+        ema = server.get("ema")
+        return _state_dict_or_error(ema.get("shadow") if isinstance(ema, dict) else server["model"], path)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip format, or its legacy pickle format
         import io
         import warnings
