@@ -12,13 +12,13 @@ What runs:
    below the head). The simulator itself (``baffle.sim``) is unchanged: only its data and model factory are
    pointed at the cached embeddings and a head with the same parameter names (``classifier.*``), and the script
    checks that head's logits against the full model's on real sentences.
-3. Three numbers on the same subsets: a linear probe (the head trained centrally by backprop on every training
-   embedding: the usual upper reference for head-only training), ``run.method=baffle`` (forward-only, K scalar
-   loss differences per client per round) and ``run.method=fedsgd`` (its backprop twin), both with the four
-   domain clients (``data.partition=domain``) and the same rounds, batch size and optimizer.
+3. On the same subsets: a linear probe (the head trained centrally by backprop on every training embedding: the
+   usual upper reference for head-only training), ``run.method=baffle`` (forward-only, K scalar loss differences
+   per client per round) and ``run.method=fedsgd`` (its backprop twin), each with the four domain clients
+   (``data.partition=domain``) and with 20 Dirichlet(0.5) clients, same rounds, batch size and optimizer.
 
 Not measured here (needs prefix caching per minibatch or far more compute): LayerNorm/bias, top-block and LoRA
-subsets, 20 Dirichlet clients, client memory. Usage: python experiments/finetune_text.py [--rounds 400]
+subsets, client memory. Usage: python experiments/finetune_text.py [--rounds 400]
 Writes experiments/results/finetune_text.json and finetune_text.md.
 """
 
@@ -105,11 +105,11 @@ def linear_probe(train: Dataset, test: Dataset, steps: int, seed: int) -> dict:
     return {"test_acc": acc, "train_acc": train_acc, "steps": steps}
 
 
-def federated(method: str, train: Dataset, test: Dataset, args) -> dict:
+def federated(method: str, train: Dataset, test: Dataset, args, partition: str = "domain", clients: int = 4) -> dict:
     cfg = Config()
     cfg.apply_overrides([
         "data.name=vader", "model.name=minilm", 'model.trainable=["classifier.*"]', f"run.method={method}",
-        "data.partition=domain", "data.num_clients=4", f"run.rounds={args.rounds}", f"run.eval_every={args.rounds // 4}",
+        f"data.partition={partition}", f"data.num_clients={clients}", "data.alpha=0.5", f"run.rounds={args.rounds}", f"run.eval_every={args.rounds // 4}",
         "run.threads=1", f"run.seed={args.seed}", f"estimator.K={args.K}", f"estimator.sigma={args.sigma}",
         f"federation.batch_size={args.batch}", f"optim.lr={args.lr}", "run.checkpoint_every=0",
         f"data.eval_train_samples={min(1000, len(train))}",
@@ -119,7 +119,7 @@ def federated(method: str, train: Dataset, test: Dataset, args) -> dict:
         summary = Simulation(cfg.validate(), None, progress=False).run()
     keep = ("method", "rounds", "final_test_acc", "best_test_acc", "final_test_loss", "upload_bytes_per_client_per_round",
             "total_forward_passes", "total_backward_passes")
-    return {**{k: summary.get(k) for k in keep}, "wall_s": time.perf_counter() - t0}
+    return {**{k: summary.get(k) for k in keep}, "partition": partition, "clients": clients, "wall_s": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -158,6 +158,8 @@ def main() -> None:
         "linear_probe": linear_probe(ftrain, ftest, steps=500, seed=args.seed),
         "baffle": federated("baffle", ftrain, ftest, args),
         "fedsgd": federated("fedsgd", ftrain, ftest, args),
+        "baffle_dirichlet20": federated("baffle", ftrain, ftest, args, "dirichlet", 20),
+        "fedsgd_dirichlet20": federated("fedsgd", ftrain, ftest, args, "dirichlet", 20),
     }
     write_json(OUT / "finetune_text.json", results)
     s, lp, zo, bp = results["setup"], results["linear_probe"], results["baffle"], results["fedsgd"]
@@ -168,6 +170,10 @@ def main() -> None:
         ["backprop head, 4 domain clients (fedsgd)", percent(bp["final_test_acc"]), f"{bp['rounds']} rounds",
          f"{bp['upload_bytes_per_client_per_round']}"],
     ]
+    for key, what in (("baffle_dirichlet20", f"forward-only head, 20 Dirichlet(0.5) clients (baffle, K={args.K})"),
+                      ("fedsgd_dirichlet20", "backprop head, 20 Dirichlet(0.5) clients (fedsgd)")):
+        r = results[key]
+        rows.append([what, percent(r["final_test_acc"]), f"{r['rounds']} rounds", f"{r['upload_bytes_per_client_per_round']}"])
     md = "\n".join([
         "# MiniLM-L6 head on VADER: forward-only vs backprop vs linear probe (SHORT run)",
         "",
