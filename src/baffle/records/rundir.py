@@ -176,6 +176,9 @@ def prepare_resume(out: str | Path, overrides: list[str] | None = None) -> Resum
     ckpt = out / CHECKPOINT_NAME
     if ckpt.exists() or ckpt.is_symlink():
         state = checkpoint.load(ckpt)  # verifies SHA-256 and HMAC; refuses a directory or a foreign file
+        missing = [k for k in ("round", "server", "clients", "counters", "config") if k not in state]
+        if missing:
+            raise RunDirError(f"{ckpt} is not a run checkpoint of this baffle (no {', '.join(missing)})")
         round_done = state.get("round")
         if not isinstance(round_done, int) or round_done < 0:
             raise RunDirError(f"{ckpt} has no valid round number")
