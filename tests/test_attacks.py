@@ -77,9 +77,9 @@ def test_runner_corrupts_the_computed_uploads_of_attackers(monkeypatch):
     seen = {}
     real_validate = sim.fed.strategy.validate
 
-    def spy(uploads, r, expected=None):
+    def spy(uploads, r, expected=None, length=None):
         seen["uploads"] = uploads
-        return real_validate(uploads, r, expected)
+        return real_validate(uploads, r, expected, length)
 
     monkeypatch.setattr(sim.fed.strategy, "validate", spy)
     honest = RoundRunner.client_uploads(runner, [0, 1, 2, 3], 0)

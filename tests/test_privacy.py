@@ -65,7 +65,7 @@ def test_local_dp_uploads_are_clipped_and_noised_before_validation(monkeypatch):
     sim = Simulation(cfg, None, progress=False)
     seen = {}
     real = sim.fed.strategy.validate
-    monkeypatch.setattr(sim.fed.strategy, "validate", lambda ups, r, e=None: (seen.setdefault("u", ups), real(ups, r, e))[1])
+    monkeypatch.setattr(sim.fed.strategy, "validate", lambda ups, r, e=None, length=None: (seen.setdefault("u", ups), real(ups, r, e, length))[1])
     sim.runner.run_round(0)
     assert all(np.linalg.norm(u.loss_diffs) <= 1e-4 * (1 + 1e-5) for u in seen["u"])
 

@@ -72,4 +72,4 @@ def aggregate(vectors: np.ndarray, weights: np.ndarray, method: str = "mean", tr
         return clipped_mean(vectors, weights)
     if method == "multi_krum":  # trim_fraction doubles as the assumed fraction of Byzantine clients
         return multi_krum(vectors, weights, trim_fraction)
-    raise ValueError(f"unknown aggregator {method!r}; valid: mean, median, trimmed_mean, clipped_mean, multi_krum")
+    raise ValueError(f"unknown aggregator {method!r}; valid: mean, median, trimmed_mean, clipped_mean, multi_krum (fltrust lives in baffle.server.trust)")
