@@ -116,7 +116,10 @@ def section(res: dict) -> str:
         "",
         "Each call fills a preallocated float32 buffer; `copy` is `np.copyto` of n float32 in the same process "
         "(read + write, the memory-speed ceiling for producing n floats); `% copy` is generation rate over copy rate. "
-        "v1 in torch is the numpy generator plus a copy (v1 is defined by numpy's code).",
+        "v1 in torch is the numpy generator plus a copy (v1 is defined by numpy's code); `torch` rows for v2 are the "
+        "torch kernels (`impl=\"torch\"`, what runs on CUDA); on CPU the torch client uses the numpy generator "
+        "(`impl=\"auto\"`), which writes straight into the tensor. CUDA: not measured yet; `benchmarks/gpu_check.sh` "
+        "(bit-identity of v2 on CUDA vs numpy, device speed) is prepared but has not run on a GPU.",
         "",
         markdown_table(["n", "kind", "backend", "M elements/s", "copy M elements/s", "% copy", "load"], table,
                        ["right", None, None, "right", "right", "right", "right"]),

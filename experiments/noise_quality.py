@@ -13,6 +13,12 @@ sigma = estimator.sigma) and the server's reconstruction (``baffle.reconstruct``
 ``--reps`` seed sets per K. Reference: for exact directional derivatives the expected squared cosine is
 about K / (K + n + 1) for Gaussian directions and K / (K + n - 1) for Rademacher ones (n parameters).
 
+With ``--runs DIR``, it also tabulates short accuracy runs of the default job found in DIR as
+``<kind>_s<seed>/summary.json``, made by (one per kind and seed, at most two at once on a shared machine)::
+
+    baffle run --set run.rounds=600 --set run.threads=1 --set estimator.noise=<kind> --set run.seed=<seed> \
+        --out DIR/<kind>_s<seed> --no-progress
+
 Writes experiments/results/noise_quality.json and the "Estimator quality per noise kind" section of
 docs/performance.md.
 """
@@ -92,6 +98,21 @@ def measure(ks: list[int], reps: int, states: list[int], batch: int) -> dict:
             "load_end": os.getloadavg()}
 
 
+def accuracy_runs(root: Path) -> list[dict]:
+    """Final accuracy and wall time of the runs ``root/<kind>_s<seed>``, for the table below the cosines."""
+    out = []
+    for kind in noise.KINDS:
+        for d in sorted(root.glob(f"{kind}_s*")):
+            summary = d / "summary.json"
+            if summary.exists():
+                import json
+
+                s = json.loads(summary.read_text())
+                out.append({"kind": kind, "seed": int(d.name.rsplit("_s", 1)[1]), "rounds": s["rounds"],
+                            "final_test_acc": s["final_test_acc"], "wall_s": s["wall_s"]})
+    return out
+
+
 def section(res: dict) -> str:
     rows = res["rows"]
     n = rows[0]["n"]
@@ -114,8 +135,26 @@ def section(res: dict) -> str:
         "",
         markdown_table(["BP steps", "K", *[f"cos {k}" for k in noise.KINDS], "ideal Gaussian", "ideal Rademacher"], table,
                        "right"),
+        *accuracy_section(res.get("accuracy_runs", [])),
         END,
     ])
+
+
+def accuracy_section(runs: list[dict]) -> list[str]:
+    if not runs:
+        return []
+    rows = []
+    for kind in noise.KINDS:
+        mine = [r for r in runs if r["kind"] == kind]
+        if mine:
+            accs = [100 * r["final_test_acc"] for r in mine]
+            rows.append([kind, mine[0]["rounds"], ", ".join(f"{a:.2f}" for a in accs), f"{np.mean(accs):.2f}",
+                         f"{np.std(accs):.2f}", ", ".join(str(r["seed"]) for r in mine)])
+    return ["", "Short accuracy runs of the default job (`baffle run --set run.rounds=600 --set run.threads=1 "
+            "--set estimator.noise=<kind> --set run.seed=<seed>`; the default is 3000 rounds, so these are early-training "
+            "accuracies, run two at a time on the loaded shared machine; wall times are not comparable):", "",
+            markdown_table(["noise", "rounds", "final test acc % per seed", "mean", "std", "seeds"], rows,
+                           [None, "right", "right", "right", "right", "right"])]
 
 
 def write_doc(res: dict) -> None:
@@ -135,14 +174,19 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--states", type=int, nargs="+", default=[0, 300], help="backprop steps before each state")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--runs", type=Path, help="folder of <kind>_s<seed> accuracy runs to tabulate")
     ap.add_argument("--doc-only", action="store_true")
+    ap.add_argument("--runs-only", action="store_true", help="keep the saved cosines, (re)read only --runs")
     args = ap.parse_args()
-    if args.doc_only:
+    if args.doc_only or args.runs_only:
         import json
 
         res = json.loads(OUT.read_text())
     else:
         res = measure(args.K, args.reps, args.states, args.batch)
+    if args.runs:
+        res["accuracy_runs"] = accuracy_runs(args.runs)
+    if not args.doc_only:
         write_json(OUT, res)
     write_doc(res)
     print(f"wrote {OUT.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
