@@ -24,6 +24,7 @@ import torch
 
 from baffle import cli
 from baffle.records import checkpoint as ck
+from baffle.records import legacy
 from baffle.testing import tiny
 
 
@@ -155,7 +156,7 @@ def test_no_crafted_file_executes_or_loads_through_any_loader(crafted, capsys):
     loaders = {
         "load (--resume)": ck.load,
         "load_model_weights (--init)": ck.load_model_weights,
-        "convert_legacy --trust-pickle": lambda p: ck.convert_legacy(p, p.with_suffix(".conv"), trust_pickle=True),
+        "convert_legacy --trust-pickle": lambda p: legacy.convert_legacy(p, p.with_suffix(".conv"), trust_pickle=True),
     }
     refused = 0
     for name, path in paths.items():
@@ -255,8 +256,8 @@ def test_old_checkpoint_message_says_how_to_convert_and_conversion_needs_the_fla
     old = tmp_path / "checkpoint.pt"
     old.write_bytes(ck.LEGACY_MAGIC + hashlib.sha256(buf.getvalue()).digest() + buf.getvalue())
     assert "--trust-pickle" in _refused(ck.load, old)
-    _refused(lambda p: ck.convert_legacy(p), old)
-    ck.convert_legacy(old, trust_pickle=True)
+    _refused(lambda p: legacy.convert_legacy(p), old)
+    legacy.convert_legacy(old, trust_pickle=True)
     back = ck.load(old)
     assert back["round"] == 2 and back["t"] == (1, 2) and torch.equal(back["server"]["model"]["w"], torch.ones(2))
 

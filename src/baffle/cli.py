@@ -142,7 +142,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from baffle.records.checkpoint import convert_legacy
+    from baffle.records.legacy import convert_legacy
 
     new = convert_legacy(args.old, args.new, trust_pickle=args.trust_pickle)
     print(f"wrote {new} (signed with {Path(new).parent / '.baffle-key'})")

@@ -139,7 +139,9 @@ def _model_cost(cfg: Config, channels: int, classes: int, size: int) -> tuple[in
 def estimate(cfg: Config) -> Estimate:
     """Peak memory and a lower bound on compute time of ``cfg`` (validated), without loading anything."""
     from baffle.data.registry import dataset_info
+    from baffle.methods import get_method
     from baffle.protocol.schemes import forward_passes
+    from baffle.sim.sampling import clients_per_round
 
     d, e, f, r = cfg.data, cfg.estimator, cfg.federation, cfg.run
     info = dataset_info(d.name, d.root)  # data.name=imagefolder: read from the data (decoded once, cached)
@@ -157,15 +159,14 @@ def estimate(cfg: Config) -> Estimate:
                                          "estimator.K" if chunk <= budget else "estimator.max_memory_mb")
     out.memory["activations"] = (max(f.batch_size, 256) * acts * 4.0 * 3, "federation.batch_size" if f.batch_size > 256 else size_key)
     n_eff = min(d.train_subset or n_train, n_train)
-    clients = d.num_clients
-    m = min(clients, int(f.clients_per_round) if f.clients_per_round > 1 else max(1, round(f.clients_per_round * clients)))
-    method = r.method
-    if method in ("fedsgd", "fedavg"):
-        passes = 3.0 * (f.local_steps if method == "fedavg" else 1)  # forward + backward
-        directions = 0.0
+    m = clients_per_round(cfg)
+    method = get_method(r.method)
+    steps = method.per_round_costs(cfg, 0, 0)[1]  # forward passes per client per round (the cost model)
+    if method.backprop:
+        passes, directions = 3.0 * steps, 0.0  # forward + backward
     else:
-        passes = float(forward_passes(e.K, e.scheme)) * (f.local_steps if method == "baffle_local" else 1)
-        directions = float(r.rounds) * e.K * trainable * (m + 1) * (f.local_steps if method == "baffle_local" else 1)
+        passes = float(steps)
+        directions = float(r.rounds) * e.K * trainable * (m + 1) * steps / forward_passes(e.K, e.scheme)
     samples = float(r.rounds) * m * passes * f.batch_size
     evals = math.ceil(r.rounds / r.eval_every) * (min(d.test_subset or n_test, n_test) + min(d.eval_train_samples, n_eff))
     out.seconds = (samples + evals) * flops / FLOPS_PER_S + directions * NS_PER_DIRECTION_ELEMENT * 1e-9

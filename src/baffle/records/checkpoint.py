@@ -24,7 +24,7 @@ trust as a safetensors file.
 
 Files are written to a temporary file in the same directory, fsynced, renamed over the old one, the
 directory fsynced: a reader sees the old checkpoint or the new one, never a torn file. Checkpoints and keys
-are created mode 0600. The old pickled format (``BAFFLE01``) is refused; :func:`convert_legacy` rewrites one
+are created mode 0600. The old pickled format (``BAFFLE01``) is refused; :func:`baffle.records.legacy.convert_legacy` rewrites one
 only when the caller says it trusts the file (``baffle convert-checkpoint --trust-pickle``).
 """
 
@@ -430,38 +430,3 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> No
 
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
     atomic_write_bytes(path, st_save(tensors, metadata={"format": "pt"}))
-
-
-# ---- the old format -------------------------------------------------------------------------------------
-
-
-def convert_legacy(old: str | Path, new: str | Path | None = None, *, trust_pickle: bool = False) -> Path:
-    """Rewrite an old pickled checkpoint (BAFFLE01) in this format; ``new`` defaults to ``old`` (replaced).
-
-    Refuses unless ``trust_pickle``: the old payload is a pickle. It is read with torch's restricted
-    unpickler (``weights_only=True``), which only builds tensors and plain containers, but a pickle parser is
-    still more attack surface than this format has; convert only files you wrote yourself."""
-    import io
-
-    old = Path(old)
-    new = Path(new) if new is not None else old
-    if not trust_pickle:
-        raise CheckpointError(f"converting {old} parses a pickle; pass --trust-pickle if you wrote the file yourself")
-    data = _read(old)
-    if data[:8] != LEGACY_MAGIC or len(data) < 40:
-        raise CheckpointError(f"{old} is not an old (BAFFLE01) baffle checkpoint")
-    digest, payload = data[8:40], data[40:]
-    if hashlib.sha256(payload).digest() != digest:
-        raise CheckpointError(f"{old} is corrupted or truncated: its SHA-256 does not match (refusing to convert it)")
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - whatever the restricted unpickler refuses, one line
-        raise CheckpointError(f"{old}: torch's restricted unpickler refused it ({_one_line(e)})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{old} holds a {type(state).__name__}, expected a dict")
-    save(new, state)
-    return new
