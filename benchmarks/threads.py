@@ -170,7 +170,10 @@ def section(result: dict) -> str:
         "",
         f"Goal (issue 13): the policy never slower than 1 thread, idle or loaded: {verdict} (a policy that picks 1 "
         f"thread is the 1-thread setting, so a difference between those two rows is the machine's noise; otherwise "
-        f"within 5%). `all cores` is torch's default before the policy (one thread per usable core).",
+        f"within 5%). `all cores` is torch's default before the policy (one thread per usable core). Only the "
+        f"default job is measured: the rule's multi-thread branch (>= 0.5 GFLOP per layer call, models far bigger "
+        f"than the default) has no measurement on this shared 2-core machine, where even a WRN-10-2 backprop "
+        f"step at batch 64 ran 2.5x slower with 2 threads than with 1 at load 9.",
         END,
     ])  # fmt: skip
 
