@@ -1,5 +1,5 @@
 """SIGKILL-and-resume trials of ``baffle run`` (the harness is ``baffle.testing.crash``, which
-tests/test_crash_resume.py runs too): the figures of docs/robustness.md.
+tests/records/test_crash_resume.py runs too): the figures of docs/robustness.md.
 
 Each trial starts ``baffle run`` in a subprocess on the tiny federation, kills it with SIGKILL at random
 moments, resumes it until it finishes, and compares the final checkpoint and metrics.jsonl with an

@@ -175,7 +175,7 @@ undecodable bytes), `bad_client_id`, `unknown_sender` (not sampled this round), 
 `non_finite`, `magnitude` (|dL| > 1e4), `bad_sample_count` (< 1 or above the round's batch size: the count
 weights the mean, so an unbounded claim would let one client outvote everyone). A round with fewer valid
 uploads than `federation.min_clients` is skipped: model, optimizer state and EMA stay bit-identical
-(`tests/test_validation.py`, `tests/test_fuzz.py`, which also fuzzes random Upload fields and bytes).
+(`tests/server/test_validation.py`, `tests/server/test_fuzz.py`, which also fuzzes random Upload fields and bytes).
 
 **Faults.** Which sampled clients answer is decided before any upload is computed (`baffle.faults`), as a
 pure function of (seed, round, client), so the per-client loop and the fused path see the same clients and
@@ -198,7 +198,7 @@ copied in from another run. That is authenticity against other users, not agains
 who can read the key. `--init` takes safetensors, a baffle checkpoint (HMAC-checked when its key is beside
 it, integrity only otherwise) or a plain state_dict (torch's `weights_only=True` loader); anything else,
 and old pickled checkpoints (`BAFFLE01`), are refused in one line (`baffle convert-checkpoint
---trust-pickle OLD` rewrites one you wrote yourself). `tests/test_checkpoint_safety.py` crafts 40 malicious
+--trust-pickle OLD` rewrites one you wrote yourself). `tests/records/test_checkpoint_safety.py` crafts 40 malicious
 or malformed files (pickle payloads in .pt, legacy and old-header files, bogus safetensors headers, hostile
 JSON trees: huge numbers, deep nesting, object dtypes, forged HMACs) and hands each to every loader: 120 of
 120 loads refused, 0 payloads ran (the same files through `baffle run --init`: 40 one-line refusals).
@@ -210,7 +210,7 @@ checkpoint in a run that finished, or whose metrics reach past the first checkpo
 The config (config.toml plus `--set`) must equal the resolved config stored in the checkpoint, except the
 declared-safe keys `run.rounds` (not before the checkpoint's round; with `optim.cosine` the decay is
 recomputed for the new length), `run.eval_every`, `run.checkpoint_every` and `run.threads`; the error
-names each differing key with both values. `tests/test_rundir.py` changes each config key in turn: all 65
+names each differing key with both values. `tests/records/test_rundir.py` changes each config key in turn: all 65
 others refused by name, the 4 declared safe accepted.
 
 **Bounded inputs** (`baffle.preflight`). Before any work: every integer fits 64 bits, a few sizes have
@@ -430,7 +430,7 @@ def render() -> str:
         lines += [
             "## Crash safety: SIGKILL and resume",
             "",
-            f"`benchmarks/crash_trials.py` (the harness of `tests/test_crash_resume.py`): {c['trials']} trials, each",
+            f"`benchmarks/crash_trials.py` (the harness of `tests/records/test_crash_resume.py`): {c['trials']} trials, each",
             f"killing `baffle run` with SIGKILL at random moments ({c['kills']} kills in all) and resuming with",
             f"`--resume` until the run finished. Weights identical to the uninterrupted run: {c['identical']}/{c['trials']}",
             f"({100 * c['identical'] / max(c['trials'], 1):.0f}%); metrics.jsonl without duplicate or missing rows:",

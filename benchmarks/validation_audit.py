@@ -1,5 +1,5 @@
 """Audit: do rejected uploads ever touch the global model? Counts injected bad uploads and corruptions
-(the harness is ``baffle.testing.audit``, which tests/test_validation.py runs in small).
+(the harness is ``baffle.testing.audit``, which tests/server/test_validation.py runs in small).
 
 Two identical tiny federations run side by side; one also receives bad uploads of every rejection kind, and
 every fifth round only bad ones. A corruption is any round after which the two differ by a single bit in

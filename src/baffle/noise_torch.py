@@ -3,7 +3,7 @@
 Why a second implementation: the torch client and the server want directions as tensors on their own
 device (a GPU client must not generate on the CPU and copy), and numpy cannot run there. Spec v2 is
 integer arithmetic on (seed, index), so a torch port is bit-identical by construction; tests check it
-against the numpy reference (``tests/test_noise.py``) and ``benchmarks/gpu_check.sh`` checks CUDA.
+against the numpy reference (``tests/protocol/test_noise.py``) and ``benchmarks/gpu_check.sh`` checks CUDA.
 
 Torch has no usable uint64 arithmetic, so the words live in int64 tensors: two's-complement addition and
 multiplication give the same low 64 bits as unsigned arithmetic, and the logical right shifts of the spec

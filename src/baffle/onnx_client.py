@@ -3,7 +3,7 @@
 This is the paper's practical promise made literal: a device that can only run inference answers a
 round with the same K loss differences as the torch client. It imports numpy, onnxruntime and the
 torch-free protocol layer (``baffle.protocol``: noise, messages, the flat layout and its selection rule,
-the schemes, the minibatch sampler, the ONNX names); ``tests/test_onnx_client.py`` runs it in a fresh
+the schemes, the minibatch sampler, the ONNX names); ``tests/onnx/test_onnx_client.py`` runs it in a fresh
 process and checks that ``torch`` never enters ``sys.modules``.
 
 The model comes from :func:`baffle.export.export_onnx` (weights are graph inputs, exported once); each

@@ -3,7 +3,7 @@
 Each tuple is the single definition: the feature modules that implement a choice (models, data, schemes,
 aggregation, attacks, privacy, shaping, adapters, tasks, the ONNX client) import their tuple from here, and
 config validation checks values against it. Adding a choice means adding it here and implementing it there;
-``tests/test_config.py`` checks the two stay in step. Nothing here imports torch or any baffle module.
+``tests/config/test_config.py`` checks the two stay in step. Nothing here imports torch or any baffle module.
 """
 
 from __future__ import annotations

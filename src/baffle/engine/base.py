@@ -83,7 +83,7 @@ def direction_writer(seed: int | np.integer, kind: str = DEFAULT_NOISE) -> Calla
     """A function that fills its float32 argument with the NEXT elements of direction(seed).
 
     Successive calls continue the same stream, so a direction can be written tensor by tensor without ever
-    holding all n values, bit-identical to ``noise.direction(seed, n, kind)`` (tests/test_engine.py).
+    holding all n values, bit-identical to ``noise.direction(seed, n, kind)`` (tests/engine/test_engine.py).
     v1 is not seekable, so its Philox generator is kept and keeps its position between calls; the v2
     kinds are functions of (seed, index) and are asked for exactly the next range.
     """

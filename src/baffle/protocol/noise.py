@@ -53,7 +53,7 @@ is on unsigned 64-bit integers modulo 2^64; ``>>`` is a logical shift.
 Limits: word indices are below 2^64, i.e. no practical limit on n. Two seeds s, s' give overlapping word
 streams only if s' - s is a small multiple of GAMMA modulo 2^64 (probability ~ n/2^64 for random seeds).
 
-``tests/test_noise.py`` pins test vectors of every kind (and the torch implementation against them), so any
+``tests/protocol/test_noise.py`` pins test vectors of every kind (and the torch implementation against them), so any
 change in numpy's normal sampler, or a slip in a reimplementation, fails before a federation diverges.
 """
 

@@ -5,9 +5,9 @@ command lines over the same code, so the figures in docs/robustness.md and the t
 
 - `tiny` / `tiny_config`: the tiny federation (synthetic data, MLP, 4 clients) every reliability test and
   harness uses, defined once;
-- `baffle.testing.crash`: SIGKILL-and-resume trials of ``baffle run`` (tests/test_crash_resume.py,
+- `baffle.testing.crash`: SIGKILL-and-resume trials of ``baffle run`` (tests/records/test_crash_resume.py,
   benchmarks/crash_trials.py);
-- `baffle.testing.audit`: twin federations fed bad uploads (tests/test_validation.py,
+- `baffle.testing.audit`: twin federations fed bad uploads (tests/server/test_validation.py,
   benchmarks/validation_audit.py).
 """
 

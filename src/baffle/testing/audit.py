@@ -1,4 +1,4 @@
-"""Do rejected uploads ever touch the global model? The harness of tests/test_validation.py and
+"""Do rejected uploads ever touch the global model? The harness of tests/server/test_validation.py and
 benchmarks/validation_audit.py (which writes the figures in docs/robustness.md).
 
 Two identical tiny federations run side by side. Every round both receive the same honest uploads;

@@ -1,4 +1,4 @@
-"""SIGKILL-and-resume trials of ``baffle run``: the harness of tests/test_crash_resume.py and
+"""SIGKILL-and-resume trials of ``baffle run``: the harness of tests/records/test_crash_resume.py and
 benchmarks/crash_trials.py (which writes the figures in docs/robustness.md).
 
 Each trial starts ``baffle run`` in a subprocess on the tiny federation (8 rounds, a checkpoint and an

@@ -5,7 +5,7 @@ LeNet forward at batch 32 is ~0.3 GFLOP) paid with the full per-call overhead of
 of P perturbed models runs as ONE model whose every layer is P times wider (:mod:`.kernels`), interpreted
 from an fx trace (:mod:`.program`); the P weight sets are ``W + c_p * eps_p``, written tensor by tensor
 straight from each seed's direction stream (no chunk-of-directions block beside them), and P comes from a
-memory budget (:mod:`.planner`). A model the interpreter cannot batch is run with the reference loop. The result equals the loop's to float32 rounding (``tests/test_batched.py``).
+memory budget (:mod:`.planner`). A model the interpreter cannot batch is run with the reference loop. The result equals the loop's to float32 rounding (``tests/engine/test_batched.py``).
 
 The same pass evaluates the perturbed models on several clients' minibatches concatenated
 (:meth:`BatchedEngine.multi_client`): all clients of a simulated round share the seeds, so one pass serves

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "deploy_local.sh"
 BIN = REPO / ".venv" / "bin"
 

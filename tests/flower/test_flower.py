@@ -19,7 +19,7 @@ from baffle.flower.config import (  # noqa: E402
 from baffle.flower.inmemory import run_inmemory  # noqa: E402
 from baffle.flower.secure import QuantSpec, secure_mean_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP_CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 

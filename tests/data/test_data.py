@@ -400,7 +400,7 @@ def test_partition_bad_arguments() -> None:
     n=st.integers(1, 300),
     num_clients=st.integers(1, 30),
     num_classes=st.integers(1, 12),
-    scheme=st.sampled_from([s for s in PARTITION_SCHEMES if s != "domain"]),  # domain: tests/test_text_data.py
+    scheme=st.sampled_from([s for s in PARTITION_SCHEMES if s != "domain"]),  # domain: tests/data/test_text_data.py
     seed=st.integers(0, 2**32 - 1),
     spc=st.integers(1, 4),
 )

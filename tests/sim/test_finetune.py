@@ -15,7 +15,7 @@ from baffle.sim.loop import Simulation
 from baffle.sim.factory import build_model_for, load_data
 from baffle.sim.evaluate import evaluate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 from pretrain import pretrain  # noqa: E402
 
 BASE = ["data.name=synthetic", "data.image_size=8", "model.name=mlp", "run.threads=1", "data.train_subset=1000",
