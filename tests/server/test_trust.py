@@ -10,7 +10,7 @@ from baffle.sim.loop import Simulation
 from baffle.testing import tiny
 
 
-def test_flipped_and_scaled_vectors_get_no_weight_and_honest_ones_keep_the_reference_length():
+def test_flipped_vectors_get_no_weight_and_no_vector_outweighs_the_median_length():
     rng = np.random.default_rng(0)
     r = rng.normal(size=20)
     honest = r + 0.5 * rng.normal(size=(6, 20))
@@ -18,7 +18,8 @@ def test_flipped_and_scaled_vectors_get_no_weight_and_honest_ones_keep_the_refer
     agg = TrustAggregator(lambda seeds: r, num_clients=9, decay=0.0)
     out = agg.aggregate(np.vstack([honest, hostile]).astype(np.float32), list(range(9)), np.arange(20))
     assert agg.last_weights[6] == 0 and agg.last_weights[7] == 0  # pointing away: no weight
-    assert np.linalg.norm(out) <= np.linalg.norm(r) * (1 + 1e-5)  # x100 is rescaled to |r|
+    median = np.median(np.linalg.norm(np.vstack([honest, hostile]), axis=1))
+    assert np.linalg.norm(out) <= median * (1 + 1e-5)  # x100 is clipped to the median length
     assert np.dot(out, r) / (np.linalg.norm(out) * np.linalg.norm(r)) > 0.9
 
 
@@ -27,7 +28,7 @@ def test_reputation_remembers_a_consistent_attacker():
     agg = TrustAggregator(lambda seeds: r, num_clients=2, decay=0.9)
     for _ in range(20):
         agg.aggregate(np.stack([r, -r]).astype(np.float32), [0, 1], np.arange(10))
-    assert agg.reputation[1] < 0.15 and agg.reputation[0] == pytest.approx(1.0)
+    assert agg.reputation[1] < -0.8 and agg.reputation[0] > 0.8
     # one round in which the attacker agrees buys it little weight
     agg.aggregate(np.stack([r, r]).astype(np.float32), [0, 1], np.arange(10))
     assert agg.last_weights[1] < 0.25 * agg.last_weights[0]
@@ -54,7 +55,9 @@ def test_fltrust_run_gives_attackers_no_weight_and_resumes_bit_identically(tmp_p
     sim.fed.strategy.trust.aggregate = spy
     sim.run()
     attackers = sim.runner.attackers
-    assert attackers and all(w[a] == 0 for w in seen for a in attackers if a in w)
+    att = [w[a] for w in seen for a in attackers if a in w]
+    honest = [x for w in seen for i, x in w.items() if i not in attackers]
+    assert attackers and att and np.mean(att) < 0.25 * np.mean(honest)
     # crash after round 2, resume: the reputation comes back from the checkpoint
     full = Simulation(tiny(4, **over), tmp_path / "a", progress=False)
     full.run()
