@@ -23,6 +23,8 @@ SWEEPS = [
     ("beyond_paper", "Beyond the paper: from the paper's recipe to the fast recipe at equal forward passes"),
     ("finetune", "Forward-only fine-tuning of a pretrained model"),
     ("lr_sweep", "Server learning rate of the fast recipe"),
+    ("multistep", "Local forward-only steps with scalar uploads at equal forward passes (issue 16)"),
+    ("robust_converged", "Aggregators against 30% hostile clients at convergence (issue 17)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),

@@ -156,3 +156,20 @@ def test_cli_dry_run_and_error_exit(tmp_path, capsys):
     bad.write_text('out = "x"\n[base]\nestimator.K = 0\n')
     assert main(["sweep", str(bad)]) == 2
     assert "estimator.K must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_key_added_to_baffle_after_a_run_does_not_make_it_a_different_run(tmp_path):
+    """A finished run whose config.toml predates a new key (absent there, at its default now) is reused."""
+    from baffle.sweep import run_status
+
+    from baffle.testing import tiny
+
+    cfg = tiny(1)
+    run = tmp_path / "run"
+    run.mkdir()
+    text = cfg.to_toml()
+    (run / "config.toml").write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("trust_decay")) + "\n")
+    (run / "summary.json").write_text("{}")
+    assert "trust_decay" in text and run_status(run, cfg) == "done"
+    cfg.federation.trust_decay = 0.5  # a real difference is still a conflict
+    assert run_status(run, cfg) == "conflict"
