@@ -177,6 +177,21 @@ weights the mean, so an unbounded claim would let one client outvote everyone). 
 uploads than `federation.min_clients` is skipped: model, optimizer state and EMA stay bit-identical
 (`tests/server/test_validation.py`, `tests/server/test_fuzz.py`, which also fuzzes random Upload fields and bytes).
 
+**A defence made for scalars** (`federation.aggregator = "fltrust"`, `baffle.server.trust`). Only a BAFFLE
+server knows the round's seeds, so with forward passes alone on a small trusted root batch
+(`federation.trust_root_samples`, 64 training samples by default) it computes its own K loss differences r
+along the clients' directions. Each client's score is a reputation, the average over about
+1/(1 - `federation.trust_decay`) = 100 rounds of the cosine between its K-vector and r; clients with a
+positive reputation are averaged with that weight, every vector clipped to the round's median length (so a
+-10x or x100 client counts no more than an honest one). Per-round FLTrust scores did not work here: near
+convergence an honest batch-8 vector's cosine to r averaged 0.09 (37% of them <= 0), and training with them
+stalled at 76% under 30% sign-flippers, below the plain mean's 85%. Threat model: hostile clients may send any
+K-vector (validation still bounds its form), up to a minority; the root batch is clean and representative.
+It cannot stop attackers that stay close to r (they then do little harm), attackers that behave until their
+reputation is high and then spend it (the slow average limits the rate), or a biased root batch; it costs
+the server K+1 forward passes of the root batch per round and one model copy. Its accuracy at convergence is
+in [docs/results.md](results.md) ("Aggregators against 30% hostile clients at convergence").
+
 **Faults.** Which sampled clients answer is decided before any upload is computed (`baffle.faults`), as a
 pure function of (seed, round, client), so the per-client loop and the fused path see the same clients and
 a resumed run drops the same ones. Byzantine behaviour (`baffle.attacks`) is applied to the computed Upload
