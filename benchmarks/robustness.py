@@ -165,7 +165,7 @@ def privacy_jobs() -> list[tuple[str, dict]]:
 
 STATIC = """## What the server does with untrusted clients
 
-**Validation** (`ServerStrategy.validate` / `strategy.upload_check`, the single point where uploads enter
+**Validation** (`baffle.server.validation.upload_check`, called by `ServerStrategy.validate` in `baffle.server.ingest.ingest_uploads`, the single point where uploads enter
 aggregation; wire messages go through `ServerStrategy.validate_bytes`, which decodes with `Upload.from_bytes`
 first). Each rejection is logged (`WARNING baffle: round R: rejected upload from client C [code]: reason`)
 and counted; metrics.jsonl rows carry `rejected_by_reason` (cumulative), `round_rejected_by_reason`,
@@ -192,9 +192,9 @@ reputation is high and then spend it (the slow average limits the rate), or a bi
 the server K+1 forward passes of the root batch per round and one model copy. Its accuracy at convergence is
 in [docs/results.md](results.md) ("Aggregators against 30% hostile clients at convergence").
 
-**Faults.** Which sampled clients answer is decided before any upload is computed (`baffle.faults`), as a
+**Faults.** Which sampled clients answer is decided before any upload is computed (`baffle.sim.faults`), as a
 pure function of (seed, round, client), so the per-client loop and the fused path see the same clients and
-a resumed run drops the same ones. Byzantine behaviour (`baffle.attacks`) is applied to the computed Upload
+a resumed run drops the same ones. Byzantine behaviour (`baffle.sim.attacks`) is applied to the computed Upload
 objects, after local DP noise, for a fixed seeded set of clients.
 
 **Crash safety.** `records.checkpoint.atomic_write_bytes`: temp file, write, fsync, rename, fsync of the
