@@ -22,7 +22,7 @@ class FederationConfig:
     aggregator: str = "mean"
     trim_fraction: float = 0.1
     trust_root_samples: int = 64  # fltrust: size of the server's trusted root batch (drawn from the training set)
-    trust_decay: float = 0.99  # fltrust: reputation = average cosine over ~1/(1-decay) rounds (0 = this round only)
+    trust_decay: float = 0.999  # fltrust: reputation = average cosine over ~1/(1-decay) rounds (0 = this round only)
     min_clients: int = 1  # quorum: a round with fewer valid uploads is skipped
     onnx_clients: float = 0.0  # clients that run ONNX Runtime + numpy only: fraction in [0, 1] or a count > 1
     onnx_precision: str = "float"  # ONNX clients' arithmetic: float | int8 (activations) | int8_weights
