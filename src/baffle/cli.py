@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="baffle", description="Backpropagation-free federated learning.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="train a federation in-process (default: LeNet on MNIST, forward-only)")
-    run.add_argument("--config", help="TOML config file (sections: run, data, model, estimator, federation, optim)")
+    run = sub.add_parser("run", help="train a federation in-process (default: lenet_small on 14x14 MNIST, forward-only)")
+    run.add_argument("--config", help="TOML config file (sections: run, data, model, estimator, federation, optim, privacy)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. estimator.K=200")
     run.add_argument("--out", help="output directory, new or empty (default: runs/<timestamp>)")
     run.add_argument("--overwrite", action="store_true", help="--out holds an earlier run: delete its files first")
