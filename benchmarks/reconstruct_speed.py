@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from baffle.records.results import results_dir, write_json, write_text  # noqa: E402
+from baffle.records.results import results_dir, write_json, write_section  # noqa: E402
 
 OUT = results_dir(__file__) / "reconstruct_speed.json"
 DOC = ROOT / "docs" / "performance.md"
@@ -144,15 +144,8 @@ def section(res: dict) -> str:
 
 
 def write_doc(res: dict) -> None:
-    """Replace this benchmark's own section of docs/performance.md (append it the first time)."""
-    text = DOC.read_text() if DOC.exists() else "# Performance\n"
-    sec = section(res)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + sec + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + sec + "\n"
-    write_text(DOC, text)
+    """Replace this script's own section of docs/performance.md (append it the first time)."""
+    write_section(DOC, BEGIN, END, section(res))
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from baffle.config import Config
 from baffle.engine.threads import flops_per_layer, free_cores, intra_op_threads, usable_cores
 from baffle.estimator import num_elements, select_parameters
 from baffle.methods import get_method
-from baffle.records.results import results_dir, write_json
+from baffle.records.results import results_dir, write_json, write_section
 from baffle.records.tables import table_lines
 from baffle.sim.factory import build
 from baffle.sim.rounds import RoundRunner
@@ -179,15 +179,8 @@ def section(result: dict) -> str:
 
 
 def write_doc(result: dict) -> None:
-    """Replace this benchmark's own section of docs/performance.md (append it the first time)."""
-    text = DOC.read_text()
-    sec = section(result)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + sec + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + sec + "\n"
-    DOC.write_text(text)
+    """Replace this script's own section of docs/performance.md (append it the first time)."""
+    write_section(DOC, BEGIN, END, section(result))
 
 
 if __name__ == "__main__":

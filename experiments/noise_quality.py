@@ -43,7 +43,7 @@ from baffle.config import Config  # noqa: E402
 from baffle.engine.loop import loss_differences  # noqa: E402
 from baffle.protocol import noise  # noqa: E402
 from baffle.reconstruct import reconstruct  # noqa: E402
-from baffle.records.results import results_dir, write_json, write_text  # noqa: E402
+from baffle.records.results import results_dir, write_json, write_section  # noqa: E402
 from baffle.records.tables import markdown_table  # noqa: E402
 from baffle.sim.factory import build_model_for, load_train  # noqa: E402
 
@@ -158,14 +158,8 @@ def accuracy_section(runs: list[dict]) -> list[str]:
 
 
 def write_doc(res: dict) -> None:
-    text = DOC.read_text()
-    sec = section(res)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + sec + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + sec + "\n"
-    write_text(DOC, text)
+    """Replace this script's own section of docs/performance.md (append it the first time)."""
+    write_section(DOC, BEGIN, END, section(res))
 
 
 def main() -> None:

@@ -38,3 +38,16 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, data: Any, indent: int = 1) -> None:
     """Write `data` as indented JSON plus a final newline, atomically (the format of every committed result)."""
     write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def write_section(path: str | Path, begin: str, end: str, section: str, title: str = "# Performance\n") -> None:
+    """Replace a script's own marked section of a shared page (``section`` starts with ``begin`` and ends with
+    ``end``), or append it the first time; the rest of the page, other scripts' sections included, is kept."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else title
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    write_text(path, text)
