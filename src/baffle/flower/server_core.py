@@ -33,7 +33,7 @@ from baffle.protocol.messages import Upload
 from baffle.protocol.schemes import forward_passes
 from baffle.records import checkpoint
 from baffle.records.checkpoint import atomic_write_bytes
-from baffle.records.metrics import Counters, append_metrics, make_summary, metrics_row
+from baffle.records.metrics import Counters, append_metrics, make_summary, metrics_row, privacy_metrics
 from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
 from baffle.sim.evaluate import evaluate
@@ -234,9 +234,7 @@ class ServerCore:
             "failures": t.failures,
         }
         lr = self.strategy.optimizer.param_groups[0]["lr"]
-        if self.ledger is not None:
-            eps = self.ledger.epsilon()
-            extra.update({"privacy_mode": self.ledger.mode, "epsilon": eps if eps != float("inf") else None, "delta": self.ledger.delta})
+        extra.update(privacy_metrics(self.ledger))
         row = metrics_row(rounds_done, test, None, costs, c, lr, self.last, extra)
         self.rows.append(row)
         append_metrics(self.out, row)

@@ -75,6 +75,14 @@ def last_round_metrics(last: Any) -> dict:
     }
 
 
+def privacy_metrics(ledger: Any) -> dict:
+    """The DP keys of a row (``privacy_mode``, ``epsilon`` (None when unbounded), ``delta``); {} without DP."""
+    if ledger is None:
+        return {}
+    eps = ledger.epsilon()
+    return {"privacy_mode": ledger.mode, "epsilon": eps if eps != float("inf") else None, "delta": ledger.delta}
+
+
 def metrics_row(
     rounds_done: int,
     test: tuple[float, float],

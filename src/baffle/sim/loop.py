@@ -13,8 +13,8 @@ from pathlib import Path
 from baffle.records import checkpoint
 from baffle.client import load_weights
 from baffle.config import Config
-from baffle.records.metrics import (Counters, append_metrics, make_summary, metrics_row, read_metrics,
-                                    truncate_metrics)
+from baffle.records.metrics import (Counters, append_metrics, make_summary, metrics_row, privacy_metrics,
+                                    read_metrics, truncate_metrics)
 from baffle.sim.evaluate import evaluate
 from baffle.sim.factory import build
 from baffle.sim.rounds import RoundRunner
@@ -92,14 +92,7 @@ class Simulation:
         _, train_loss = evaluate(fed.eval_model, fed.train_probe)
         costs = self.runner.method.per_round_costs(self.cfg, fed.strategy.n, state_nbytes(fed.strategy.model))
         lr = fed.strategy.optimizer.param_groups[0]["lr"]
-        return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last, self._privacy_metrics())
-
-    def _privacy_metrics(self) -> dict:
-        ledger = self.runner.ledger
-        if ledger is None:
-            return {}
-        eps = ledger.epsilon()
-        return {"privacy_mode": ledger.mode, "epsilon": eps if eps != float("inf") else None, "delta": ledger.delta}
+        return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last, privacy_metrics(self.runner.ledger))
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:
