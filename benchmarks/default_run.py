@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/default_run.py            # default job only (a few minutes on 2 cores)
     .venv/bin/python benchmarks/default_run.py --with-bp  # plus BP FedSGD with the same config
+    .venv/bin/python benchmarks/default_run.py --with-bp --seeds 3  # plus run.seed=1,2 of each: mean and spread
 
 Every number in docs/default-run.md comes from the summary.json / metrics.jsonl this script produces
 (also copied to benchmarks/results/default_run.json).
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -38,16 +40,38 @@ def run(out: Path, extra: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--with-bp", action="store_true")
+    ap.add_argument("--seeds", type=int, default=1, help="run.seed 0..N-1; seed 0 is exactly `baffle run`")
     ap.add_argument("--out", default="runs/default-doc")
     args = ap.parse_args()
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
     out = ROOT / args.out
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "baffle": run(out / "baffle", [])}
     if args.with_bp:
         results["fedsgd"] = run(out / "fedsgd", ["--set", "run.method=fedsgd"])
+    if args.seeds > 1:  # the headline figure over seeds: seed 0 above, then the others, alternating methods
+        results["seeds"] = {name: [seed_row(0, results[name])] for name in ("baffle", "fedsgd") if name in results}
+        for seed in range(1, args.seeds):
+            for name, extra in (("baffle", []), ("fedsgd", ["--set", "run.method=fedsgd"])):
+                if name in results["seeds"]:
+                    s = run(out / f"{name}_seed{seed}", [*extra, "--set", f"run.seed={seed}"])
+                    results["seeds"][name].append(seed_row(seed, s))
     write_json(results_dir(__file__) / "default_run.json", results, indent=2)
     text = render(results, (out / "baffle" / "config.toml").read_text(), args.with_bp)
     write_text(ROOT / "docs/default-run.md", text)
     print(text)
+
+
+def seed_row(seed: int, summary: dict) -> dict:
+    return {"seed": seed, "final_test_acc": summary["final_test_acc"], "best_test_acc": summary["best_test_acc"],
+            "process_wall_s": summary["process_wall_s"]}
+
+
+def mean_std(values: list[float]) -> str:
+    """Mean +- sample standard deviation, in percent (the spread over seeds, not an error bar of the mean)."""
+    m = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * m:.2f}% ± {100 * sd:.2f}"
 
 
 def render(results: dict, cfg: str, with_bp: bool) -> str:
@@ -55,7 +79,8 @@ def render(results: dict, cfg: str, with_bp: bool) -> str:
     lines = [
         "# The default job: `baffle run`",
         "",
-        "Regenerate: `.venv/bin/python benchmarks/default_run.py" + (" --with-bp" if with_bp else "") + "` "
+        "Regenerate: `.venv/bin/python benchmarks/default_run.py" + (" --with-bp" if with_bp else "")
+        + (f" --seeds {len(next(iter(results['seeds'].values())))}" if "seeds" in results else "") + "` "
         "(writes benchmarks/results/default_run.json and this page).",
         "",
         f"Machine: {results['machine']}. Wall time is the whole process (data loading and evaluations included).",
@@ -72,6 +97,14 @@ def render(results: dict, cfg: str, with_bp: bool) -> str:
                      s["process_wall_s"]])
     lines += table_lines(["method", "final test acc", "best test acc", "rounds", "upload B/client/round",
                           "client forward passes/round", "backward passes", "wall s"], rows)
+    if "seeds" in results:
+        lines += ["", "Over seeds (`run.seed` 0, 1, ...; seed 0 is the row above; mean ± standard deviation over seeds):", ""]
+        lines += table_lines(["method", "seeds", "final test acc", "best test acc", "per seed (final)", "mean wall s"],
+                             [[name, len(rs), mean_std([r["final_test_acc"] for r in rs]),
+                               mean_std([r["best_test_acc"] for r in rs]),
+                               ", ".join(percent(r["final_test_acc"], sign=True) for r in rs),
+                               f"{statistics.mean(r['process_wall_s'] for r in rs):.0f}"]
+                              for name, rs in results["seeds"].items()])
     lines += ["", "Accuracy along the run (baffle):", ""]
     lines += table_lines(["round", "test acc", "test loss", "train loss", "wall s"],
                          [[m["round"], percent(m["test_acc"], sign=True), f"{m['test_loss']:.4f}", f"{m['train_loss']:.4f}",
