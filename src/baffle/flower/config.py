@@ -30,7 +30,6 @@ FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.c
 # `baffle run` keys that are not app keys, and why (delete an entry when the Flower path implements it)
 NOT_ON_FLOWER: dict[str, str] = {
     "run.method": "the Flower app runs the scalar-upload protocol (run.method='baffle') only",
-    "run.checkpoint_every": "a Flower run writes one checkpoint, at the end (no periodic checkpoints, no resume yet)",
     "data.num_clients": "the number of partitions is the nodes' num-partitions (their node config)",
     "data.eval_train_samples": "the Flower server scores the test set only (no train_loss metric)",
     "model.prune": "the Flower nodes do not apply the server's pruning mask yet",
@@ -60,7 +59,9 @@ class FlowerOptions:
     secagg_modulus_bits: int = 32  # masks and sums live in Z_(2**modulus_bits); Flower needs <= 32
     secagg_num_shares: float = 1.0  # Shamir shares per node: fraction of sampled nodes (<=1) or a count
     secagg_threshold: float = 0.5  # shares needed to unmask: fraction of num_shares (<=1) or a count
-    result_dir: str = ""  # where the ServerApp writes metrics.jsonl and result.json ("" = nowhere)
+    result_dir: str = ""  # the run dir (as `baffle run --out`): config, metrics, summary, curves, checkpoint, result.json
+    resume: bool = False  # continue the run in result-dir from its checkpoint (as `baffle run --resume`)
+    overwrite: bool = False  # delete the run already in result-dir first (as `baffle run --overwrite`)
     min_nodes: int = 2  # wait for at least this many connected nodes before round 1
     node_wait_s: float = 60.0  # how long to wait for them
     round_timeout_s: float = 600.0  # a node that has not answered by then is dropped from the round
@@ -80,6 +81,10 @@ class FlowerOptions:
             raise ConfigError(f"secagg-num-shares must be > 0, got {self.secagg_num_shares}")
         if not self.secagg_threshold > 0:
             raise ConfigError(f"secagg-threshold must be > 0, got {self.secagg_threshold}")
+        if (self.resume or self.overwrite) and not self.result_dir:
+            raise ConfigError(f"{'resume' if self.resume else 'overwrite'}=true needs result-dir (the run directory)")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume=true continues the run in result-dir, overwrite=true deletes it: choose one")
         if self.min_nodes < 1:
             raise ConfigError(f"min-nodes must be >= 1, got {self.min_nodes}")
         if not self.node_wait_s > 0 or not self.round_timeout_s > 0:
@@ -144,6 +149,8 @@ def parse_run_config(run_config: Mapping[str, Any]) -> tuple[Config, FlowerOptio
         else:
             raise _unknown_key_error(key)
     cfg.validate()
+    if cfg.run.device != "cpu":  # the app builds its models through sim.factory's CPU functions
+        raise ConfigError(f"run-device (run.device={cfg.run.device!r}): the Flower app runs on the CPU only; use 'cpu'")
     if cfg.privacy.mode == "central" and opts.secure:
         raise ConfigError("privacy-mode='central' clips and noises each node's K-vector on the server, which SecAgg+ "
                           "hides from it: use privacy-mode='local' with secure=true")
