@@ -14,12 +14,15 @@ The architectures follow the public BAFFLE code (FengHZ/BAFFLE):
   MNIST).
 * ``wrn10_2`` -- pre-activation Wide-ResNet, depth 10, widen factor 2: a
   16-channel stem and one basic block per stage at widths 32/64/128
-  (~303k parameters on CIFAR-10).
+  (~303k parameters on CIFAR-10); in :mod:`baffle.models_cifar`.
 * ``mlp``     -- a small fully connected baseline (784-128-64-10 on MNIST).
 * ``lenet_small`` -- not in the paper: LeNet-5's own shape (conv -> pool -> conv -> pool -> flatten ->
   linear) at 8/16 channels, ~4.9k parameters on 14x14 MNIST.  Built for the estimator's ``sqrt(n / K)``:
   5.5x fewer parameters than ``lenet`` and a far cheaper forward, and (with backprop) it learns MNIST
   much faster than the global-average-pooled ``lenet`` (docs/results.md).
+* ``cnn_cifar_small`` -- not in the paper: the same idea for 32x32 colour images (conv -> norm -> act ->
+  pool stages, flatten, linear), in :mod:`baffle.models_cifar`; its shape was chosen by a backprop capacity
+  check (experiments/cifar_capacity.py, docs/cifar.md).
 
 Design choices shared by all models, and why:
 
@@ -64,7 +67,6 @@ __all__ = [
     "LeNet",
     "LeNetSmall",
     "MLP",
-    "WideResNet",
     "build_model",
     "count_flops",
     "num_parameters",
@@ -209,95 +211,6 @@ class LeNetSmall(nn.Module):
         return self.classifier(self.features(x))
 
 
-class _PreActBlock(nn.Module):
-    """Pre-activation basic block: norm -> act -> conv3x3 -> norm -> act ->
-    conv3x3, plus an identity or (norm -> act -> conv1x1) shortcut when the
-    width or resolution changes (the BAFFLE code's variant)."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, norm: str) -> None:
-        super().__init__()
-        self.residual = nn.Sequential(
-            _make_norm(norm, in_ch),
-            _make_activation(activation),
-            nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False),
-            _make_norm(norm, out_ch),
-            _make_activation(activation),
-            nn.Conv2d(out_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False),
-        )
-        self.shortcut: nn.Module
-        if in_ch != out_ch or stride != 1:
-            self.shortcut = nn.Sequential(
-                _make_norm(norm, in_ch),
-                _make_activation(activation),
-                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
-            )
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual(x) + self.shortcut(x)
-
-
-class WideResNet(nn.Module):
-    """Pre-activation Wide-ResNet (depth ``6 * blocks_per_stage + 4``).
-
-    With the defaults this is WRN-10-2 as in the BAFFLE code: a 3x3 stem with
-    16 channels (with bias), one block per stage at widths 32/64/128
-    (strides 1/2/2), a final norm -> act, global average pooling and a linear
-    classifier; about 303k parameters for 3x32x32 inputs.  Convolutions use
-    Kaiming-uniform initialisation and the classifier Xavier-uniform with zero
-    bias, as in the paper's code.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 10,
-        *,
-        stem_channels: int = 16,
-        widths: tuple[int, ...] = (32, 64, 128),
-        blocks_per_stage: int = 1,
-        activation: str = "hardswish",
-        norm: str = "group",
-    ) -> None:
-        super().__init__()
-        # The stem output goes to the first block's norm and shortcut norm; with
-        # BatchNorm both cancel a per-channel bias exactly, so drop it there.
-        self.stem = nn.Conv2d(in_channels, stem_channels, kernel_size=3, padding=1, bias=norm != "batch")
-        blocks: list[nn.Module] = []
-        prev = stem_channels
-        for stage, width in enumerate(widths):
-            for i in range(blocks_per_stage):
-                stride = 2 if (stage > 0 and i == 0) else 1
-                blocks.append(_PreActBlock(prev, width, stride, activation, norm))
-                prev = width
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(
-            _make_norm(norm, prev),
-            _make_activation(activation),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.classifier = nn.Linear(prev, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Paper-code initialisation (Kaiming convs, Xavier classifier, zero
-        biases); deterministic given the global torch seed."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (N, num_classes)."""
-        return self.classifier(self.head(self.blocks(self.stem(x))))
-
-
 class MLP(nn.Module):
     """Flatten -> linear(hidden[0]) -> norm -> act -> linear(hidden[1]) ->
     norm -> act -> linear(num_classes).
@@ -350,7 +263,7 @@ def build_model(
     ``activation`` is one of :data:`ACTIVATIONS`, ``norm`` one of
     :data:`NORMS`; the defaults (Hardswish, GroupNorm) are what the BAFFLE
     paper recommends for forward-only training.  ``image_size`` only changes
-    the MLP and ``lenet_small`` (the other conv nets end in global average pooling).  BatchNorm layers
+    the MLP, ``lenet_small`` and ``cnn_cifar_small`` (the other conv nets end in global average pooling).  BatchNorm layers
     never keep running statistics (see the module docstring), so the
     returned model has no buffers and forwards never mutate its state.
 
@@ -372,8 +285,12 @@ def build_model(
         return LeNet(in_channels, num_classes, activation=activation, norm=norm)
     if canonical == "lenet_small":
         return LeNetSmall(in_channels, num_classes, image_size=image_size, activation=activation, norm=norm)
-    if canonical == "wrn10_2":
-        return WideResNet(in_channels, num_classes, activation=activation, norm=norm)
+    if canonical in ("wrn10_2", "cnn_cifar_small"):  # the 32x32 colour models (baffle.models_cifar)
+        from baffle.models_cifar import CNN_CIFAR_SMALL, CifarCNN, WideResNet
+
+        if canonical == "wrn10_2":
+            return WideResNet(in_channels, num_classes, activation=activation, norm=norm)
+        return CifarCNN(in_channels, num_classes, image_size=image_size, activation=activation, norm=norm, **CNN_CIFAR_SMALL)
     # canonical == "mlp"
     return MLP(in_channels * image_size * image_size, num_classes, activation=activation, norm=norm)
 

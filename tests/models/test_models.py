@@ -24,7 +24,7 @@ def _build(name: str, shape: tuple[int, int, int], **kw: str) -> nn.Module:
 
 
 def test_constants_are_tuples() -> None:
-    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp", "lenet_small"}
+    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small"}
     assert isinstance(ACTIVATIONS, tuple) and set(ACTIVATIONS) == {"hardswish", "relu", "gelu"}
     assert isinstance(NORMS, tuple) and set(NORMS) == {"group", "batch", "none"}
 

@@ -21,7 +21,7 @@ PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shard", "domain")  # 
 TRANSFORMS: tuple[str, ...] = ("none", "invert", "rotate90", "hflip")
 
 # [model]
-MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small")
+MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small")
 TEXT_MODEL_NAMES: tuple[str, ...] = ("minilm", "bert_tiny")  # BERT text classifiers (baffle.nlp): text datasets only
 MODEL_ALIASES: dict[str, str] = {"wrn-10-2": "wrn10_2"}  # alternative spelling -> canonical name
 ACTIVATIONS: tuple[str, ...] = ("hardswish", "relu", "gelu")
