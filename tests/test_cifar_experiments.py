@@ -1,0 +1,72 @@
+"""The CIFAR-10 experiment files: experiments/cifar10.toml (the sweep) loads with its nine runs and runs a 1-round
+smoke test of each CPU method on a tiny CIFAR-10-shaped ImageFolder archive, and experiments/cifar10_run.toml
+(the one-``--config`` default run) is exactly the sweep's iid_baffle run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from baffle.config import Config
+from baffle.data.fixtures import write_imagefolder_fixture
+from baffle.data.registry import CIFAR10_CLASSES
+from baffle.sweep import load_sweep, make_config, run_sweep
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
+SWEEP, RUN = EXP / "cifar10.toml", EXP / "cifar10_run.toml"
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _spec(name: str):
+    sweep = load_sweep(SWEEP, out=Path("unused"))
+    return next(s for s in sweep.runs if s.name == name)
+
+
+def test_sweep_has_the_issue_14_grid():
+    sweep = load_sweep(SWEEP, out=Path("unused"))
+    cfgs = {s.name: make_config(s, []) for s in sweep.runs}
+    cpu = {n: c for n, c in cfgs.items() if not n.startswith("gpu_")}
+    assert sorted((c.data.partition, c.run.method) for c in cpu.values()) == sorted(
+        (p, m) for p in ("iid", "dirichlet") for m in ("baffle", "fedsgd", "fedavg"))
+    for c in cfgs.values():
+        assert c.data.name == "cifar10_jpeg" and c.data.num_clients == 10 and c.data.image_size == 0
+        assert c.data.partition == "iid" or c.data.alpha == 0.5
+    assert {c.model.name for c in cpu.values()} == {"cnn_cifar_small"}
+    assert {c.model.name for n, c in cfgs.items() if n.startswith("gpu_")} == {"wrn10_2"}
+    # the twins share the model, data, batch and server optimizer with the forward-only run of their split
+    for part in ("iid", "dir0.5"):
+        fo, sgd = cfgs[f"{part}_baffle"], cfgs[f"{part}_fedsgd"]
+        for key in ("federation.batch_size", "optim.name", "optim.lr", "optim.clip", "data.partition", "data.alpha"):
+            assert fo.get(key) == sgd.get(key), key
+
+
+def test_run_config_is_the_sweeps_iid_baffle_run():
+    """`baffle run --config experiments/cifar10_run.toml` trains exactly what the sweep calls iid_baffle."""
+    assert Config.load(RUN).to_dict() == make_config(_spec("iid_baffle"), []).to_dict()
+
+
+def test_cifar10_sweep_smoke_run_on_fixture(tmp_path, monkeypatch):
+    monkeypatch.setenv("BAFFLE_CACHE", str(tmp_path / "cache"))
+    root = write_imagefolder_fixture(tmp_path / "cifar.tar.gz", classes=CIFAR10_CLASSES, n_train=4, n_test=1, size=32, top="cifar10")
+    extra = [f"data.root={root}", "run.rounds=1", "run.eval_every=1", "estimator.K=2", "data.num_clients=2",
+             "federation.batch_size=4", "federation.local_steps=2", "data.test_subset=10", "data.eval_train_samples=10",
+             "run.threads=1", "estimator.engine=loop"]
+    sweep = load_sweep(SWEEP, out=tmp_path / "out", extra=extra)
+    rows = run_sweep(sweep, extra, progress=False, only="^iid_")
+    done = {r["name"]: r["summary"] for r in rows if "summary" in r}
+    assert sorted(done) == ["iid_baffle", "iid_fedavg", "iid_fedsgd"] and not any(r.get("error") for r in rows)
+    s = done["iid_baffle"]
+    assert s["model"] == "cnn_cifar_small" and s["dataset"] == "cifar10_jpeg"
+    assert s["total_forward_passes"] == 2 * 3 and s["upload_bytes_per_client_per_round"] == 16 + 4 * 2
+    assert done["iid_fedsgd"]["total_backward_passes"] > 0
+    names = [r["name"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]]
+    assert set(names) == set(done)
