@@ -25,7 +25,9 @@ from baffle.config import Config, ConfigError
 from baffle.records import checkpoint
 
 CHECKPOINT_NAME = "checkpoint.pt"
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "curves.png", CHECKPOINT_NAME, checkpoint.KEY_NAME, "error.txt")
+# result.json: the Flower app's totals (baffle.flower), written into the same run dir
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "curves.png", CHECKPOINT_NAME, checkpoint.KEY_NAME, "error.txt",
+             "result.json")
 MARKERS = ("config.toml", "metrics.jsonl", "summary.json", CHECKPOINT_NAME)  # any of these: the dir holds a run
 
 # Config keys a resumed run may change, and why that is safe. Everything else must match the checkpoint.
