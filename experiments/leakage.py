@@ -1,0 +1,565 @@
+"""What an upload reveals, measured: gradient inversion against BP, BAFFLE's K scalars and the SecAgg+ mean.
+
+    nice -n 10 .venv/bin/python experiments/leakage.py            # the full grid, ~15 min on one core
+    .venv/bin/python experiments/leakage.py --quick               # CI size: 1 target, few steps, no docs
+    .venv/bin/python experiments/leakage.py --doc-only            # rewrite the docs section from the JSON
+
+Why: BAFFLE's claim is that forward-only clients leak less because only K scalars leave the device. An
+honest-but-curious server knows the global weights W, the round's seeds (so every direction eps_k) and sigma,
+so from one client's K loss differences dL_k it can build the rank-K estimate
+g_hat = 1/(K sigma) sum_k dL_k eps_k (``baffle.reconstruct``) -- or, better, treat the scalars as K linear
+measurements of the client's gradient: dL_k ~= sigma <eps_k, g>. This script attacks, on the default task
+(the default Config's ``lenet_small`` on MNIST at 14x14, initialised at ``run.seed``; optionally also after
+some backprop steps), minibatches of 1, 4 and 8 training images:
+
+* ``bp``: the FedSGD upload, the exact minibatch gradient (autograd over ``estimator.select_parameters``);
+* ``baffle``: one client's K scalars, computed by baffle's own client path (the default engine and noise
+  kind, ``baffle.engine.make_engine``, scheme and sigma of the default recipe, seeds
+  ``baffle.protocol.noise.round_seeds``). Two attackers, the better one reported: ``scalars`` makes the dummy
+  batch's own directional derivatives E g' (E = the K directions, ``noise.directions``) match the observed
+  K-vector in cosine; ``g_hat`` inverts ``baffle.reconstruct``'s estimate as if it were a gradient;
+* ``secagg``: what the server sees under SecAgg+, the mean of 10 clients' K-vectors (the sum divided by the
+  count); the attacker optimises 10*B dummy images against it and each target image is matched to its best
+  dummy.
+
+Attack (Geiping et al., "Inverting gradients"): dummy images from N(0, 1), Adam (lr 0.1, decayed x0.1 at 3/8,
+5/8, 7/8 of the steps) on 1 - cosine(dummy statistic, observed statistic) + tv * total variation, pixels
+clamped to the valid range after every step; the attacker uses autograd through the model. Labels are
+recovered analytically, before the images, from the last layer's bias gradient (iDLG for batch 1: the one
+negative entry; Geng et al.'s count estimate for batches: n_c = B (p_c - g_c), p = the model's mean softmax on
+64 test images the attacker holds), from the exact gradient (bp) or from g_hat (baffle, secagg).
+Quality: PSNR and SSIM (7x7 Gaussian window, sigma 1.5) in [0, 1] pixel space against the best one-to-one
+match of dummies to the batch's images (Hungarian on PSNR), and the label recovery rate (multiset overlap of
+the true labels with the matched dummies' labels). Floors: the dataset mean image, and B (or 10B) random
+other training images matched the same way.
+
+Writes docs/results/leakage.json and the "What an upload reveals" section of docs/robustness.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from baffle import estimator  # noqa: E402
+from baffle.config import Config  # noqa: E402
+from baffle.data.registry import DATASET_INFO, load_dataset  # noqa: E402
+from baffle.engine import make_engine  # noqa: E402
+from baffle.protocol import noise  # noqa: E402
+from baffle.reconstruct import reconstruct  # noqa: E402
+from baffle.records.results import write_json, write_section  # noqa: E402
+from baffle.records.tables import markdown_table  # noqa: E402
+from baffle.sim.factory import build_model_for, load_train  # noqa: E402
+
+OUT = ROOT / "docs" / "results" / "leakage.json"
+DOC = ROOT / "docs" / "robustness.md"
+BEGIN, END = "<!-- leakage:begin -->", "<!-- leakage:end -->"
+N_CLIENTS = 10  # clients whose K-vectors one SecAgg+ round sums
+AUX = 64  # test images the attacker holds (only to estimate the model's mean softmax for label counts)
+SSIM_WINDOW, SSIM_SIGMA = 7, 1.5  # 14x14 images: the usual 11x11 window would leave a 4x4 map
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How hard the attacker works; the same for every attack so that the cells compare."""
+
+    steps: int = 300
+    lr: float = 0.1
+    tv: float = 0.1
+
+
+@dataclass
+class Task:
+    """The default recipe's model at one state, its data, and what the attacker knows about both."""
+
+    cfg: Config
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    model: torch.nn.Module
+    params: list
+    bias: slice  # the classifier's bias in the flat parameter vector (label recovery reads it)
+    weight: slice  # the classifier's weight (C x F, row-major) in the flat parameter vector
+    p_hat: np.ndarray  # the model's mean softmax on the attacker's AUX test images
+    h_bar: np.ndarray  # the mean classifier input (feature vector) on the same images
+    mean: float
+    std: float
+    engine: object
+
+    @property
+    def n(self) -> int:
+        return estimator.num_elements(self.params)
+
+    @property
+    def box(self) -> tuple[float, float]:
+        """The valid pixel range in the model's normalised input space ([0, 1] before normalisation)."""
+        return (0.0 - self.mean) / self.std, (1.0 - self.mean) / self.std
+
+
+def load_task(bp_steps: int) -> Task:
+    """The default Config's model at ``run.seed``, after ``bp_steps`` Adam steps (batch 64, lr 1e-3) if > 0."""
+    cfg = Config()
+    cfg.validate()
+    train, _ = load_train(cfg)
+    model = build_model_for(cfg, train)
+    if bp_steps:
+        rng = np.random.default_rng(12345)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(bp_steps):
+            idx = torch.from_numpy(rng.choice(len(train.y), 64, replace=False))
+            opt.zero_grad()
+            F.cross_entropy(model(train.x[idx]), train.y[idx]).backward()
+            opt.step()
+        model.zero_grad(set_to_none=True)
+    params = estimator.select_parameters(model, cfg.model.trainable)
+    names = [name for name, _ in params]
+    offsets = np.cumsum([0] + [p.numel() for _, p in params])
+    where = {name: slice(int(offsets[i]), int(offsets[i + 1])) for i, name in enumerate(names)}
+    test = load_dataset(cfg.data.name, split="test", root=cfg.data.root or None, image_size=cfg.data.image_size or None)
+    with torch.no_grad():
+        p_hat = F.softmax(model(test.x[:AUX]), dim=1).mean(0).numpy().astype(np.float64)
+        h_bar = model.features(test.x[:AUX]).mean(0).numpy().astype(np.float64)
+    info = DATASET_INFO[cfg.data.name]
+    e = cfg.estimator
+    return Task(cfg, train.x, train.y, model, params, where["classifier.bias"], where["classifier.weight"], p_hat,
+                h_bar, info.mean[0], info.std[0], make_engine(e.engine, e.max_memory_mb))
+
+
+def flat_grad(task: Task, x: torch.Tensor, y: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """The FedSGD upload: d mean-CE / dW over the trained parameters, flattened in the protocol's layout."""
+    with torch.enable_grad():
+        loss = F.cross_entropy(task.model(x), y)
+        grads = torch.autograd.grad(loss, [p for _, p in task.params], create_graph=create_graph)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def client_scalars(task: Task, x: torch.Tensor, y: torch.Tensor, seeds: np.ndarray) -> np.ndarray:
+    """One BAFFLE client's upload: the default recipe's K loss differences, by baffle's own engine."""
+    e = task.cfg.estimator
+    return task.engine(task.model, task.params, x, y, seeds, e.sigma, e.scheme, F.cross_entropy, noise=e.noise)
+
+
+def last_layer_signal(task: Task, g: np.ndarray, exact: bool) -> np.ndarray:
+    """The per-class signal s_c = mean_i (p_ic - [y_i = c]) that the last layer's gradient carries.
+
+    Exact gradient: the bias gradient is s itself. An estimate (g_hat) is the gradient plus noise spread
+    evenly over all n coordinates, which swamps the 10 bias entries; but the weight gradient's row c is
+    mean_i (p_ic - [y_i = c]) h_i, with h_i the classifier input, so projecting each row on the attacker's
+    mean feature h_bar and pooling it with the bias (least squares for s_c (1, h_bar) + noise) reads the
+    same signal off 1 + F coordinates: s_c = (b_c + W_c . h_bar) / (1 + |h_bar|^2)."""
+    g = np.asarray(g, dtype=np.float64)
+    if exact:
+        return g[task.bias]
+    w = g[task.weight].reshape(len(task.p_hat), -1)
+    return (g[task.bias] + w @ task.h_bar) / (1.0 + task.h_bar @ task.h_bar)
+
+
+def recover_labels(signal: np.ndarray, count: int, p_hat: np.ndarray) -> np.ndarray:
+    """Labels from the last layer's signal s_c = mean_i (p_ic - [y_i = c]) (:func:`last_layer_signal`).
+
+    Batch 1 (iDLG): the most negative entry. Batches: n_c = count * (p_hat_c - s_c), rounded greedily
+    (Geng et al.), where p_hat is the model's mean softmax on images the attacker holds."""
+    if count == 1:
+        return np.array([int(np.argmin(signal))])
+    est = count * (p_hat - np.asarray(signal, dtype=np.float64))
+    labels = []
+    for _ in range(count):
+        c = int(np.argmax(est))
+        labels.append(c)
+        est[c] -= 1.0
+    return np.sort(np.array(labels))
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def invert(task: Task, mismatch: Callable[[torch.Tensor], torch.Tensor], labels: np.ndarray, budget: Budget,
+           seed: int) -> tuple[torch.Tensor, float]:
+    """Dummy images whose gradient (under ``labels``) minimises ``mismatch`` + tv * TV (Geiping et al.)."""
+    lo, hi = task.box
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(labels), *task.train_x.shape[1:]), generator=gen).clamp_(lo, hi).requires_grad_(True)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    opt = torch.optim.Adam([x], lr=budget.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(budget.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)], 0.1)
+    loss = torch.tensor(float("nan"))
+    for _ in range(budget.steps):
+        with torch.enable_grad():
+            loss = mismatch(flat_grad(task, x, y, create_graph=True)) + budget.tv * total_variation(x)
+            (x.grad,) = torch.autograd.grad(loss, x)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            x.clamp_(lo, hi)
+    return x.detach(), float(loss.detach())
+
+
+def cosine_mismatch(target: torch.Tensor, project: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """1 - cos(P g', target): P = None compares gradients, P = the K directions compares K-vectors."""
+    target = target.detach().float()
+
+    def mismatch(g: torch.Tensor) -> torch.Tensor:
+        return 1.0 - F.cosine_similarity(g if project is None else project @ g, target, dim=0)
+
+    return mismatch
+
+
+# ---- quality ---------------------------------------------------------------------------------------------
+
+def psnr_matrix(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """PSNR (peak 1) of every image of ``a`` against every image of ``b``, both in [0, 1]."""
+    mse = ((a.flatten(1)[:, None, :] - b.flatten(1)[None, :, :]) ** 2).mean(-1).clamp_min(1e-10)
+    return (10.0 * torch.log10(1.0 / mse)).numpy().astype(np.float64)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """SSIM of paired images (N x 1 x H x W in [0, 1]): Gaussian window, valid region, C1 = .01^2, C2 = .03^2."""
+    r = torch.arange(SSIM_WINDOW, dtype=torch.float64) - (SSIM_WINDOW - 1) / 2
+    g = torch.exp(-(r ** 2) / (2 * SSIM_SIGMA ** 2))
+    w = (torch.outer(g, g) / g.sum() ** 2)[None, None]
+    a, b = a.double(), b.double()
+    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
+    s_aa = F.conv2d(a * a, w) - mu_a ** 2
+    s_bb = F.conv2d(b * b, w) - mu_b ** 2
+    s_ab = F.conv2d(a * b, w) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    m = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
+    return m.mean(dim=(1, 2, 3)).numpy()
+
+
+def assignment(cost: np.ndarray) -> np.ndarray:
+    """Minimum-cost one-to-one assignment of rows to columns (rows <= columns), the Hungarian algorithm in
+    O(n^2 m) (scipy is not a dependency). Returns each row's column."""
+    n, m = cost.shape
+    if n > m:
+        raise ValueError(f"assignment needs rows <= columns, got {n} x {m}")
+    u, v = np.zeros(n + 1), np.zeros(m + 1)
+    p, way = np.zeros(m + 1, dtype=int), np.zeros(m + 1, dtype=int)
+    for i in range(1, n + 1):
+        p[0], j0 = i, 0
+        minv, used = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=bool)
+        while True:
+            used[j0] = True
+            i0, delta, j1 = p[j0], np.inf, 0
+            for j in range(1, m + 1):
+                if not used[j]:
+                    cur = cost[i0 - 1, j - 1] - u[i0] - v[j]
+                    if cur < minv[j]:
+                        minv[j], way[j] = cur, j0
+                    if minv[j] < delta:
+                        delta, j1 = minv[j], j
+            for j in range(m + 1):
+                if used[j]:
+                    u[p[j]] += delta
+                    v[j] -= delta
+                else:
+                    minv[j] -= delta
+            j0 = j1
+            if p[j0] == 0:
+                break
+        while j0:
+            j1 = way[j0]
+            p[j0] = p[j1]
+            j0 = j1
+    out = np.zeros(n, dtype=int)
+    for j in range(1, m + 1):
+        if p[j]:
+            out[p[j] - 1] = j - 1
+    return out
+
+
+def score(task: Task, x: torch.Tensor, y: np.ndarray, guess: torch.Tensor, guess_y: np.ndarray) -> dict:
+    """Quality of ``guess`` (>= len(x) images) against the batch: best one-to-one match by PSNR, then PSNR,
+    SSIM and the label multiset overlap of the matched guesses (fraction of the batch)."""
+    a = (x * task.std + task.mean).clamp(0, 1)
+    b = (guess * task.std + task.mean).clamp(0, 1)
+    p = psnr_matrix(a, b)
+    cols = assignment(-p)
+    matched = np.asarray(guess_y)[cols]
+    overlap = sum(min(int((y == c).sum()), int((matched == c).sum())) for c in np.unique(y))
+    return {"psnr": float(p[np.arange(len(a)), cols].mean()), "ssim": float(ssim(a, b[cols]).mean()),
+            "labels": overlap / len(y)}
+
+
+# ---- the grid --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grid:
+    states: tuple[int, ...] = (0,)  # backprop steps before the attacked state (0 = the fresh model)
+    sizes: tuple[int, ...] = (1, 4, 8)
+    ks: tuple[int, ...] = (20, 100, 1000)
+    targets: int = 4  # target batches per cell
+    secagg_variants: tuple[str, ...] = ("scalars",)
+    budget: Budget = Budget()
+
+
+def draw_batches(task: Task, grid: Grid) -> tuple[dict[int, list[np.ndarray]], np.ndarray]:
+    """Disjoint target batches per size, and the remaining indices (other clients, floors), seeded."""
+    rng = np.random.default_rng(2024)
+    need = sum(grid.sizes) * grid.targets
+    perm = rng.permutation(len(task.train_y))
+    out, at = {}, 0
+    for b in grid.sizes:
+        out[b] = [perm[at + t * b: at + (t + 1) * b] for t in range(grid.targets)]
+        at += b * grid.targets
+    assert at == need
+    return out, perm[need:]
+
+
+def attack_cell(task: Task, x: torch.Tensor, y: np.ndarray, kind: str, budget: Budget, seed: int, *,
+                grad: torch.Tensor | None = None, d: np.ndarray | None = None, seeds: np.ndarray | None = None,
+                count: int | None = None) -> dict:
+    """One attack on one batch. kind: bp (exact gradient ``grad``) | scalars | g_hat (K-vector ``d`` at ``seeds``);
+    ``count`` dummies (default len(y); 10B for SecAgg+)."""
+    t0 = time.perf_counter()
+    count = count or len(y)
+    extra: dict = {}
+    if kind == "bp":
+        signal, mismatch = last_layer_signal(task, grad.numpy(), exact=True), cosine_mismatch(grad)
+    else:
+        e = task.cfg.estimator
+        g_hat = reconstruct(d, seeds, e.sigma, task.n, noise=e.noise)
+        signal = last_layer_signal(task, g_hat, exact=False)
+        if kind == "g_hat":
+            mismatch = cosine_mismatch(torch.from_numpy(g_hat))
+        else:
+            mismatch = cosine_mismatch(torch.from_numpy(d), torch.from_numpy(noise.directions(seeds, task.n, e.noise)))
+        if grad is not None:
+            extra["cos_g_hat_g"] = float(F.cosine_similarity(torch.from_numpy(g_hat), grad, dim=0))
+    labels = recover_labels(signal, count, task.p_hat)
+    guess, loss = invert(task, mismatch, labels, budget, seed)
+    return {**score(task, x, y, guess, labels), "final_loss": loss, "seconds": time.perf_counter() - t0, **extra}
+
+
+def floors(task: Task, x: torch.Tensor, y: np.ndarray, pool: np.ndarray, rng: np.random.Generator) -> list[dict]:
+    """What needs no upload: the dataset mean image (labels: uniform guesses), and B or 10B random other
+    training images with their own labels, matched like the attacks' dummies."""
+    b = len(y)
+    mean_img = task.train_x.mean(0, keepdim=True).expand(b, -1, -1, -1)
+    rows = [{"attack": "floor", "variant": "mean_image", **score(task, x, y, mean_img, rng.integers(0, 10, b))}]
+    for variant, count in (("random_images", b), ("random_images_10x", N_CLIENTS * b)):
+        idx = rng.choice(pool, count, replace=False)
+        rows.append({"attack": "floor", "variant": variant,
+                     **score(task, x, y, task.train_x[idx], task.train_y[idx].numpy())})
+    return rows
+
+
+def run_grid(grid: Grid, log: Callable[[str], None] = print) -> dict:
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    rows: list[dict] = []
+    for state in grid.states:
+        task = load_task(state)
+        batches, pool = draw_batches(task, grid)
+        rng = np.random.default_rng(7)
+        for b in grid.sizes:
+            for t, idx in enumerate(batches[b]):
+                x, y = task.train_x[idx], task.train_y[idx].numpy()
+                yt = torch.as_tensor(y)
+                base = {"state": state, "B": b, "target": t}
+                seed = 1000 * state + 100 * b + t
+                for r in floors(task, x, y, pool, rng):
+                    rows.append({**base, "K": None, **r})
+                grad = flat_grad(task, x, yt).detach()
+                rows.append({**base, "K": None, "attack": "bp", "variant": "gradient",
+                             **attack_cell(task, x, y, "bp", grid.budget, seed, grad=grad)})
+                log(_line(rows[-1]))
+                others = [rng.choice(pool, b, replace=False) for _ in range(N_CLIENTS - 1)]
+                for k in grid.ks:
+                    seeds = noise.round_seeds(task.cfg.run.seed, 1 + t, k)  # round 1 + t of the run
+                    d = client_scalars(task, x, yt, seeds)
+                    for variant in ("scalars", "g_hat"):
+                        rows.append({**base, "K": k, "attack": "baffle", "variant": variant,
+                                     **attack_cell(task, x, y, variant, grid.budget, seed, grad=grad, d=d, seeds=seeds)})
+                        log(_line(rows[-1]))
+                    mean_d = np.mean([d] + [client_scalars(task, task.train_x[o], task.train_y[o], seeds) for o in others],
+                                     axis=0).astype(np.float32)  # SecAgg+: the server learns the sum (and count)
+                    for variant in grid.secagg_variants:
+                        rows.append({**base, "K": k, "attack": "secagg", "variant": variant,
+                                     **attack_cell(task, x, y, variant, grid.budget, seed, d=mean_d, seeds=seeds,
+                                                   count=N_CLIENTS * b)})
+                        log(_line(rows[-1]))
+    e = Config().estimator
+    return {"grid": {**asdict(grid), "budget": asdict(grid.budget)}, "n_params": task.n,
+            "model": task.cfg.model.name, "data": f"{task.cfg.data.name} {task.cfg.data.image_size}x{task.cfg.data.image_size}",
+            "estimator": {"sigma": e.sigma, "scheme": e.scheme, "engine": e.engine, "noise": e.noise},
+            "n_clients_secagg": N_CLIENTS, "rows": rows, "summary": summarize(rows),
+            "seconds": time.perf_counter() - t_start, "load_end": os.getloadavg()}
+
+
+def _line(r: dict) -> str:
+    return (f"state={r['state']} B={r['B']} t={r['target']} {r['attack']}/{r['variant']} K={r['K']}: "
+            f"PSNR {r['psnr']:.2f} SSIM {r['ssim']:.3f} labels {r['labels']:.2f} ({r['seconds']:.1f}s)")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean (and std) over target batches of every (state, attack, variant, B, K) cell."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["state"], r["attack"], r["variant"], r["B"], r["K"]), []).append(r)
+    out = []
+    for (state, attack, variant, b, k), rs in cells.items():
+        row = {"state": state, "attack": attack, "variant": variant, "B": b, "K": k, "targets": len(rs)}
+        for m in ("psnr", "ssim", "labels"):
+            v = np.array([r[m] for r in rs])
+            row[m], row[m + "_std"] = float(v.mean()), float(v.std())
+        if "cos_g_hat_g" in rs[0]:
+            row["cos_g_hat_g"] = float(np.mean([r["cos_g_hat_g"] for r in rs]))
+        out.append(row)
+    return out
+
+
+# ---- the page --------------------------------------------------------------------------------------------
+
+ROWS = [  # (attack, variant, label); K is filled in per row below
+    ("floor", "mean_image", "floor: the dataset's mean image (labels: uniform guesses)"),
+    ("floor", "random_images", "floor: B random other training images (their labels)"),
+    ("floor", "random_images_10x", "floor: 10B random other training images, best B matched (SecAgg+'s floor)"),
+    ("bp", "gradient", "BP client, FedSGD gradient"),
+    ("baffle", "scalars", "BAFFLE client's K scalars, matched as K-vectors"),
+    ("baffle", "g_hat", "BAFFLE client's g_hat inverted as a gradient"),
+    ("secagg", "scalars", "SecAgg+ mean of 10 clients' K-vectors, 10B dummies"),
+    ("secagg", "g_hat", "SecAgg+ mean's g_hat inverted as a gradient, 10B dummies"),
+]
+
+
+def table(res: dict, state: int) -> str:
+    cells = {(r["attack"], r["variant"], r["B"], r["K"]): r for r in res["summary"] if r["state"] == state}
+    sizes, ks = res["grid"]["sizes"], res["grid"]["ks"]
+    rows = []
+    for attack, variant, label in ROWS:
+        for k in (ks if attack in ("baffle", "secagg") else [None]):
+            if (attack, variant, sizes[0], k) not in cells:
+                continue
+            out = [label, "-" if k is None else k]
+            for b in sizes:
+                c = cells[(attack, variant, b, k)]
+                out.append(f"{c['psnr']:.1f} / {c['ssim']:.2f} / {100 * c['labels']:.0f}%")
+            rows.append(out)
+    return markdown_table(["what the attacker inverts", "K", *[f"batch {b}: PSNR / SSIM / labels" for b in sizes]], rows,
+                          [None, "right", *["right"] * len(sizes)])
+
+
+def section(res: dict) -> str:
+    g, b = res["grid"], res["grid"]["budget"]
+    cos = {r["K"]: r["cos_g_hat_g"] for r in res["summary"] if r["attack"] == "baffle" and r["variant"] == "scalars"
+           and r["state"] == g["states"][0] and r["B"] == g["sizes"][0]}
+    parts = [
+        BEGIN,
+        "## What an upload reveals: gradient inversion, measured",
+        "",
+        "Generated by `nice -n 10 .venv/bin/python experiments/leakage.py` (raw numbers, per target batch: "
+        f"`docs/results/leakage.json`; {res['seconds'] / 60:.0f} minutes on one thread of a shared, loaded CPU). "
+        f"Default task: {res['model']} ({res['n_params']:,} parameters) on {res['data']}, the default estimator "
+        f"(sigma = {res['estimator']['sigma']}, {res['estimator']['scheme']} differences, noise {res['estimator']['noise']}, "
+        f"the {res['estimator']['engine']} engine: the K scalars are what `Client.step` would upload). "
+        f"{g['targets']} disjoint target batches of training images per batch size; each cell is the mean over them of "
+        "PSNR (dB, peak 1) and SSIM (7x7 Gaussian window) of the best one-to-one match of reconstructions to the "
+        "batch's images, and the fraction of the batch's labels recovered (multiset overlap with the matched "
+        "reconstructions' labels).",
+        "",
+        f"Attack (Geiping et al., \"Inverting gradients\"; the attacker uses autograd): dummy images, Adam "
+        f"({b['steps']} steps, lr {b['lr']}, decayed x0.1 at 3/8, 5/8, 7/8), loss 1 - cosine(dummy statistic, observed "
+        f"statistic) + {b['tv']} x total variation, pixels clamped to [0, 1]. Labels are recovered first, analytically, "
+        "from the last layer (iDLG for batch 1, Geng et al.'s counts for batches): from the BP gradient's bias entries; "
+        "from g_hat by pooling the bias entries with the weight rows projected on the mean feature vector of 64 test "
+        "images the attacker holds (`last_layer_signal` in the script; the bias entries alone gave 13-60% at batch 1). "
+        "The honest-but-curious BAFFLE server knows W, the round's seeds and sigma, so it knows every direction "
+        "eps_k: it either makes the dummy batch's directional derivatives (eps_k . grad L(dummy), all k) match "
+        "the uploaded K-vector (\"matched as K-vectors\"), or inverts g_hat = 1/(K sigma) sum_k dL_k eps_k "
+        "(`baffle.reconstruct`) as if it were a gradient. Under SecAgg+ the server learns only the sum (and "
+        f"count) of {res['n_clients_secagg']} clients' K-vectors; the attacker fits {res['n_clients_secagg']}B "
+        "dummies to their mean and each target image is scored against its best-matching dummy, so the floor "
+        "for that row is 10B random real images matched the same way.",
+        "",
+    ]
+    for state in g["states"]:
+        parts += [f"### {'Fresh model (initialised at run.seed)' if state == 0 else f'After {state} backprop steps'}", "",
+                  table(res, state), ""]
+    parts += [
+        "cos(g_hat, true gradient) at batch 1: " + ", ".join(f"K = {k}: {c:.2f}" for k, c in sorted(cos.items()))
+        + f" (about sqrt(K / n) for n = {res['n_params']:,}).",
+        "",
+        *interpretation(res),
+        END,
+    ]
+    return "\n".join(parts)
+
+
+def interpretation(res: dict) -> list[str]:
+    """The reading of the numbers, with the numbers taken from the summary (see the docs section)."""
+    s0 = res["grid"]["states"][0]
+    c = {(r["attack"], r["variant"], r["B"], r["K"]): r for r in res["summary"] if r["state"] == s0}
+
+    def f(attack: str, variant: str, b: int, k: int | None, m: str = "ssim") -> str:
+        r = c.get((attack, variant, b, k))
+        return "n/a" if r is None else (f"{r[m]:.2f}" if m == "ssim" else f"{100 * r[m]:.0f}%" if m == "labels" else f"{r[m]:.1f}")
+
+    sizes, ks = res["grid"]["sizes"], res["grid"]["ks"]
+    b0, k_lo, k_hi = sizes[0], ks[0], ks[-1]
+    return [
+        "**Reading it.** " + INTERPRETATION.format(
+            b0=b0, k_lo=k_lo, k_hi=k_hi,
+            bp_ssim=f("bp", "gradient", b0, None), hi_ssim=f("baffle", "scalars", b0, k_hi),
+            lo_ssim=f("baffle", "scalars", b0, k_lo), mean_ssim=f("floor", "mean_image", b0, None),
+            lo_labels=f("baffle", "scalars", b0, k_lo, "labels"), hi_labels_big=f("baffle", "scalars", sizes[-1], k_hi, "labels"),
+            lo_labels_big=f("baffle", "scalars", sizes[-1], k_lo, "labels"), b_big=sizes[-1],
+            sec_labels=f("secagg", "scalars", b0, k_hi, "labels"),
+        ),
+    ]
+
+
+INTERPRETATION = (
+    "placeholder written after the first full run: bp {bp_ssim}, K={k_hi} {hi_ssim}, K={k_lo} {lo_ssim}, mean {mean_ssim}, "
+    "labels {lo_labels} {hi_labels_big} {lo_labels_big} {b_big} {sec_labels} {b0}"
+)
+
+
+def write_doc(res: dict) -> None:
+    """Replace this script's own section of docs/robustness.md (append it the first time)."""
+    write_section(DOC, BEGIN, END, section(res), title="# Robustness and privacy\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI size: batch 1 and 4, K = 20, one target, 100 steps; no docs")
+    ap.add_argument("--states", type=int, nargs="+", help="backprop steps before each attacked state (default 0)")
+    ap.add_argument("--targets", type=int, help="target batches per cell (default 4)")
+    ap.add_argument("--steps", type=int, help="Adam steps per attack (default 300)")
+    ap.add_argument("--out", type=Path, help=f"JSON path (default {OUT.relative_to(ROOT)}; --quick: required)")
+    ap.add_argument("--doc-only", action="store_true", help="rewrite the docs section from the JSON")
+    args = ap.parse_args()
+    out = args.out or OUT
+    if args.doc_only:
+        import json
+
+        write_doc(json.loads(out.read_text()))
+        return
+    if args.quick and args.out is None:
+        ap.error("--quick needs --out (it must not overwrite the committed results)")
+    grid = Grid(sizes=(1, 4), ks=(20,), targets=1, budget=Budget(steps=100)) if args.quick else Grid()
+    grid = Grid(states=tuple(args.states or grid.states), sizes=grid.sizes, ks=grid.ks,
+                targets=args.targets or grid.targets, secagg_variants=grid.secagg_variants,
+                budget=Budget(steps=args.steps or grid.budget.steps))
+    res = run_grid(grid, log=lambda line: print(line, flush=True))
+    write_json(out, res)
+    print(f"wrote {out} in {res['seconds']:.0f} s")
+    if not args.quick:
+        write_doc(res)
+        print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
