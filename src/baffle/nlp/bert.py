@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baffle.prefix import PrefixCache as StagePrefixCache
+from baffle.prefix import cache_applies, tracing
+
 # Our name (relative to a block) <- the Hugging Face BERT name (relative to encoder.layer.{i}).
 _BLOCK_NAMES = {
     "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
@@ -141,11 +144,6 @@ def mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1)
 
 
-def tracing() -> bool:
-    """Inside torch.jit tracing or an ONNX export: no data-dependent shortcuts (trimming, the prefix cache)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 def split_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids int64 [B, L], mask [B, L]) from a text dataset's ``x`` [B, 2, 1, L], cut to the batch's longest
     sentence: padding beyond it changes no unmasked state, and attention costs O(L^2)."""
@@ -156,60 +154,22 @@ def split_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-class PrefixCache:
-    """Prefix caching (issue 15 item 3): K perturbed forwards of one minibatch run from the first changed stage on.
-
-    A forward-only client evaluates the same minibatch at W and at K perturbations of the trained parameters
-    only. When those are the top of the network, every stage below them computes the same states K+1 times.
-    This cache keeps, for the last input ``x`` (the same tensor object), the state entering the first stage
-    whose parameters changed between two forwards of it (learned on the second forward and kept for later
-    minibatches), and runs only the stages from there. It is exact: a stage's parameters are compared with a
-    snapshot (``torch.equal``) before its cached output is used, because engines write perturbations through
-    ``.data``, which no version counter sees. Cost: one copy of the encoder's parameters and a compare per
-    forward (a memory read, ~1% of a MiniLM forward). Stages: the embeddings, then each block.
-    """
-
-    def __init__(self) -> None:
-        self.x: torch.Tensor | None = None
-        self.snapshot: list[list[torch.Tensor]] | None = None
-        self.boundary = 0  # the cached state enters this stage (0: none learned yet)
-        self.state: torch.Tensor | None = None
-        self.stages_run = 0  # counters: stages evaluated / stages a plain forward would evaluate
-        self.stages_total = 0
-
-    def _first_changed(self, params: list[list[torch.Tensor]]) -> int:
-        assert self.snapshot is not None
-        for i, (ps, snap) in enumerate(zip(params, self.snapshot)):
-            if not all(torch.equal(p, q) for p, q in zip(ps, snap)):
-                return i
-        return len(params)
+class PrefixCache(StagePrefixCache):
+    """:class:`baffle.prefix.PrefixCache` over the encoder's stages: the embeddings (reading the token ids), then
+    each block (reading the attention bias). See :mod:`baffle.prefix` for why it is exact and what it costs."""
 
     def encode(self, bert: BertEncoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(token states after the last block, mask) of ``x``, as ``bert(*split_input(x))`` computes them."""
-        stages = [bert.embeddings, *bert.blocks]
-        params = [[p.detach() for p in s.parameters()] for s in stages]
-        begin = 0
-        if self.x is x and self.snapshot is not None:
-            changed = self._first_changed(params)
-            if self.state is not None and changed >= self.boundary:
-                begin = self.boundary
-            else:
-                self.state, self.boundary = None, changed
-        else:
-            self.x, self.state = x, None
-            self.ids, self.mask = split_input(x)
-            self.bias = attention_bias(self.mask)
-            if self.snapshot is None or self._first_changed(params) < len(stages):
-                self.snapshot = [[p.clone() for p in ps] for ps in params]
-        h = self.state
-        for i in range(begin, len(stages)):
-            h = stages[i](self.ids) if i == 0 else stages[i](h, self.bias)
-            if i + 1 == self.boundary and self.state is None:
-                self.state = h
-        self.stages_run += len(stages) - begin
-        self.stages_total += len(stages)
-        assert h is not None
-        return h, self.mask
+
+        def prepare(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            ids, mask = split_input(x)
+            return ids, mask, attention_bias(mask)
+
+        def call(i: int, stage: nn.Module, h: torch.Tensor | None, ctx: tuple) -> torch.Tensor:
+            return stage(ctx[0]) if i == 0 else stage(h, ctx[2])
+
+        h, ctx = self.run([bert.embeddings, *bert.blocks], x, prepare, call)
+        return h, ctx[1]
 
 
 class TextClassifier(nn.Module):
@@ -227,7 +187,7 @@ class TextClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of the text dataset batch ``x`` [B, 2, 1, L]."""
-        if self.prefix_cache is not None and not torch.is_grad_enabled() and not x.is_meta and x.shape[0] > 0 and not tracing():
+        if self.prefix_cache is not None and cache_applies(x):
             emb = mean_pool(*self.prefix_cache.encode(self.bert, x))
         else:
             emb = self.bert.sentence_embedding(*split_input(x))

@@ -1,0 +1,82 @@
+"""Prefix caching for forward-only clients (issue 15 item 3), for any network that is a chain of stages.
+
+A forward-only client evaluates the same minibatch at W and at K perturbations of the trained parameters
+only. When those are the top of the network, every stage below them computes the same states K+1 times.
+:class:`PrefixCache` keeps, for the last input ``x`` (the same tensor object), the state entering the first
+stage whose parameters changed between two forwards of it (learned on the second forward and kept for later
+minibatches), and runs only the stages from there. It is exact: a stage's parameters are compared with a
+snapshot (``torch.equal``) before its cached output is used, because engines write perturbations through
+``.data``, which no version counter sees. Cost: one copy of the staged parameters and a compare per forward
+(a memory read). Buffers (frozen BatchNorm statistics) never change and are not compared.
+
+Used by the BERT text classifier (:mod:`baffle.nlp.bert`: the embeddings, then each block) and by
+EfficientNet-Lite (:mod:`baffle.vision.effnet`: the stem, each MBConv block, the top conv).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+#: ``call(i, stage, h, context)``: stage ``i`` applied to the state ``h`` entering it (None for stage 0,
+#: which reads what it needs from ``context``, the per-input value ``prepare(x)`` returned)
+StageCall = Callable[[int, nn.Module, Any, Any], torch.Tensor]
+
+
+def tracing() -> bool:
+    """Inside torch.jit tracing or an ONNX export: no data-dependent shortcuts (trimming, the prefix cache)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def cache_applies(x: torch.Tensor) -> bool:
+    """Whether a forward of ``x`` may use a prefix cache: no autograd (backprop needs every stage's graph), a
+    real non-empty tensor, and not inside a trace (which must not bake in one batch's cached state)."""
+    return not torch.is_grad_enabled() and not x.is_meta and x.shape[0] > 0 and not tracing()
+
+
+class PrefixCache:
+    """The stage-output cache of one model (see the module docstring). Counters ``stages_run`` /
+    ``stages_total`` say how many stages ran against how many a plain forward would run."""
+
+    def __init__(self) -> None:
+        self.x: torch.Tensor | None = None
+        self.snapshot: list[list[torch.Tensor]] | None = None
+        self.boundary = 0  # the cached state enters this stage (0: none learned yet)
+        self.state: Any = None
+        self.context: Any = None
+        self.stages_run = 0
+        self.stages_total = 0
+
+    def _first_changed(self, params: list[list[torch.Tensor]]) -> int:
+        assert self.snapshot is not None
+        for i, (ps, snap) in enumerate(zip(params, self.snapshot)):
+            if not all(torch.equal(p, q) for p, q in zip(ps, snap)):
+                return i
+        return len(params)
+
+    def run(self, stages: Sequence[nn.Module], x: torch.Tensor, prepare: Callable[[torch.Tensor], Any],
+            call: StageCall) -> tuple[Any, Any]:
+        """(the last stage's output, ``prepare(x)``), as running every stage in order on ``x`` computes them."""
+        params = [[p.detach() for p in s.parameters()] for s in stages]
+        begin = 0
+        if self.x is x and self.snapshot is not None:
+            changed = self._first_changed(params)
+            if self.state is not None and changed >= self.boundary:
+                begin = self.boundary
+            else:
+                self.state, self.boundary = None, changed
+        else:
+            self.x, self.state = x, None
+            self.context = prepare(x)
+            if self.snapshot is None or self._first_changed(params) < len(stages):
+                self.snapshot = [[p.clone() for p in ps] for ps in params]
+        h = self.state
+        for i in range(begin, len(stages)):
+            h = call(i, stages[i], h, self.context)
+            if i + 1 == self.boundary and self.state is None:
+                self.state = h
+        self.stages_run += len(stages) - begin
+        self.stages_total += len(stages)
+        return h, self.context
