@@ -3,6 +3,8 @@
 Same data, partitions, models, server optimizer, EMA and metrics as BAFFLE, so every forward-only result
 has its backprop twin one flag away (``--set run.method=fedsgd`` or ``fedavg``). These clients upload a
 full gradient or full weights (4n bytes), which is what BAFFLE's K scalars are compared against.
+Forward and backward run on the model's device (``run.device``); minibatches are drawn on the CPU (the
+sampler and augmentation streams are device-independent) and moved there.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ class BPClient(Client):
         if weights is not None:
             load_weights(self.model, weights)
         params = estimator.select_parameters(self.model, self.trainable)
-        x, y = self.next_batch()
+        x, y = self._device_batch(params[0][1].device)
         self.model.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = self.loss_fn(self.model(x), y)
             grads = torch.autograd.grad(loss, [p for _, p in params])
-        return torch.cat([g.reshape(-1) for g in grads]).numpy(), len(y)
+        return torch.cat([g.reshape(-1) for g in grads]).cpu().numpy(), len(y)
 
     def local_sgd(self, weights: dict[str, torch.Tensor], round_idx: int, steps: int, lr: float) -> WeightsUpload:
         """FedAvg: ``steps`` local SGD steps (momentum 0.9) from the global weights, weights come back."""
@@ -37,9 +39,13 @@ class BPClient(Client):
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
         with torch.enable_grad():
             for _ in range(steps):
-                x, y = self.next_batch()
+                x, y = self._device_batch(params[0].device)
                 opt.zero_grad(set_to_none=True)
                 self.loss_fn(self.model(x), y).backward()
                 opt.step()
         out = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return WeightsUpload(self.client_id, round_idx, out, self.num_samples)
+
+    def _device_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.next_batch()
+        return x.to(device), y.to(device)

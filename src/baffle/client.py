@@ -22,7 +22,7 @@ from baffle.protocol import noise
 from baffle.data.dataset import Dataset
 from baffle.protocol.sampler import BatchSampler
 from baffle.protocol.messages import LocalPlan, RoundPlan, Upload, WeightsUpload
-from baffle.reconstruct import reconstruct
+from baffle.reconstruct import reconstruct_on
 
 
 
@@ -130,7 +130,7 @@ class Client:
             seeds = noise.round_seeds(plan.run_seed, plan.round, plan.num_directions, self.client_id + 1, step + 1)
             x, y = self.next_batch()
             diffs = self.engine(self.model, params, x, y, seeds, plan.sigma, plan.scheme, self.loss_fn, noise=plan.noise)
-            grad = reconstruct(diffs, seeds, plan.sigma, n, noise=plan.noise)
+            grad = reconstruct_on(params[0][1].device, diffs, seeds, plan.sigma, n, noise=plan.noise)
             estimator.write_flat_grad(params, grad)
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -32,8 +32,9 @@ def num_elements(params: Sequence[tuple[str, torch.Tensor]]) -> int:
 
 
 def write_flat_grad(params: Sequence[tuple[str, torch.nn.Parameter]], flat: np.ndarray | torch.Tensor) -> None:
-    """Store a flat gradient vector into ``.grad`` of the parameters so any torch optimizer can step."""
-    flat_t = torch.as_tensor(flat, dtype=torch.float32)
+    """Store a flat gradient vector into ``.grad`` of the parameters so any torch optimizer can step
+    (on the parameters' device: a numpy vector is copied there)."""
+    flat_t = torch.as_tensor(flat, dtype=torch.float32, device=params[0][1].device if params else None)
     offset = 0
     for _, p in params:
         k = p.numel()

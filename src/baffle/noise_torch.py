@@ -43,10 +43,10 @@ def _const(name: str, device: torch.device) -> torch.Tensor:
     key = (name, str(device))
     if key not in _cache:
         if name == "steps":
-            t = torch.from_numpy((np.arange(BLOCK, dtype=np.uint64) * np.uint64(spec.GAMMA)).view(np.int64))
+            t = torch.from_numpy((np.arange(BLOCK, dtype=np.uint64) * np.uint64(spec.GAMMA)).view(np.int64)).to(device)
         else:  # "shifts": bit b of a 32-bit half moves to the sign bit
-            t = torch.tensor([31 - b for b in range(32)], dtype=torch.int32)
-        _cache[key] = t.to(device)
+            t = torch.tensor([31 - b for b in range(32)], dtype=torch.int32, device=device)
+        _cache[key] = t
     return _cache[key]
 
 

@@ -46,5 +46,5 @@ def apply_mask(params: Sequence[tuple[str, torch.Tensor]], mask: np.ndarray) -> 
     offset = 0
     for _, p in params:
         k = p.numel()
-        p.mul_(torch.from_numpy(mask[offset : offset + k].astype(np.float32)).view_as(p))
+        p.mul_(torch.from_numpy(mask[offset : offset + k].astype(np.float32)).view_as(p).to(p.device))
         offset += k

@@ -20,7 +20,8 @@ matmul took 8.3 GiB and 42 s). Two paths, chosen by the noise kind:
   with an unchanged result.
 
 ``reconstruct_torch`` is the same v2 accumulation with torch ops on a device (the CUDA server path);
-on CPU ``reconstruct`` is faster.
+on CPU ``reconstruct`` is faster. ``reconstruct_on`` is what the server and a locally training client call:
+g as a tensor on the run's device (``run.device``), choosing between the two.
 """
 
 from __future__ import annotations
@@ -125,3 +126,27 @@ def reconstruct_torch(
             noise_torch.direction(int(s), len(out), noise, a, out=e, impl="torch")
             out.add_(e.mul_(c))
     return g
+
+
+def reconstruct_on(
+    device: "str | object",
+    loss_diffs: np.ndarray | Sequence[float],
+    seeds: Sequence[int] | np.ndarray,
+    sigma: float,
+    n: int,
+    *,
+    noise: str,
+):
+    """g = 1/(K sigma) sum_k dL_k eps_k as a float32 tensor on ``device`` (the run's ``torch.device``).
+
+    On the CPU it is :func:`reconstruct` (numpy, zero-copy into the tensor), so CPU runs are unchanged; on
+    another device the v2 kinds are accumulated there by :func:`reconstruct_torch` (the same float32
+    operations in the same order: bit-identical, which ``benchmarks/gpu_noise_check.py`` checks on CUDA),
+    and v1, defined by numpy's generator and pinned in float64, is computed on the CPU and copied over.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu" or noise == "v1":
+        return torch.from_numpy(reconstruct(loss_diffs, seeds, sigma, n, noise=noise)).to(device)
+    return reconstruct_torch(loss_diffs, seeds, sigma, n, noise=noise, device=device)

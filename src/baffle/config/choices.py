@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # [run]
 METHODS: tuple[str, ...] = ("baffle", "baffle_local", "fedsgd", "fedavg", "baffle_multistep")
-DEVICES: tuple[str, ...] = ("cpu",)  # run.device: every engine runs on the CPU today
+DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")  # run.device; auto = cuda if available (config.run.resolve_device)
 
 # [data]
 #: number of classes of each dataset: data.classes is checked against it without loading any data
@@ -21,7 +21,8 @@ PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shard", "domain")  # 
 TRANSFORMS: tuple[str, ...] = ("none", "invert", "rotate90", "hflip")
 
 # [model]
-MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small")
+VISION_MODEL_NAMES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_tiny")  # pretrained EfficientNet-Lite (baffle.vision): RGB images
+MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small") + VISION_MODEL_NAMES
 TEXT_MODEL_NAMES: tuple[str, ...] = ("minilm", "bert_tiny")  # BERT text classifiers (baffle.nlp): text datasets only
 MODEL_ALIASES: dict[str, str] = {"wrn-10-2": "wrn10_2"}  # alternative spelling -> canonical name
 ACTIVATIONS: tuple[str, ...] = ("hardswish", "relu", "gelu")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baffle import noise_torch
 from baffle.protocol import noise as noise_spec
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,28 +80,35 @@ class Engine(ABC):
         return [self(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise) for x, y in batches]
 
 
-def direction_writer(seed: int | np.integer, kind: str = DEFAULT_NOISE) -> Callable[[np.ndarray], None]:
-    """A function that fills its float32 argument with the NEXT elements of direction(seed).
+def direction_writer(seed: int | np.integer, kind: str = DEFAULT_NOISE) -> Callable[[torch.Tensor], None]:
+    """A function that fills its float32 tensor argument (contiguous, on any device) with the NEXT elements
+    of direction(seed).
 
     Successive calls continue the same stream, so a direction can be written tensor by tensor without ever
     holding all n values, bit-identical to ``noise.direction(seed, n, kind)`` (tests/engine/test_engine.py).
-    v1 is not seekable, so its Philox generator is kept and keeps its position between calls; the v2
-    kinds are functions of (seed, index) and are asked for exactly the next range.
+    The v2 kinds are functions of (seed, index) and are asked for exactly the next range, with
+    ``noise_torch.direction``: on the CPU the numpy reference writes straight into the tensor's memory, on
+    CUDA the torch kernels run on the device. v1 is not seekable and is defined by numpy's code, so its
+    Philox generator is kept between calls and always runs on the CPU; on another device its values are
+    copied over (correct, but host-bound: choose a v2 kind to generate on the GPU).
     """
     noise_spec.check_kind(kind)
     if kind == "v1":
         gen = np.random.Generator(np.random.Philox(key=int(seed)))
 
-        def fill_v1(out: np.ndarray) -> None:
-            gen.standard_normal(dtype=np.float32, out=out)
+        def fill_v1(out: torch.Tensor) -> None:
+            if out.device.type == "cpu":
+                gen.standard_normal(dtype=np.float32, out=out.numpy())
+            else:
+                out.copy_(torch.from_numpy(gen.standard_normal(out.numel(), dtype=np.float32)))
 
         return fill_v1
     pos = 0
 
-    def fill_v2(out: np.ndarray) -> None:
+    def fill_v2(out: torch.Tensor) -> None:
         nonlocal pos
-        noise_spec.direction(seed, len(out), kind, offset=pos, out=out)
-        pos += len(out)
+        noise_torch.direction(seed, out.numel(), kind, pos, out=out)
+        pos += out.numel()
 
     return fill_v2
 
@@ -116,6 +124,7 @@ class Perturber:
     would otherwise pay the generator twice.
 
     ``mask`` (0/1 over the flat parameter vector) restricts every direction to the unpruned weights.
+    Everything it allocates (the originals, the direction buffer, the mask) lives on the parameters' device.
     """
 
     def __init__(
@@ -125,14 +134,15 @@ class Perturber:
         self.n = sum(p.numel() for p in self.params)
         if mask is not None and mask.numel() != self.n:
             raise ValueError(f"mask has {mask.numel()} entries, parameters have {self.n}")
-        self.mask = mask.reshape(-1) if mask is not None else None
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.mask = mask.reshape(-1).to(device) if mask is not None else None
         self.noise = noise
         self.retain = retain
         with torch.no_grad():
             self.originals = [p.detach().clone() for p in self.params]
         self.offsets = np.cumsum([0] + [p.numel() for p in self.params]).tolist()
         size = self.n if retain else max((p.numel() for p in self.params), default=0)
-        self._buf = torch.empty(size, dtype=torch.float32)
+        self._buf = torch.empty(size, dtype=torch.float32, device=device)
         self._has_direction = False
 
     def _eps(self, i: int) -> torch.Tensor:
@@ -148,7 +158,7 @@ class Perturber:
         fill = direction_writer(seed, self.noise)
         for i, (p, orig) in enumerate(zip(self.params, self.originals)):
             e = self._eps(i)
-            fill(e.numpy())
+            fill(e)
             if self.mask is not None:
                 e.mul_(self.mask[self.offsets[i] : self.offsets[i + 1]])
             torch.add(orig, e.view_as(p), alpha=scale, out=p.data)

@@ -32,12 +32,15 @@ def loss_differences(
     """K loss differences for one minibatch, forward passes only.
 
     ``mask`` (0/1 over the flat parameter vector) restricts every direction to the unpruned weights.
+    Directions, buffers and the forwards run on the parameters' device (``Perturber``).
 
     forward: dL_k = L(W + sigma eps_k) - L(W)                (K+1 forwards)
     central: dL_k = [L(W + sigma eps_k) - L(W - sigma eps_k)] / 2   (2K forwards)
     """
     check_scheme(scheme)
     out = np.empty(len(seeds), dtype=np.float32)
+    if params:  # the minibatch goes where the parameters are (run.device); a no-op on the CPU
+        x, y = x.to(params[0][1].device), y.to(params[0][1].device)
     with torch.inference_mode():
         pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central")
         try:

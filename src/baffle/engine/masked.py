@@ -40,4 +40,6 @@ class MaskedEngine(Engine):
         *,
         noise: str = DEFAULT_NOISE,
     ) -> np.ndarray:
+        if params and self.mask.device != params[0][1].device:  # moved once, not per call (run.device)
+            self.mask = self.mask.to(params[0][1].device)
         return loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, mask=self.mask, noise=noise)

@@ -45,7 +45,7 @@ def local_step(w: np.ndarray, diffs: np.ndarray, seeds: np.ndarray, sigma: float
 
 
 def _flat(params: list[tuple[str, torch.nn.Parameter]]) -> np.ndarray:
-    return torch.cat([p.detach().reshape(-1) for _, p in params]).numpy().astype(np.float32, copy=True)
+    return torch.cat([p.detach().reshape(-1) for _, p in params]).cpu().numpy().astype(np.float32, copy=True)
 
 
 @torch.no_grad()

@@ -11,7 +11,9 @@ from baffle.config import Config
 
 
 class EMA:
-    """Exponential moving average of the model's state, used for evaluation (the paper's guideline)."""
+    """Exponential moving average of the model's state, used for evaluation (the paper's guideline).
+
+    The shadow lives on the model's device (``run.device``), like the optimizer's state."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -29,8 +31,10 @@ class EMA:
         return {"decay": self.decay, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a saved shadow onto the model's device (a checkpoint holds CPU tensors)."""
         self.decay = state["decay"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        device = next(iter(self.shadow.values())).device if self.shadow else torch.device("cpu")
+        self.shadow = {k: v.to(device, copy=True) for k, v in state["shadow"].items()}
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:

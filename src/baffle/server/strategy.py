@@ -22,7 +22,7 @@ from baffle.server.trust import TrustAggregator
 from baffle.server.optim import EMA, lr_factor, make_optimizer
 from baffle.server.validation import Rejection, decode_uploads, validate_uploads
 from baffle.shaping import shape_diffs
-from baffle.reconstruct import reconstruct
+from baffle.reconstruct import reconstruct_on
 
 
 class ServerStrategy:
@@ -32,6 +32,7 @@ class ServerStrategy:
         self.model = model
         self.cfg = cfg
         self.params = estimator.select_parameters(model, cfg.model.trainable)
+        self.device = self.params[0][1].device  # the run's device (the factory moved the model there)
         for name, p in model.named_parameters():
             p.requires_grad_(any(name == n for n, _ in self.params))
         self.n = estimator.num_elements(self.params)
@@ -112,13 +113,13 @@ class ServerStrategy:
         e = self.cfg.estimator
         if (e.baseline, e.shaping) != ("none", "none"):  # server-side variance reduction (baffle.shaping)
             mean_diffs = shape_diffs(mean_diffs, e.baseline, e.shaping)
-        g = reconstruct(mean_diffs, self.seeds(round_idx), self.cfg.estimator.sigma, self.n, noise=self.cfg.estimator.noise)
+        g = reconstruct_on(self.device, mean_diffs, self.seeds(round_idx), e.sigma, self.n, noise=e.noise)
         if self.mask is not None:  # clients perturbed with mask * eps_k: reconstruct with the same directions
-            g = g * self.mask
+            g = g * torch.from_numpy(self.mask).to(self.device)
         return self.apply_gradient(round_idx, g)
 
     def apply_gradient(self, round_idx: int, flat_grad: np.ndarray | torch.Tensor) -> float:
-        flat = torch.as_tensor(flat_grad, dtype=torch.float32)
+        flat = torch.as_tensor(flat_grad, dtype=torch.float32, device=self.device)
         if not torch.isfinite(flat).all():
             raise FloatingPointError(f"round {round_idx}: non-finite gradient estimate; model left untouched")
         estimator.write_flat_grad(self.params, flat)

@@ -10,11 +10,14 @@ from baffle.data.dataset import Dataset
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: Dataset, batch_size: int = 1000) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on ``data``."""
+    """(accuracy, mean cross-entropy) of ``model`` on ``data``.
+
+    The data stay where they are (the CPU); each batch is moved to the model's device (``run.device``)."""
     model.eval()
+    device = next(model.parameters()).device
     correct, total_loss = 0, 0.0
     for start in range(0, len(data), batch_size):
-        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        x, y = data.x[start : start + batch_size].to(device), data.y[start : start + batch_size].to(device)
         logits = model(x)
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())

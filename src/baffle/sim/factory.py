@@ -2,6 +2,13 @@
 
 The simulator calls ``build``; the Flower server calls ``load_data``/``build_model_for`` for its model and
 test set, and a Flower node builds its one client with ``make_client``: the same seeds, the same objects.
+
+The device (``run.device``): ``build`` resolves it once (``config.run.resolve_device``) into the run's
+``torch.device`` and moves the models there after building them on the CPU (so initial weights do not
+depend on the device). Everything else follows the tensors it is given: engines generate noise and run
+forwards where the parameters are, the server reconstructs and steps where its model is, evaluation and
+the backprop twins move each minibatch to the model. Datasets, samplers, augmentation and the K-scalar
+uploads stay on the CPU. The Flower app and ONNX Runtime clients are numpy/CPU paths and refuse cuda.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from baffle import estimator
 from baffle.records import checkpoint
 from baffle.client import Client, load_weights
 from baffle.config import Config
+from baffle.config.run import resolve_device
 from baffle.engine import Engine, make_engine
 from baffle.engine.threads import intra_op_threads
 from baffle.data.augment import augment_cifar
@@ -129,11 +137,12 @@ def attach_trust(cfg: Config, strategy: ServerStrategy, train: Dataset, engine: 
     n = min(f.trust_root_samples, len(train))
     root = train.subset(np.sort(streams.rng(cfg.run.seed, streams.TRUST_ROOT).choice(len(train), n, replace=False)))
     model = copy.deepcopy(strategy.model)
+    x, y = root.x.to(strategy.device), root.y.to(strategy.device)  # moved once (run.device)
 
     def reference(seeds: np.ndarray) -> np.ndarray:
         load_weights(model, strategy.model.state_dict())
         params = estimator.select_parameters(model, cfg.model.trainable)
-        return engine(model, params, root.x, root.y, seeds, e.sigma, e.scheme, F.cross_entropy, noise=e.noise)
+        return engine(model, params, x, y, seeds, e.sigma, e.scheme, F.cross_entropy, noise=e.noise)
 
     strategy.set_trust(TrustAggregator(reference, cfg.data.num_clients, f.trust_decay))
 
@@ -147,16 +156,18 @@ class Federation:
     clients: list[Client]
     eval_model: torch.nn.Module
     train_probe: Dataset
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # run.device, resolved
     counters: Counters = field(default_factory=Counters)
 
 
 def build(cfg: Config) -> Federation:
     cfg.validate()
+    device = torch.device(resolve_device(cfg))
     train, test = load_data(cfg)
-    model = build_model_for(cfg, train)
+    model = build_model_for(cfg, train).to(device)
     strategy = ServerStrategy(model, cfg)
-    client_model = build_model_for(cfg, train)  # the clients' inference copy, shared in-process
-    eval_model = build_model_for(cfg, train)
+    client_model = build_model_for(cfg, train).to(device)  # the clients' inference copy, shared in-process
+    eval_model = build_model_for(cfg, train).to(device)
     if cfg.model.prune > 0:  # a fixed mask kept by the server; every client perturbs unpruned weights only
         from baffle.pruning import magnitude_mask
 
@@ -173,4 +184,4 @@ def build(cfg: Config) -> Federation:
         clients = swap_in_onnx_clients(cfg, clients, train, client_model, strategy.mask)
     probe_n = min(cfg.data.eval_train_samples, len(train))
     probe_idx = streams.rng(cfg.run.seed, streams.TRAIN_PROBE).choice(len(train), probe_n, replace=False)
-    return Federation(cfg, train, test, strategy, clients, eval_model, train.subset(np.sort(probe_idx)))
+    return Federation(cfg, train, test, strategy, clients, eval_model, train.subset(np.sort(probe_idx)), device)

@@ -54,7 +54,7 @@ def _per_sample_losses(logits: torch.Tensor, y: torch.Tensor, P: int, loss_fn: L
     if loss_fn is F.cross_entropy:
         per = F.cross_entropy(z.transpose(0, 1).reshape(P * B, -1), y.repeat(P), reduction="none").view(P, B)
         return torch.stack([seg.mean(1) for seg in per.split(list(segments), dim=1)], dim=1)
-    out = torch.empty(P, len(segments))
+    out = torch.empty(P, len(segments), device=logits.device)
     start = 0
     for s, length in enumerate(segments):
         for p in range(P):
@@ -173,6 +173,8 @@ class BatchedEngine(Engine):
         x = batches[0][0] if len(batches) == 1 else torch.cat([b[0] for b in batches])
         y = batches[0][1] if len(batches) == 1 else torch.cat([b[1] for b in batches])
         plist = [p for _, p in params]
+        device = plist[0].device  # every tensor of the pass lives where the parameters do (run.device)
+        x, y = x.to(device), y.to(device)
         n = sum(p.numel() for p in plist)
         offsets = np.cumsum([0] + [p.numel() for p in plist]).tolist()
         idx, sign = _members(K, scheme)
@@ -186,16 +188,16 @@ class BatchedEngine(Engine):
                 c_idx, c_sign = idx[start : start + P], sign[start : start + P]
                 m = len(c_idx)
                 dirs = np.unique(c_idx[c_idx >= 0])
-                local = torch.from_numpy(np.searchsorted(dirs, np.maximum(c_idx, 0)) if len(dirs) else np.zeros(m, np.int64))
-                coef = torch.tensor(c_sign * sigma, dtype=torch.float32).view(m, 1)
+                local = torch.from_numpy(np.searchsorted(dirs, np.maximum(c_idx, 0)) if len(dirs) else np.zeros(m, np.int64)).to(device)
+                coef = torch.tensor(c_sign * sigma, dtype=torch.float32, device=device).view(m, 1)
                 # the chunk's directions are written tensor by tensor, each straight from its seed's stream,
                 # so no (directions x n) block exists beside the (members x n) perturbed weights
                 writers = [direction_writer(seeds[d], noise) for d in dirs]
                 weights = {}
                 for i, (p, flat) in enumerate(zip(plist, flats)):
-                    D = torch.empty(len(dirs), p.numel()) if len(dirs) else torch.zeros(1, p.numel())
+                    D = torch.empty(len(dirs), p.numel(), device=device) if len(dirs) else torch.zeros(1, p.numel(), device=device)
                     for j, fill in enumerate(writers):
-                        fill(D[j].numpy())
+                        fill(D[j])
                     E = D.index_select(0, local) if len(dirs) != m or len(dirs) == 0 else D
                     weights[id(p)] = torch.addcmul(flat.unsqueeze(0), coef, E).view(m, *p.shape)
                 del D, E
@@ -204,7 +206,7 @@ class BatchedEngine(Engine):
                     out = prog.run(x[b0 : b0 + sub], m, weights)
                     parts.append(out.t if out.batched else lift(out.t, m))
                 logits = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
-                losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().numpy()
+                losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().cpu().numpy()
         if scheme == "forward":
             diffs = losses[1:] - losses[0:1]
         else:

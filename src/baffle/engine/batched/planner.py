@@ -39,11 +39,13 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int
         return prog.activation_cache[sample_shape]
     sizes: dict[torch.fx.Node, int] = {}
     peak = io_peak = int(math.prod(sample_shape))
+    first = next(prog.gm.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     with torch.inference_mode():
         env: dict[torch.fx.Node, Any] = {}
         for n in prog.nodes:
             if n.op == "placeholder":
-                env[n] = torch.zeros((2, *sample_shape))
+                env[n] = torch.zeros((2, *sample_shape), device=device)
             elif n.op == "output":
                 continue
             else:
