@@ -76,7 +76,7 @@ __all__ = [
 # Canonical model names, their alternative spellings, activations (``hardswish`` is the paper's
 # recommendation: smooth almost everywhere, cheap, ReLU-like) and norms accepted by :func:`build_model`:
 # the one list of valid choices per key lives in the config layer.
-from baffle.config.choices import ACTIVATIONS, MODEL_ALIASES, MODEL_NAMES, NORMS, TEXT_MODEL_NAMES  # noqa: E402
+from baffle.config.choices import ACTIVATIONS, MODEL_ALIASES, MODEL_NAMES, NORMS, TEXT_MODEL_NAMES, VISION_MODEL_NAMES  # noqa: E402
 
 _ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "hardswish": lambda: nn.Hardswish(inplace=False),
@@ -274,6 +274,10 @@ def build_model(
         from baffle.nlp.pretrained import build_text_model
 
         return build_text_model(name, num_classes)
+    if name in VISION_MODEL_NAMES:  # pretrained EfficientNet-Lite: RGB images, frozen BN, upsamples small inputs (baffle.vision)
+        from baffle.vision.pretrained import build_vision_model
+
+        return build_vision_model(name, num_classes, in_channels=in_channels, image_size=image_size)
     canonical = resolve_model_name(name)
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("norm", norm, NORMS)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from baffle.config.checks import ConfigError, choice, positive
-from baffle.config.choices import ACTIVATIONS, ADAPTERS, LORA_PATTERN, MODEL_ALIASES, MODEL_NAMES, NORMS, TEXT_DATASETS, TEXT_MODEL_NAMES
+from baffle.config.choices import ACTIVATIONS, ADAPTERS, LORA_PATTERN, MODEL_ALIASES, MODEL_NAMES, NORMS, TEXT_DATASETS, TEXT_MODEL_NAMES, VISION_MODEL_NAMES
 
 if TYPE_CHECKING:
     from baffle.config.core import Config
@@ -26,7 +26,7 @@ class ModelConfig:
 
 
 def validate(m: ModelConfig, cfg: "Config") -> None:
-    choice("model.name", m.name, MODEL_NAMES + TEXT_MODEL_NAMES + tuple(MODEL_ALIASES))
+    choice("model.name", m.name, MODEL_NAMES + TEXT_MODEL_NAMES + VISION_MODEL_NAMES + tuple(MODEL_ALIASES))
     if (m.name in TEXT_MODEL_NAMES) != (cfg.data.name in TEXT_DATASETS):  # token ids vs images
         raise ConfigError(f"model.name={m.name} does not fit data.name={cfg.data.name}: the text models "
                           f"({', '.join(TEXT_MODEL_NAMES)}) read the text datasets ({', '.join(TEXT_DATASETS)}) and only those")
