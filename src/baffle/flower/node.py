@@ -4,7 +4,11 @@ A node is partition ``partition-id`` of ``num-partitions`` (from its node config
 sets both). It holds exactly the samples ``baffle run`` gives client ``partition-id`` (same subset, same
 partitioner, same seeds, same order), so a Flower run and an in-process run with the same config sample the
 same minibatches; it loads only those (``partition_data``: cached on disk per partition, never the test set). Everything that must survive between rounds lives in the Flower node state
-(``context.state``): the minibatch sampler position and, in replay transport, the server replica.
+(``context.state``): the minibatch sampler position, the number of steps taken and, in replay transport,
+the server replica. A node whose state is new in a run that has gone on without it (a resumed run, a
+restarted node taking its partition over) is told by the server how many steps its partition has taken
+(``client-steps`` in the plan) and re-draws those minibatches, so it continues with the very batches the
+uninterrupted run would draw.
 
 Replay transport: the replica is a ``ServerStrategy`` (model + optimizer + schedule) that the node advances
 with the aggregated K-vectors the server sends, i.e. the very update the server made, then checks against
@@ -164,6 +168,8 @@ class Node:
             raise MessageError(f"plan batch size {plan.batch_size} != node batch size {self.client.sampler.batch_size} (same run config?)")
         if plan.noise != self.cfg.estimator.noise:
             raise MessageError(f"plan noise {plan.noise!r} != node noise {self.cfg.estimator.noise!r} (same run config?)")
+        if "client-steps" in c:
+            self._catch_up(int(c["client-steps"]))
         if transport == "weights":
             weights = {k[2:]: torch.from_numpy(np.array(v)) for k, v in a.items() if k.startswith("w/")}
             load_weights(self.model, weights)
@@ -181,8 +187,25 @@ class Node:
             upload = privatize_upload(upload, p.clip, p.noise_multiplier, self.cfg.run.seed)
         s = self.client.sampler.state_dict()
         self.state["sampler-epoch"], self.state["sampler-position"] = int(s["epoch"]), int(s["position"])
+        self.state["steps"] = int(self.state.get("steps", 0)) + 1
         self.state["generator"] = bytes(self.client.generator.get_state().numpy().tobytes())
         return upload
+
+    def _catch_up(self, steps: int) -> None:
+        """Put the sampler and the augmentation generator where they are after ``steps`` steps of this
+        partition, by drawing those minibatches again from the start (the state is a pure function of the
+        batches drawn); a node already there does nothing. Every failure before this point leaves the node
+        state unsaved, which is why the server counts a step for every plan that did not fail."""
+        if steps < 0:
+            raise MessageError(f"client-steps={steps} is negative")
+        if int(self.state.get("steps", 0)) == steps:
+            return
+        c = self.client
+        c.sampler.load_state_dict({"epoch": 0, "position": 0})
+        c.generator.manual_seed(client_seed(self.cfg.run.seed, self.ident.partition_id))
+        for _ in range(steps):
+            c.next_batch()
+        self.state["steps"] = steps
 
     # ---- replay transport ---------------------------------------------------------------------
     def _replay(self, round_idx: int, replay_from: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:

@@ -10,6 +10,11 @@ Transports. ``weights``: every plan carries the global weights. ``replay`` (DeCo
 replica of the server (model + optimizer) in its Flower node state, so the plan carries only the
 aggregated K-vectors of the rounds the replica has not applied yet, plus a SHA-256 of the weights the
 replica must reach. A node whose replica disagrees answers with an error and gets weights from then on.
+
+Run dir and resume (``baffle.flower.resume``): checkpoints every ``run.checkpoint_every`` rounds and at the
+end, in ``baffle run``'s format; ``resume = true`` restores the server state, the round history and each
+partition's step count, and both drivers keep counting rounds from 1 while ``start_round`` says where
+the run really is (``server_app.ResumableStrategy`` adds it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +39,9 @@ from baffle.protocol.messages import Upload
 from baffle.protocol.schemes import forward_passes
 from baffle.records import checkpoint
 from baffle.records.checkpoint import atomic_write_bytes
-from baffle.records.metrics import Counters, append_metrics, make_summary, metrics_row, privacy_metrics
+from baffle.flower import resume as rundir
+from baffle.records.metrics import (Counters, append_metrics, make_summary, metrics_row, privacy_metrics, read_metrics,
+                                    truncate_metrics)
 from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
 from baffle.sim.evaluate import evaluate
@@ -84,6 +92,12 @@ class ServerCore:
     weights_only: set[int] = field(default_factory=set)  # nodes whose replica failed: weights from now on
     traffic: Traffic = field(default_factory=Traffic)
     rows: list[dict] = field(default_factory=list)
+    start_round: int = 0  # rounds done before this ServerApp started (resume)
+    client_steps: dict[int, int] = field(default_factory=dict)  # partition -> Client.step calls of its node (checkpointed)
+    resync: set[int] = field(default_factory=set)  # partitions whose (new) node must be told its step count
+    stepping: dict[int, int] = field(default_factory=dict)  # node id -> round of the plan it was last sent
+    driver_metrics: dict[str, int] = field(default_factory=dict)  # a driver's counters (SecAgg+: retries, failed nodes): every row
+    driver_record: dict[str, Any] = field(default_factory=dict)  # a driver's own record (SecAgg+: per round): result.json
 
     def __post_init__(self) -> None:
         if self.cfg.run.threads:
@@ -97,11 +111,64 @@ class ServerCore:
         self.counters = Counters()
         self.last: RoundResult | None = None
         self.ledger: PrivacyLedger | None = None  # made once the number of partitions is known
-        self.out = Path(self.opts.result_dir) if self.opts.result_dir else None
-        if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.wall0 = 0.0  # wall time of the run before a resume
+        # checked before waiting for nodes: a run dir that cannot be used fails at once
+        self.out = rundir.prepare_out(self.opts.result_dir, self.opts.resume, self.opts.overwrite)
+
+    def begin(self) -> None:
+        """Once the nodes (so the number of partitions) are known: start the run dir, or resume from it."""
+        if self.out is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_stale_temps(self.out)  # debris of a writer killed mid-write
+        state = rundir.load_for_resume(self.out, self.cfg) if self.opts.resume else None
+        if state is not None:
+            self.restore(state)
+        elif self.opts.resume:
+            truncate_metrics(self.out, 0)  # killed before its first checkpoint: start over (rundir's rule)
+        else:
             (self.out / "metrics.jsonl").write_text("")
-            atomic_write_bytes(self.out / "config.toml", self.cfg.to_toml().encode())
+        atomic_write_bytes(self.out / "config.toml", self.cfg.to_toml().encode())
+
+    def checkpoint_state(self) -> dict:
+        """``baffle run``'s checkpoint keys (no per-client ``clients``) plus what a Flower run needs to go on."""
+        done = self.rounds_done()
+        led = self.ledger
+        return {
+            "round": done,
+            "server": self.strategy.state_dict(),
+            "counters": self.counters.__dict__.copy(),
+            "config": self.cfg.to_dict(),
+            rundir.FLOWER_KEY: {
+                "history": rundir.pack_history(self.history, done, self.cfg.estimator.K),
+                "client_steps": np.asarray([self.client_steps.get(p, 0) for p in range(self.num_partitions)], dtype=np.int64),
+                "traffic": self.traffic.__dict__.copy(),
+                "ledger": None if led is None else {"rounds": led.rounds, "participations": led.participations.copy()},
+            },
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.out is not None:
+            checkpoint.save(self.out / CHECKPOINT_NAME, self.checkpoint_state())
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``checkpoint_state``'s dict (already checked against the run config)."""
+        done, f = state["round"], state[rundir.FLOWER_KEY]
+        self.strategy.load_state_dict(state["server"])
+        self.counters = Counters(**state["counters"])
+        self.wall0 = self.counters.wall_s
+        self.history = rundir.unpack_history(f["history"], done, self.cfg.estimator.K)
+        self.client_steps = {p: int(n) for p, n in enumerate(np.asarray(f["client_steps"]))}
+        self.resync = set(range(self.num_partitions))
+        self.traffic = Traffic(**f["traffic"])
+        if f["ledger"] is not None:
+            self.ledger = make_ledger(self.cfg)
+            self.ledger.rounds = int(f["ledger"]["rounds"])
+            self.ledger.participations = np.asarray(f["ledger"]["participations"], dtype=np.int64).copy()
+        self.start_round = done
+        truncate_metrics(self.out, done)  # rows after the checkpoint are redone
+        self.rows = read_metrics(self.out)
+        log.info("resuming %s at round %d of %d", self.out, done, self.cfg.run.rounds)
 
     # ---- nodes ----------------------------------------------------------------------------------
     def register(self, node_id: int, partition_id: int, num_partitions: int) -> None:
@@ -112,6 +179,7 @@ class ServerCore:
         if partition_id in self.node_of and self.node_of[partition_id] != node_id:
             log.warning("partition %d moved from node %d to node %d", partition_id, self.node_of[partition_id], node_id)
             self.partition_of.pop(self.node_of[partition_id], None)
+            self.resync.add(partition_id)  # its new node starts with empty node state: tell it its step count
         self.num_partitions = num_partitions
         self.cfg.data.num_clients = num_partitions
         self.partition_of[node_id] = partition_id
@@ -135,6 +203,9 @@ class ServerCore:
             "batch-size": int(self.cfg.federation.batch_size),
             "noise": e.noise,
         }
+        pid = self.partition_of.get(node_id)
+        if pid in self.resync:  # a resumed run: the node's state is new, tell it where its sampler is
+            config["client-steps"] = self.client_steps.get(pid, 0)
         arrays: dict[str, np.ndarray] = {"seeds": s.seeds(round_idx).astype(np.uint64)}
         replay = self.opts.transport == "replay" and node_id not in self.weights_only and not send_weights
         if not replay:
@@ -157,11 +228,19 @@ class ServerCore:
         return Payload(config, arrays)
 
     def sent(self, node_id: int, round_idx: int, nbytes: int) -> None:
+        """A train plan went out: its node takes one ``Client.step`` (one minibatch) unless it fails first."""
         self.traffic.down_bytes += nbytes
         self.traffic.down_msgs += 1
+        pid = self.partition_of.get(node_id)
+        if pid is not None:
+            self.client_steps[pid] = self.client_steps.get(pid, 0) + 1
+            self.stepping[node_id] = round_idx
 
     def node_failed(self, node_id: int, round_idx: int, reason: str) -> None:
         self.traffic.failures += 1
+        pid = self.partition_of.get(node_id)
+        if self.stepping.pop(node_id, None) == round_idx and pid is not None:  # nodes fail before their step (flower.node)
+            self.client_steps[pid] -= 1
         log.warning("round %d: node %d (partition %s) failed: %s", round_idx, node_id, self.partition_of.get(node_id), reason)
         if "replica mismatch" in reason:
             self.weights_only.add(node_id)
@@ -179,6 +258,7 @@ class ServerCore:
                     ids=[self.partition_of.get(self.node_of.get(u.client_id, -1), u.client_id) for u in uploads if isinstance(u, Upload)])
         for u in result.valid if not result.skipped else ():
             self.replica_round[self.node_of[u.client_id]] = round_idx  # its replica now sits at this round
+        self.resync.difference_update(u.client_id for u in uploads if isinstance(u, Upload))  # they know their step count now
         return result
 
     def ingest_aggregate(self, round_idx: int, mean: np.ndarray | None, contributors: int, num_examples: int, up_bytes: int, replied: int) -> RoundResult:
@@ -218,13 +298,22 @@ class ServerCore:
         return len(self.history)
 
     def evaluate(self, rounds_done: int, force: bool = False) -> dict | None:
-        """A ``metrics.jsonl`` row in the simulator's schema (``records.metrics``), plus the message bytes."""
-        if not force and rounds_done % self.cfg.run.eval_every != 0 and rounds_done != self.cfg.run.rounds:
-            return None
+        """Called by both drivers after every round: a ``metrics.jsonl`` row in the simulator's schema
+        (``records.metrics``, plus the message bytes) when one is due, then a checkpoint when one is due
+        (``run.checkpoint_every``; the row is on disk before the checkpoint that covers its round)."""
+        row = None
+        if force or rounds_done % self.cfg.run.eval_every == 0 or rounds_done == self.cfg.run.rounds:
+            row = self._evaluate(rounds_done)
+        every = self.cfg.run.checkpoint_every
+        if not force and every and rounds_done % every == 0:
+            self.save_checkpoint()
+        return row
+
+    def _evaluate(self, rounds_done: int) -> dict:
         load_weights(self.eval_model, self.strategy.eval_weights())
         test = evaluate(self.eval_model, self.test)
         t, c = self.traffic, self.counters
-        c.wall_s = time.perf_counter() - self.t0
+        c.wall_s = self.wall0 + time.perf_counter() - self.t0
         costs = per_round_costs(self.cfg, self.strategy.n, state_nbytes(self.strategy.model))
         extra = {
             "down_bytes": t.down_bytes,
@@ -235,6 +324,7 @@ class ServerCore:
         }
         lr = self.strategy.optimizer.param_groups[0]["lr"]
         extra.update(privacy_metrics(self.ledger))
+        extra.update(self.driver_metrics)
         row = metrics_row(rounds_done, test, None, costs, c, lr, self.last, extra)
         self.rows.append(row)
         append_metrics(self.out, row)
@@ -265,17 +355,14 @@ class ServerCore:
             "skipped_rounds": self.counters.skipped_rounds,
             "weights_sha256": weights_digest(self.strategy.model.state_dict()).hex(),
             "wall_s": round(time.perf_counter() - self.t0, 2),
+            **self.driver_metrics,
+            **self.driver_record,
         }
         if self.out is not None:
             from baffle.records.report import write_curves, write_summary
 
             write_summary(self.out, summary)
             write_curves(self.out, self.rows, title=f"flower {mode} {self.cfg.model.name} {self.cfg.data.name}")
-            checkpoint.save(self.out / CHECKPOINT_NAME, {
-                "round": self.rounds_done(),
-                "server": self.strategy.state_dict(),
-                "counters": self.counters.__dict__.copy(),
-                "config": self.cfg.to_dict(),
-            })
+            self.save_checkpoint()
             atomic_write_bytes(self.out / "result.json", (json.dumps(result, indent=2) + "\n").encode())
         return result
