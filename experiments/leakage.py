@@ -39,6 +39,7 @@ Writes docs/results/leakage.json and the "What an upload reveals" section of doc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -360,8 +361,10 @@ def run_grid(grid: Grid, log: Callable[[str], None] = print) -> dict:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     rows: list[dict] = []
+    labels: dict[str, list[dict]] = {}
     for state in grid.states:
         task = load_task(state)
+        labels[str(state)] = label_study(task, grid)
         batches, pool = draw_batches(task, grid)
         rng = np.random.default_rng(7)
         for b in grid.sizes:
@@ -395,8 +398,30 @@ def run_grid(grid: Grid, log: Callable[[str], None] = print) -> dict:
     return {"grid": {**asdict(grid), "budget": asdict(grid.budget)}, "n_params": task.n,
             "model": task.cfg.model.name, "data": f"{task.cfg.data.name} {task.cfg.data.image_size}x{task.cfg.data.image_size}",
             "estimator": {"sigma": e.sigma, "scheme": e.scheme, "engine": e.engine, "noise": e.noise},
-            "n_clients_secagg": N_CLIENTS, "rows": rows, "summary": summarize(rows),
+            "n_clients_secagg": N_CLIENTS, "label_study": labels, "rows": rows, "summary": summarize(rows),
             "seconds": time.perf_counter() - t_start, "load_end": os.getloadavg()}
+
+
+def label_study(task: Task, grid: Grid, batches: int = 20) -> list[dict]:
+    """Label recovery alone (no image attack, so more batches per cell): from a BAFFLE client's K scalars,
+    reading the bias entries of g_hat only vs pooling them with the weight rows (:func:`last_layer_signal`)."""
+    rng = np.random.default_rng(99)
+    e = task.cfg.estimator
+    rows = []
+    for b in grid.sizes:
+        for k in grid.ks:
+            rates: dict[str, list[float]] = {"bias_only": [], "pooled": []}
+            for i in range(batches):
+                idx = rng.choice(len(task.train_y), b, replace=False)
+                x, y = task.train_x[idx], task.train_y[idx]
+                seeds = noise.round_seeds(task.cfg.run.seed, 100 + i, k)
+                g_hat = reconstruct(client_scalars(task, x, y, seeds), seeds, e.sigma, task.n, noise=e.noise)
+                yn = y.numpy()
+                for method, signal in (("bias_only", g_hat[task.bias]), ("pooled", last_layer_signal(task, g_hat, False))):
+                    got = recover_labels(signal, b, task.p_hat)
+                    rates[method].append(sum(min(int((yn == c).sum()), int((got == c).sum())) for c in np.unique(yn)) / b)
+            rows += [{"B": b, "K": k, "method": m, "labels": float(np.mean(v)), "batches": batches} for m, v in rates.items()]
+    return rows
 
 
 def _line(r: dict) -> str:
@@ -475,7 +500,8 @@ def section(res: dict) -> str:
         f"statistic) + {b['tv']} x total variation, pixels clamped to [0, 1]. Labels are recovered first, analytically, "
         "from the last layer (iDLG for batch 1, Geng et al.'s counts for batches): from the BP gradient's bias entries; "
         "from g_hat by pooling the bias entries with the weight rows projected on the mean feature vector of 64 test "
-        "images the attacker holds (`last_layer_signal` in the script; the bias entries alone gave 13-60% at batch 1). "
+        "images the attacker holds (`last_layer_signal` in the script; the label table below compares it with the "
+        "bias entries alone). "
         "The honest-but-curious BAFFLE server knows W, the round's seeds and sigma, so it knows every direction "
         "eps_k: it either makes the dummy batch's directional derivatives (eps_k . grad L(dummy), all k) match "
         "the uploaded K-vector (\"matched as K-vectors\"), or inverts g_hat = 1/(K sigma) sum_k dL_k eps_k "
@@ -488,6 +514,7 @@ def section(res: dict) -> str:
     for state in g["states"]:
         parts += [f"### {'Fresh model (initialised at run.seed)' if state == 0 else f'After {state} backprop steps'}", "",
                   table(res, state), ""]
+    parts += label_table(res)
     parts += [
         "cos(g_hat, true gradient) at batch 1: " + ", ".join(f"K = {k}: {c:.2f}" for k, c in sorted(cos.items()))
         + f" (about sqrt(K / n) for n = {res['n_params']:,}).",
@@ -496,6 +523,21 @@ def section(res: dict) -> str:
         END,
     ]
     return "\n".join(parts)
+
+
+def label_table(res: dict) -> list[str]:
+    """Label recovery alone from one BAFFLE client's K scalars, per state: bias entries only vs pooled."""
+    out = []
+    for state, rows in sorted(res.get("label_study", {}).items(), key=lambda kv: int(kv[0])):
+        by = {(r["B"], r["K"], r["method"]): r for r in rows}
+        sizes, ks = sorted({r["B"] for r in rows}), sorted({r["K"] for r in rows})
+        table_rows = [[b, *[f"{100 * by[(b, k, 'bias_only')]['labels']:.0f}% / {100 * by[(b, k, 'pooled')]['labels']:.0f}%"
+                            for k in ks]] for b in sizes]
+        where = "the fresh model" if state == "0" else f"the model after {state} backprop steps"
+        out += [f"Labels alone from one BAFFLE client's K scalars ({where}, {rows[0]['batches']} random batches per cell; "
+                "g_hat's bias entries only / pooled with the weight rows):", "",
+                markdown_table(["batch", *[f"K = {k}" for k in ks]], table_rows, "right"), ""]
+    return out
 
 
 def interpretation(res: dict) -> list[str]:
@@ -527,6 +569,19 @@ INTERPRETATION = (
 )
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``new``'s states added to (or replacing) ``old``'s, refusing results from a different grid."""
+    keep = ("sizes", "ks", "targets", "secagg_variants", "budget")
+    diff = [k for k in keep if old["grid"][k] != new["grid"][k]]
+    if diff:
+        raise SystemExit(f"--merge: the JSON's grid differs in {diff}; rerun every state instead")
+    rows = [r for r in old["rows"] if r["state"] not in new["grid"]["states"]] + new["rows"]
+    states = sorted({r["state"] for r in rows})
+    labels = {**old.get("label_study", {}), **new["label_study"]}
+    return {**new, "grid": {**new["grid"], "states": states}, "rows": rows, "summary": summarize(rows), "label_study": labels,
+            "seconds": old["seconds"] + new["seconds"]}
+
+
 def write_doc(res: dict) -> None:
     """Replace this script's own section of docs/robustness.md (append it the first time)."""
     write_section(DOC, BEGIN, END, section(res), title="# Robustness and privacy\n")
@@ -539,12 +594,13 @@ def main() -> None:
     ap.add_argument("--targets", type=int, help="target batches per cell (default 4)")
     ap.add_argument("--steps", type=int, help="Adam steps per attack (default 300)")
     ap.add_argument("--out", type=Path, help=f"JSON path (default {OUT.relative_to(ROOT)}; --quick: required)")
+    ap.add_argument("--merge", action="store_true",
+                    help="add --states to the JSON's other states (same grid otherwise) instead of replacing it")
     ap.add_argument("--doc-only", action="store_true", help="rewrite the docs section from the JSON")
+    ap.add_argument("--labels-only", action="store_true", help="(re)compute only the label study into the JSON")
     args = ap.parse_args()
     out = args.out or OUT
     if args.doc_only:
-        import json
-
         write_doc(json.loads(out.read_text()))
         return
     if args.quick and args.out is None:
@@ -553,7 +609,16 @@ def main() -> None:
     grid = Grid(states=tuple(args.states or grid.states), sizes=grid.sizes, ks=grid.ks,
                 targets=args.targets or grid.targets, secagg_variants=grid.secagg_variants,
                 budget=Budget(steps=args.steps or grid.budget.steps))
+    if args.labels_only:  # the label study of every state in the JSON, added to it
+        res = json.loads(out.read_text())
+        torch.set_num_threads(1)
+        res["label_study"] = {str(s): label_study(load_task(s), grid) for s in res["grid"]["states"]}
+        write_json(out, res)
+        write_doc(res)
+        return
     res = run_grid(grid, log=lambda line: print(line, flush=True))
+    if args.merge and out.exists():
+        res = merge(json.loads(out.read_text()), res)
     write_json(out, res)
     print(f"wrote {out} in {res['seconds']:.0f} s")
     if not args.quick:
