@@ -1,0 +1,174 @@
+"""Client peak memory of one CIFAR-10 client step: forward-only (BAFFLE) vs backprop, same model, same batch.
+
+Issue 14's goal: a forward-only client needs at most half the memory of a backprop client at the same batch,
+for cnn_cifar_small and WRN-10-2 on 3x32x32 images. Method as in benchmarks/bench_client.py (docs/performance.md):
+one fresh process per measurement, 1 thread; after imports, model, data and client are set up the child resets the
+kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5), reads VmRSS, runs ONE client step with the CIFAR
+augmentation the real client applies, and reads VmHWM. ``step peak`` = VmHWM - VmRSS before: the memory the step
+itself needs on top of the loaded process. Kinds: ``baffle_batched`` (``Client.step`` with the batched engine and
+its default memory budget, what the simulator and a Flower node use by default), ``baffle_loop`` (``Client.step``,
+one perturbed forward at a time) and ``bp`` (``BPClient.gradient``: forward + autograd backward, the FedSGD client
+step; a FedAvg client does the same per local step plus its optimizer state).
+
+    .venv/bin/python experiments/cifar_memory.py [--batches 8,32,64] [--K 20]
+
+Writes docs/results/cifar_memory.json and the memory section of docs/cifar.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "results" / "cifar_memory.json"
+DOC = ROOT / "docs" / "cifar.md"
+BEGIN, END = "<!-- cifar_memory:begin -->", "<!-- cifar_memory:end -->"
+MODELS = ("cnn_cifar_small", "wrn10_2")
+KINDS = ("baffle_batched", "baffle_loop", "bp")
+SIGMA = 1e-3
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def child(kind: str, name: str, batch: int, k: int, warm: bool) -> dict:
+    """Runs in a fresh process: one client step of ``kind``; RSS numbers in MiB. ``warm``: first one step on a
+    batch of ONE image with the same model and engine (loads the kernels' code, initializes autograd and the
+    engine's one-off state, allocates almost no batch-sized memory), so the measured step shows what grows with
+    the batch rather than one-off library costs."""
+    import numpy as np
+    import torch
+
+    from baffle.baselines import BPClient
+    from baffle.client import Client
+    from baffle.config import EstimatorConfig
+    from baffle.data.augment import augment_cifar
+    from baffle.data.dataset import Dataset
+    from baffle.engine import make_engine
+    from baffle.models import build_model
+    from baffle.protocol import noise
+    from baffle.protocol.messages import RoundPlan
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=10, image_size=32)
+    g = torch.Generator().manual_seed(batch)
+    n = 4 * batch
+    data = Dataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g), 10, "cifar10")
+    engine = make_engine("batched", EstimatorConfig().max_memory_mb) if kind == "baffle_batched" else make_engine("loop")
+    cls = BPClient if kind == "bp" else Client
+    client = cls(0, data, np.arange(n), model, batch_size=batch, seed=0, engine=engine, transform=augment_cifar)
+    plan = RoundPlan(0, noise.round_seeds(0, 0, k), SIGMA, "forward", batch)
+    if kind == "baffle_batched":  # tracing the model is a one-off cost of the engine, not of a step
+        engine.supports(model)
+    if warm:
+        small = cls(1, data, np.arange(n), model, batch_size=1, seed=1, engine=engine, transform=augment_cifar)
+        small.gradient(None) if kind == "bp" else small.step(RoundPlan(0, plan.seeds, SIGMA, "forward", 1))
+        del small
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kb("VmRSS")
+    if kind == "bp":
+        client.gradient(None)
+    else:
+        client.step(plan)
+    peak = _status_kb("VmHWM")
+    return {"kind": kind, "model": name, "batch": batch, "K": k, "warm": warm, "rss_before_mib": before / 1024,
+            "peak_mib": peak / 1024, "step_peak_mib": (peak - before) / 1024}
+
+
+def measure(batches: list[int], k: int) -> list[dict]:
+    rows = []
+    for name in MODELS:
+        for b in batches:
+            for kind in KINDS:
+                row = {}
+                for warm in (0, 1):
+                    cmd = [sys.executable, __file__, "--child", kind, name, str(b), str(k), str(warm)]
+                    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env).stdout
+                    r = json.loads(out.strip().splitlines()[-1])
+                    row.update({"kind": kind, "model": name, "batch": b, "K": k} if not warm else {})
+                    row.update({f"{key}_{'warm' if warm else 'cold'}": r[key] for key in ("rss_before_mib", "peak_mib", "step_peak_mib")})
+                rows.append(row)
+                print(f"{name:16s} B={b:3d} {kind:15s} step peak cold {row['step_peak_mib_cold']:8.2f} MiB, warm "
+                      f"{row['step_peak_mib_warm']:8.2f} MiB (process peak {row['peak_mib_cold']:.0f} MiB)", flush=True)
+    return rows
+
+
+def write_doc(res: dict) -> None:
+    from baffle.records.results import write_section
+    from baffle.records.tables import table_lines
+
+    bp = {(r["model"], r["batch"]): r for r in res["rows"] if r["kind"] == "bp"}
+
+    def ratio(r: dict, when: str) -> float:
+        return r[f"step_peak_mib_{when}"] / bp[r["model"], r["batch"]][f"step_peak_mib_{when}"]
+
+    rows = [[r["model"], r["batch"], r["kind"], f"{r['step_peak_mib_cold']:.1f}", f"{ratio(r, 'cold'):.2f}x",
+             f"{r['step_peak_mib_warm']:.1f}", f"{ratio(r, 'warm'):.2f}x", f"{r['peak_mib_cold']:.0f}"] for r in res["rows"]]
+    goal = []
+    for r in res["rows"]:
+        if r["kind"] != "bp":
+            cold, warm = ratio(r, "cold"), ratio(r, "warm")
+            goal.append([r["model"], r["batch"], r["kind"], f"{cold:.2f}x", "yes" if cold <= 0.5 else "**no**",
+                         f"{warm:.2f}x", "yes" if warm <= 0.5 else "**no**"])
+    section = "\n".join([
+        BEGIN,
+        "## Client peak memory: forward-only vs backprop (CIFAR-10, 3x32x32)",
+        "",
+        f"`experiments/cifar_memory.py` (K={res['K']}, 1 thread, load average {res['loadavg']:.1f}; memory, not time, so "
+        "the load does not change it): one fresh process per number; after setup the child resets the peak-RSS "
+        "counter, runs ONE client step (with the CIFAR augmentation) and reads VmHWM; `step peak` = VmHWM - VmRSS "
+        "before the step, the memory the step needs on top of the loaded process. `cold`: the process's first step, "
+        "as docs/performance.md measures it (includes one-off costs: kernel code paged in, autograd's and the "
+        "engine's first-use state); `warm`: after one step on a batch of ONE image with the same model and engine, "
+        "so what remains is what the step needs for its batch. `process peak` (cold) includes torch, the model and "
+        "the data. `bp` = `BPClient.gradient` (forward + backward, the FedSGD client step); `baffle_batched` = "
+        "`Client.step` with the default batched engine (`estimator.max_memory_mb` = 512), `baffle_loop` with "
+        "`estimator.engine=loop`.",
+        "",
+        "Goal: forward-only step peak <= 0.5x the BP client's at the same batch.",
+        "",
+        *table_lines(["model", "batch", "forward-only client", "cold vs BP", "<= 0.5x", "warm vs BP", "<= 0.5x"], goal,
+                     ["l", "r", "l", "r", "l", "r", "l"]),
+        "",
+        *table_lines(["model", "batch", "client step", "step peak MiB (cold)", "vs BP", "step peak MiB (warm)", "vs BP",
+                      "process peak MiB"], rows, ["l", "r", "l", "r", "r", "r", "r", "r"]),
+        "",
+        END,
+    ])
+    write_section(DOC, BEGIN, END, section, title="# CIFAR-10\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="8,32,64")
+    ap.add_argument("--K", type=int, default=20)
+    ap.add_argument("--child", nargs=5, metavar=("KIND", "MODEL", "BATCH", "K", "WARM"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, name, b, k, warm = args.child
+        print(json.dumps(child(kind, name, int(b), int(k), warm == "1")))
+        return
+    rows = measure([int(b) for b in args.batches.split(",")], args.K)
+    from baffle.records.results import write_json
+
+    res = {"K": args.K, "sigma": SIGMA, "threads": 1, "image": "3x32x32", "loadavg": os.getloadavg()[0], "rows": rows}
+    write_json(OUT, res)
+    write_doc(res)
+    print(f"wrote {OUT} and {DOC}")
+
+
+if __name__ == "__main__":
+    main()
