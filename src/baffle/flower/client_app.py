@@ -19,6 +19,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from baffle.flower import records
 from baffle.flower.config import parse_run_config
 from baffle.flower.node import STATE, Node, node_identity, partition_data
+from baffle.flower.secagg_faults import secagg_fault_mod  # a no-op unless a test sets node config secagg-fault
 from baffle.flower.server_core import NODE_INFO
 from baffle.flower.versions import VERSIONS, local_versions
 
@@ -55,7 +56,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({NODE_INFO: info, VERSIONS: versions}), reply_to=msg)
 
 
-@app.train(mods=[secaggplus_when_asked])
+@app.train(mods=[secagg_fault_mod, secaggplus_when_asked])
 def train(msg: Message, context: Context) -> Message:
     node = _node(context)
     if LEGACY_FITINS in msg.content.config_records:  # SecAgg+ stage "collect masked vectors"

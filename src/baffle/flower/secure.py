@@ -80,19 +80,24 @@ def make_secure_strategy(core: ServerCore):
 
         def __init__(self) -> None:
             self.pending: int | None = None
+            self.exclude: set[int] = set()  # node ids that failed earlier in this round (a retry leaves them out)
 
         def initialize_parameters(self, client_manager) -> Parameters:
             return ndarrays_to_parameters([])  # the model lives in ServerCore; nothing to fetch from a node
 
         def configure_fit(self, server_round, parameters, client_manager):
             r = server_round - 1
-            self._close_pending()
+            if self.pending != r:  # a retry of round r (secagg_workflow) is still round r
+                self._close_pending()
             picked = core.sample(r)
             proxies = client_manager.all()
             out = []
-            for _, nid in picked:
+            for pid, nid in picked:
+                if nid in self.exclude:
+                    continue
                 proxy = proxies.get(str(nid)) or next((p for p in proxies.values() if p.node_id == nid), None)
                 if proxy is None:
+                    log.warning("round %d: node %d (partition %d) is not connected; left out", r, nid, pid)
                     continue
                 fitins = records.to_fitins(core.plan_payload(r, nid, send_weights=True))
                 core.sent(nid, r, records.content_nbytes(_fitins_records(fitins)))
@@ -102,9 +107,8 @@ def make_secure_strategy(core: ServerCore):
 
         def aggregate_fit(self, server_round, results, failures):
             r = server_round - 1
-            # flwr 1.42's SecAggPlusWorkflow appends each stage-2 failure twice; count distinct ones
-            for f in dict.fromkeys(str(f) for f in failures):
-                core.node_failed(-1, r, f)
+            # ``failures`` (bare errors, no node id, nothing for a node that never answered) is not used: the
+            # workflow has already named and counted every failed node by stage (secagg_workflow._Recorder)
             mean, num = None, 0
             if results:
                 # SecAggPlusWorkflow has put the same unmasked weighted mean into every result
@@ -148,18 +152,36 @@ def make_secure_strategy(core: ServerCore):
     return SecureBaffleStrategy()
 
 
+SECAGG_MAX_RETRIES = 2  # retries of a halted SecAgg+ round with the nodes that have not failed in it
+
+
 def run_secure(grid, context, core: ServerCore) -> None:
+    """Train every round through SecAgg+ (``RobustSecAggPlusWorkflow``): before each attempt the node map is
+    refreshed from what the nodes report (a restarted node rejoins, a vanished one is not sampled) and the
+    nodes that failed earlier in the round are left out."""
     from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow import DefaultWorkflow
+
+    from baffle.flower.secagg_workflow import RobustSecAggPlusWorkflow
+    from baffle.flower.strategy import refresh_nodes
 
     o = core.opts
     spec = QuantSpec(o.secagg_clip, o.secagg_bits, o.secagg_modulus_bits)
     spec.check(max(core.num_partitions, 1))
     shares = int(o.secagg_num_shares) if o.secagg_num_shares > 1 else float(o.secagg_num_shares)
     threshold = int(o.secagg_threshold) if o.secagg_threshold > 1 else float(o.secagg_threshold)
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=core.cfg.run.rounds), strategy=make_secure_strategy(core))
+    strategy = make_secure_strategy(core)
+
+    def prepare(round_idx: int, grid, exclude: set[int]) -> None:
+        refresh_nodes(core, grid, o.round_timeout_s, forget_gone=True)
+        strategy.exclude = set(exclude)
+
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=core.cfg.run.rounds), strategy=strategy)
     workflow = DefaultWorkflow(
-        fit_workflow=SecAggPlusWorkflow(
+        fit_workflow=RobustSecAggPlusWorkflow(
+            core,
+            prepare,
+            max_retries=SECAGG_MAX_RETRIES,
             num_shares=shares,
             reconstruction_threshold=threshold,
             max_weight=float(core.cfg.federation.batch_size),

@@ -24,9 +24,20 @@ from baffle.protocol.messages import MessageError
 log = logging.getLogger("baffle")
 
 
-def refresh_nodes(core: ServerCore, grid: Grid, timeout: float) -> None:
-    """Ask nodes the server has not met yet which partition they hold."""
-    new = [nid for nid in grid.get_node_ids() if nid not in core.partition_of and nid not in core.refused]
+def refresh_nodes(core: ServerCore, grid: Grid, timeout: float, forget_gone: bool = False) -> None:
+    """Ask nodes the server has not met yet which partition they hold (a restarted node has a new id and
+    takes its partition over: ``ServerCore.register``). With ``forget_gone``, a partition whose node has left
+    the grid (a SuperLink drops a node whose heartbeat stopped) is not sampled until a node reports it again;
+    the node keeps its partition in ``partition_of``, so later log lines still name it."""
+    ids = list(grid.get_node_ids())
+    if forget_gone:
+        present = set(ids)
+        for pid, nid in sorted(core.node_of.items()):
+            if nid not in present:
+                log.warning("node %d (partition %d) has left; partition %d waits for a node to report it", nid, pid, pid)
+                del core.node_of[pid]
+    serving = set(core.node_of.values())  # a node back under its old id (a fixed key) is asked again
+    new = [nid for nid in ids if (nid not in core.partition_of or (forget_gone and nid not in serving)) and nid not in core.refused]
     if not new:
         return
     msgs = [Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY) for nid in new]
@@ -41,7 +52,11 @@ def refresh_nodes(core: ServerCore, grid: Grid, timeout: float) -> None:
             core.refused[nid] = why
             continue
         info = reply.content.metric_records[NODE_INFO]
-        core.register(nid, int(info["partition-id"]), int(info["num-partitions"]))
+        pid = int(info["partition-id"])
+        earlier = [n for n, p in core.partition_of.items() if p == pid and n != nid]
+        core.register(nid, pid, int(info["num-partitions"]))
+        if earlier:
+            log.warning("node %d reports partition %d, held before by node %d: it rejoins", nid, pid, earlier[-1])
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
