@@ -150,6 +150,12 @@ def test_engines_create_every_tensor_on_the_parameters_device(device, kind, sche
             assert np.array_equal(got, reference), engine.name
         else:  # a chunked forward (or another device's kernels) rounds differently
             np.testing.assert_allclose(got, reference, rtol=1e-3, atol=1e-5)
+    # the fused path: several clients' CPU minibatches in one pass, with a loss that is not F.cross_entropy
+    # itself (per-member losses taken one by one)
+    with TRAP:
+        fused = BatchedEngine().multi_client(model, params, [(x, y), (x[:3], y[:3])], seeds, 1e-2, scheme,
+                                             lambda z, t: torch.nn.functional.cross_entropy(z, t), noise=kind)
+    np.testing.assert_allclose(fused[0], reference, rtol=1e-3, atol=1e-5)
 
 
 RAGGED = [(0, 1), (3, 70), (63, 65), (64, 128), (5, noise_torch.BLOCK + 9), (noise_torch.BLOCK - 1, 2 * noise_torch.BLOCK + 3)]
