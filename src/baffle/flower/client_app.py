@@ -27,9 +27,9 @@ LEGACY_FITINS = "fitins.config"  # ConfigRecord name of a legacy FitIns (what Se
 
 
 def _node(context: Context) -> Node:
-    cfg, _ = parse_run_config(context.run_config)
+    cfg, opts = parse_run_config(context.run_config)
     state = context.state.config_records.get(STATE)
-    return Node(cfg, node_identity(context.node_config), dict(state) if state is not None else None)
+    return Node(cfg, node_identity(context.node_config), dict(state) if state is not None else None, opts.flwr_partitioner)
 
 
 def _save(node: Node, context: Context) -> None:
@@ -48,9 +48,9 @@ app = ClientApp()
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    cfg, _ = parse_run_config(context.run_config)
+    cfg, opts = parse_run_config(context.run_config)
     ident = node_identity(context.node_config)
-    samples = len(partition_data(cfg, ident.partition_id, ident.num_partitions))  # no model, no client: just the data
+    samples = len(partition_data(cfg, ident.partition_id, ident.num_partitions, opts.flwr_partitioner))  # just the data
     info = MetricRecord({"partition-id": ident.partition_id, "num-partitions": ident.num_partitions, "num-samples": samples})
     versions = ConfigRecord(local_versions())  # the server refuses a node whose baffle or noise spec differ
     return Message(RecordDict({NODE_INFO: info, VERSIONS: versions}), reply_to=msg)

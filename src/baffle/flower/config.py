@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from baffle.config import Config, ConfigError
+from baffle.flower.datasets import PARTITIONERS  # names only: flwr-datasets is imported when a node partitions
 
 # keys that keep Flower's name (what Flower users write in every Flower app)
 FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.clients_per_round": "fraction-train"}
@@ -59,6 +60,7 @@ class FlowerOptions:
     secagg_modulus_bits: int = 32  # masks and sums live in Z_(2**modulus_bits); Flower needs <= 32
     secagg_num_shares: float = 1.0  # Shamir shares per node: fraction of sampled nodes (<=1) or a count
     secagg_threshold: float = 0.5  # shares needed to unmask: fraction of num_shares (<=1) or a count
+    flwr_partitioner: str = ""  # "": baffle's data.partition; iid|dirichlet|pathological|natural-id: flwr-datasets' (flower.datasets)
     result_dir: str = ""  # the run dir (as `baffle run --out`): config, metrics, summary, curves, checkpoint, result.json
     resume: bool = False  # continue the run in result-dir from its checkpoint (as `baffle run --resume`)
     overwrite: bool = False  # delete the run already in result-dir first (as `baffle run --overwrite`)
@@ -69,6 +71,9 @@ class FlowerOptions:
     def validate(self) -> "FlowerOptions":
         if self.transport not in TRANSPORTS:
             raise ConfigError(f"transport={self.transport!r} is not valid; choose one of: {', '.join(TRANSPORTS)}")
+        if self.flwr_partitioner and self.flwr_partitioner not in PARTITIONERS:
+            raise ConfigError(f"flwr-partitioner={self.flwr_partitioner!r} is not valid; choose one of: {', '.join(PARTITIONERS)} "
+                              "(or \"\" for baffle's data-partition)")
         if self.secure and self.transport != "weights":
             raise ConfigError("secure=true supports transport='weights' only (Flower's SecAgg+ workflow is the legacy one)")
         if not self.secagg_clip > 0:

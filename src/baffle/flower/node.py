@@ -34,13 +34,12 @@ from baffle.config import Config
 from baffle.data.augment import augment_cifar
 from baffle.data.cache import cache_dir, cached_arrays
 from baffle.data.dataset import Dataset
-from baffle.data.partition import partition
 from baffle.flower.records import Payload
 from baffle.protocol import streams
 from baffle.protocol.messages import MessageError, RoundPlan, Upload
 from baffle.engine import make_engine
 from baffle.engine.threads import intra_op_threads
-from baffle.sim.factory import build_model_for, load_train
+from baffle.sim.factory import build_model_for, client_partitions, load_train
 from baffle.server.strategy import ServerStrategy
 
 log = logging.getLogger("baffle")
@@ -73,26 +72,32 @@ def node_identity(node_config: Mapping[str, Any]) -> NodeIdentity:
 PARTITION_CACHE_FORMAT = 1  # bump to invalidate every cached partition
 
 
-def data_key(cfg: Config) -> str:
-    """What determines the training data and its split (the partition cache key)."""
+def data_key(cfg: Config, partitioner: str = "") -> str:
+    """What determines the training data and its split (the partition cache key); ``partitioner``: the
+    Flower option ``flwr-partitioner`` ("" = baffle's ``data.partition``)."""
     d = cfg.data
     keys = ("name", "root", "image_size", "partition", "alpha", "shards_per_client", "train_subset", "transform", "classes")
     import baffle
     from baffle.data.cache import CACHE_FORMAT  # the data layer's own cache version: a bump invalidates partitions too
 
     fmt = [PARTITION_CACHE_FORMAT, CACHE_FORMAT, baffle.__version__]
-    return json.dumps({"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in keys}, "format": fmt}, sort_keys=True)
+    key = {"run": {"seed": cfg.run.seed}, "data": {k: getattr(d, k) for k in keys}, "format": fmt}
+    if partitioner:
+        key["flwr-partitioner"] = partitioner
+    return json.dumps(key, sort_keys=True)
 
 
-def partition_data(cfg: Config, partition_id: int, num_partitions: int) -> Dataset:
-    """This node's training samples only, in the order ``baffle run``'s client ``partition_id`` holds them.
+def partition_data(cfg: Config, partition_id: int, num_partitions: int, partitioner: str = "") -> Dataset:
+    """This node's training samples only, in the order ``baffle run``'s client ``partition_id`` holds them
+    (with ``partitioner``, the ``flwr-partitioner`` option: as that flwr-datasets partitioner splits them,
+    ``baffle.flower.datasets``).
 
     The first call on a machine loads the training split (never the test set), partitions it exactly as
     the simulator does and keeps only this partition, written to ``$BAFFLE_CACHE/flower-partitions/`` (one
     .npz per partition); every later call (each message of a deployment starts a new ClientApp process)
     reads that file alone, so a node holds its partition, not the dataset.
     """
-    return _partition_data(data_key(cfg), partition_id, num_partitions)
+    return _partition_data(data_key(cfg, partitioner), partition_id, num_partitions)
 
 
 @lru_cache(maxsize=4)
@@ -104,9 +109,14 @@ def _partition_data(key: str, partition_id: int, num_partitions: int) -> Dataset
         k = json.loads(key)
         cfg = Config.from_dict({"run": k["run"], "data": k["data"]})
         train, _ = load_train(cfg)
-        d = cfg.data
-        parts = partition(train.y.numpy(), num_partitions, d.partition, alpha=d.alpha, shards_per_client=d.shards_per_client,
-                          seed=cfg.run.seed)
+        cfg.data.num_clients = num_partitions
+        groups = None if train.groups is None else train.groups.numpy()
+        if k.get("flwr-partitioner"):
+            from baffle.flower.datasets import partition_for
+
+            parts = partition_for(cfg, k["flwr-partitioner"], num_partitions, train.y.numpy(), groups)
+        else:
+            parts = client_partitions(cfg, train)  # the simulator's own split (data.partition=domain uses the groups)
         mine = train.subset(parts[partition_id])
         return {"x": mine.x.numpy(), "y": mine.y.numpy(), "num_classes": np.int64(train.num_classes),
                 "name": np.str_(train.name), "classes": np.array(list(train.classes), dtype=np.str_)}
@@ -123,10 +133,10 @@ def client_seed(run_seed: int, partition_id: int) -> int:
 class Node:
     """One invocation's view of a node; state in/out through a plain dict (the ConfigRecord)."""
 
-    def __init__(self, cfg: Config, ident: NodeIdentity, state: Mapping[str, Any] | None = None):
+    def __init__(self, cfg: Config, ident: NodeIdentity, state: Mapping[str, Any] | None = None, partitioner: str = ""):
         self.cfg = cfg
         self.ident = ident
-        train = partition_data(cfg, ident.partition_id, ident.num_partitions)  # this partition only
+        train = partition_data(cfg, ident.partition_id, ident.num_partitions, partitioner)  # this partition only
         self.train = train
         self.model = build_model_for(cfg, train)
         self.client = Client(
