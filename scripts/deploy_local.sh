@@ -10,6 +10,11 @@
 #   --auth         SuperNode authentication (implies --tls): one ECDSA key pair per node, public keys
 #                  registered with `flwr supernode register`, SuperLink started with --enable-supernode-auth
 #   --fail P:R     node with partition P raises at (0-based) round R: a dropout test
+#   --kill P:STAGE:R  SIGKILL the SuperNode of partition P (and its ClientApp processes) when it reaches SecAgg+
+#                  stage STAGE (setup|share_keys|collect_masked_vectors|unmask) of round R, then restart it
+#                  with the same partition after KILL_RESTART_S seconds (default 5); needs -c secure=true.
+#                  The node blocks at that stage (node config secagg-fault=STAGE:R:hang, baffle.flower.secagg_faults)
+#                  until this script kills it; $LOGS/kill.log says when it was killed and restarted
 #   after --       passed to `flwr run`, e.g. -- -c 'num-server-rounds=3 estimator-k=20'
 #
 # Environment: FLWR_HOME (default: a fresh temporary directory, removed at the end), PYTHON/FLWR_BIN
@@ -23,6 +28,7 @@ PORT=9093
 TLS=0
 AUTH=0
 FAIL=""
+KILL=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -n) NODES="$2"; shift 2 ;;
@@ -30,12 +36,19 @@ while [[ $# -gt 0 ]]; do
     --tls) TLS=1; shift ;;
     --auth) TLS=1; AUTH=1; shift ;;
     --fail) FAIL="$2"; shift 2 ;;
+    --kill) KILL="$2"; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "deploy_local.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$NODES" =~ ^[0-9]+$ && "$NODES" -ge 1 ]] || { echo "deploy_local.sh: -n must be a positive integer" >&2; exit 2; }
+if [[ -n "$KILL" ]]; then
+  [[ "$KILL" =~ ^([0-9]+):(setup|share_keys|collect_masked_vectors|unmask):([0-9]+)$ ]] \
+    || { echo "deploy_local.sh: --kill must be PARTITION:STAGE:ROUND with STAGE in setup|share_keys|collect_masked_vectors|unmask" >&2; exit 2; }
+  KILL_P="${BASH_REMATCH[1]}"; KILL_STAGE="${BASH_REMATCH[2]}"; KILL_R="${BASH_REMATCH[3]}"
+  [[ "$KILL_P" -lt "$NODES" ]] || { echo "deploy_local.sh: --kill partition $KILL_P is not below -n $NODES" >&2; exit 2; }
+fi
 
 OWN_HOME=0
 if [[ -z "${FLWR_HOME:-}" ]]; then FLWR_HOME="$(mktemp -d -t baffle-flwr-XXXXXX)"; OWN_HOME=1; fi
@@ -43,11 +56,15 @@ export FLWR_HOME PATH="$BIN:$PATH"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never let Flower `uv sync` the app's deps (torch!)
 export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"  # default 1 s per hop
 LOGS="$FLWR_HOME/logs"; mkdir -p "$LOGS"
+export BAFFLE_FAULT_DIR="$FLWR_HOME/faults"; mkdir -p "$BAFFLE_FAULT_DIR"  # where a --kill node signals its stage
 PIDS=()
+WATCHER=""
 source "$REPO/scripts/flower_procs.sh"
 
 cleanup() {
   local code=$?
+  [[ -n "$WATCHER" ]] && kill "$WATCHER" 2>/dev/null && wait "$WATCHER" 2>/dev/null
+  [[ -f "$LOGS/restarted.pid" ]] && PIDS+=($(cat "$LOGS/restarted.pid"))
   [[ ${#PIDS[@]} -gt 0 ]] && stop_groups "${PIDS[@]}"  # each process's group and its SuperExecs' (flower_procs.sh)
   if [[ $code -ne 0 ]]; then
     echo "deploy_local.sh: failed (exit $code); last log lines:" >&2
@@ -82,15 +99,35 @@ if [[ $AUTH -eq 1 ]]; then
     flwr supernode register "$CERTS/node-keys/node_$i.pub" local-deployment >>"$LOGS/register.log" 2>&1
   done
 fi
-for ((i = 0; i < NODES; i++)); do
-  NODE_AUTH=(); [[ $AUTH -eq 1 ]] && NODE_AUTH=(--auth-supernode-private-key "$CERTS/node-keys/node_$i")
-  cfg="partition-id=$i num-partitions=$NODES"
-  if [[ -n "$FAIL" && "${FAIL%%:*}" == "$i" ]]; then cfg="$cfg fail-at-round=${FAIL##*:}"; fi
+start_node() {  # partition, extra node config, log suffix -> starts a SuperNode in its own group; echoes its pid
+  local i="$1" extra="$2" NODE_AUTH=()
+  [[ $AUTH -eq 1 ]] && NODE_AUTH=(--auth-supernode-private-key "$CERTS/node-keys/node_$i")
   setsid flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + 1 + i))" \
-    --node-config "$cfg" >"$LOGS/supernode-$i.log" 2>&1 &
-  PIDS+=($!)
+    --node-config "partition-id=$i num-partitions=$NODES$extra" >"$LOGS/supernode-$i$3.log" 2>&1 &
+  echo $!
+}
+for ((i = 0; i < NODES; i++)); do
+  extra=""
+  if [[ -n "$FAIL" && "${FAIL%%:*}" == "$i" ]]; then extra=" fail-at-round=${FAIL##*:}"; fi
+  if [[ -n "$KILL" && "$KILL_P" == "$i" ]]; then extra="$extra secagg-fault=\"$KILL_STAGE:$KILL_R:hang\""; fi
+  PIDS+=($(start_node "$i" "$extra" ""))
 done
+
+if [[ -n "$KILL" ]]; then  # wait for the node's marker, SIGKILL its groups (SuperNode + its SuperExec/ClientApps), restart it
+  victim="${PIDS[$((KILL_P + 1))]}"
+  (
+    while [[ ! -f "$BAFFLE_FAULT_DIR/secagg-fault-p$KILL_P" ]]; do sleep 0.2; done
+    groups="$(flower_groups "$victim")"
+    for g in $groups; do kill -KILL -- "-$g" 2>/dev/null || true; done
+    echo "$(date +%s.%N) killed partition $KILL_P (pid $victim, groups $(echo $groups)) at $(cat "$BAFFLE_FAULT_DIR/secagg-fault-p$KILL_P")" >>"$LOGS/kill.log"
+    sleep "${KILL_RESTART_S:-5}"
+    start_node "$KILL_P" "" "-restarted" >"$LOGS/restarted.pid"
+    echo "$(date +%s.%N) restarted partition $KILL_P (pid $(cat "$LOGS/restarted.pid"))" >>"$LOGS/kill.log"
+  ) &
+  WATCHER=$!
+fi
 
 cd "$REPO"
 timeout "${DEPLOY_TIMEOUT:-900}" flwr run . local-deployment --stream -c "min-nodes=$NODES" "$@" 2>&1 | tee "$LOGS/run.log"
+[[ -f "$LOGS/kill.log" ]] && cat "$LOGS/kill.log"
 grep -q "baffle: final test accuracy" "$LOGS/run.log"

@@ -106,6 +106,7 @@ def test_a_node_failing_at_any_stage_costs_only_its_contribution(tmp_path, monke
     assert r1["contributed"] == [0, 1, 2, 3] and r1["failures"] == [] and r1["attempts"] == 1
     if mode == "vanish":
         assert grid.killed == [1000 + FAILING] and grid.restarted == [1000 + NODES]
+        assert r1["contributed_nodes"] == [1000, 1001, 1003, 1004]
     rows = [json.loads(ln) for ln in (Path(rc["result-dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["secagg_failed_nodes"] == 1 and rows[-1]["secagg_retries"] == 0 and rows[-1]["failures"] == 1
 

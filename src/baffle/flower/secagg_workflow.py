@@ -66,6 +66,7 @@ class RoundRecord:
     round: int
     sampled: list[int] = field(default_factory=list)  # partitions asked in the first attempt
     contributed: list[int] = field(default_factory=list)  # partitions whose masked vectors are in the sum
+    contributed_nodes: list[int] = field(default_factory=list)  # their node ids (a restarted node has a new one)
     failures: list[StageFailure] = field(default_factory=list)
     attempts: int = 0
     lost: bool = False
@@ -163,6 +164,7 @@ class RobustSecAggPlusWorkflow(SecAggPlusWorkflow):
         state = WorkflowState()
         wire = _Recorder(grid)
         in_sum: list[int] = []
+        in_sum_nodes: list[int] = []
         steps = (self.setup_stage, self.share_keys_stage, self.collect_masked_vectors_stage, self.unmask_stage)
         for name, step in zip(STAGE_NAMES, steps):
             wire.sent, wire.replies = [], []
@@ -179,8 +181,9 @@ class RobustSecAggPlusWorkflow(SecAggPlusWorkflow):
                 _rebase_on_distributors(state)
             if ok and name == "collect_masked_vectors":  # these vectors are in the sum, whoever answers stage 3
                 in_sum = sorted(p for nid in state.active_node_ids if (p := self.core.partition_of.get(nid)) is not None)
+                in_sum_nodes = sorted(state.active_node_ids)
             if ok and name == "unmask":
-                rec.contributed = in_sum
+                rec.contributed, rec.contributed_nodes = in_sum, in_sum_nodes
             if not ok:
                 rec.halted_at.append(name)
                 return False
