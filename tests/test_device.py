@@ -231,3 +231,29 @@ def test_server_step_reconstructs_and_steps_on_its_models_device(device, kind):
             assert torch.equal(v, w), k
         else:
             torch.testing.assert_close(v.cpu(), w, rtol=1e-5, atol=1e-6)
+
+
+# ---- the GPU check script, as far as a CPU can run it ------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@no_cuda
+def test_gpu_check_sh_says_there_is_no_cuda_and_runs_nothing(tmp_path):
+    import subprocess
+
+    r = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh")], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)}, cwd=REPO)
+    assert r.returncode == 2 and "no CUDA device" in r.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_gpu_noise_check_runs_its_noise_section_on_the_cpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_noise_check.py"), "--device", "cpu", "--quick",
+                        "--sections", "noise", "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert res["noise"]["all_identical"] and len(res["noise"]["checks"]) == 2 * 3 * 8 + 3 + 2
