@@ -197,3 +197,63 @@ def test_meta_device_build_reads_no_weights():
         out = model(torch.empty(1, 3, 32, 32))
     assert out.shape == (1, 10) and out.is_meta
     assert len(TINY.blocks()) == len(model.blocks) == 4
+
+
+@pytest.mark.parametrize("cut", ["classifier", "top.bn", "top"])
+def test_batched_engine_runs_the_tails_like_the_loop(cut):
+    """The cached-state tails use only layers the batched engine batches (plain BatchNorm2d in eval mode, 1x1
+    conv, pooling): same loss differences as the reference loop, to float rounding."""
+    from baffle.engine.batched.engine import BatchedEngine
+    from baffle.engine.loop import loss_differences
+
+    model = _tiny()
+    x = model.prefix_states(torch.randn(6, 3, 32, 32), [cut])[cut]
+    y = torch.arange(6) % 10
+    tail = model.tail(cut)
+    params = select_parameters(tail, ["classifier.*", "top.*"] if cut != "classifier" else ["classifier.*"])
+    seeds = np.arange(1, 6, dtype=np.uint64)
+    engine = BatchedEngine()
+    assert engine.supports(tail)
+    a = engine(tail, params, x, y, seeds, 1e-2, "forward")
+    b = loss_differences(tail, params, x, y, seeds, 1e-2, "forward")
+    assert np.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_finetune_vision_quick_smoke(tmp_path, monkeypatch):
+    """experiments/finetune_vision.py --quick end to end on efficientnet_tiny and a 10-class ImageFolder of random
+    images (no package, no CIFAR needed): every part runs, JSON and Markdown are written, resuming reruns nothing."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    monkeypatch.setenv("BAFFLE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for c in range(10):
+            d = tmp_path / "data" / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    script = Path(__file__).resolve().parents[2] / "experiments" / "finetune_vision.py"
+    spec = importlib.util.spec_from_file_location("finetune_vision", script)
+    fv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fv)
+    argv = ["--quick", "--model", "efficientnet_tiny", "--data", "imagefolder", "--root", str(tmp_path / "data"),
+            "--out", str(tmp_path / "out")]
+    fv.main(argv)
+    res = json.loads((tmp_path / "out" / "finetune_vision.json").read_text())
+    assert set(res["resolution"]) == {"32", "64"} and res["features"]["tail_vs_full_max_abs_logit_diff"] < 1e-5
+    assert len(res["runs"]) == 2 * len(fv.SUBSETS)
+    for name, r in res["runs"].items():
+        assert 0.0 <= r["final_test_acc"] <= 1.0, name
+        if r["method"] == "baffle":  # 16-byte header + K=4 float32 loss differences
+            assert r["upload_bytes_per_client_per_round"] == 16 + 4 * 4, name
+    assert all(v["bit_identical"] for k, v in res["prefix_cache"].items() if k != "key")
+    md = (tmp_path / "out" / "finetune-vision.md").read_text()
+    assert "## Results" in md and "forward-only (baffle)" in md
+    before = (tmp_path / "out" / "finetune_vision.json").read_text()
+    fv.main(argv)  # resumes: every part saved with an unchanged key is kept as it was
+    after = json.loads((tmp_path / "out" / "finetune_vision.json").read_text())
+    assert after["runs"] == json.loads(before)["runs"] and after["resolution"] == json.loads(before)["resolution"]

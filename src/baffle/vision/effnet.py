@@ -79,24 +79,32 @@ LITE0 = EffNetConfig()
 TINY = EffNetConfig(stem=8, stages=(BlockSpec(1, 3, 1, 1, 8, 8), BlockSpec(2, 3, 2, 2, 8, 12), BlockSpec(1, 5, 2, 2, 12, 16)), top=32)
 
 
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm in eval mode always: normalises with the (pretrained, frozen) running statistics, trains only the
-    affine ``weight``/``bias``. The statistics are non-persistent buffers: every build of the model reads them from
-    the pretrained checkpoint, so run checkpoints and uploads carry only what can train."""
-
-    def __init__(self, channels: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels), persistent=False)
-        self.register_buffer("running_var", torch.ones(channels), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+def frozen_bn(channels: int, eps: float) -> nn.BatchNorm2d:
+    """BatchNorm with frozen (pretrained) statistics: a plain ``nn.BatchNorm2d`` (so the batched engine runs it)
+    in eval mode, which the modules holding one keep whatever ``train()`` says (:class:`_PinnedBN`), training only
+    the affine ``weight``/``bias``. The statistics are non-persistent buffers: every build of the model reads them
+    from the pretrained checkpoint, so run checkpoints, weights and uploads carry only what can train."""
+    bn = nn.BatchNorm2d(channels, eps=eps)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        t = getattr(bn, name)
+        delattr(bn, name)
+        bn.register_buffer(name, t, persistent=False)
+    return bn.eval()
 
 
-class ConvBN(nn.Module):
+class _PinnedBN(nn.Module):
+    """A module whose ``bn`` stays in eval mode (frozen statistics): a forward-only client evaluates K perturbed
+    models, and batch statistics or running-statistic updates would make those forwards disagree."""
+
+    bn: nn.BatchNorm2d
+
+    def train(self, mode: bool = True) -> "_PinnedBN":
+        super().train(mode)
+        self.bn.eval()
+        return self
+
+
+class ConvBN(_PinnedBN):
     """conv (TensorFlow 'same' padding, no bias) -> frozen BN -> optional ReLU6 (EfficientNet-Lite's activation).
 
     'same' padding for stride 2 puts the extra pixel on the right/bottom, as TensorFlow (and the package's
@@ -105,7 +113,7 @@ class ConvBN(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True, eps: float = 1e-3):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups, bias=False)
-        self.bn = FrozenBatchNorm2d(cout, eps)
+        self.bn = frozen_bn(cout, eps)
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,16 +144,32 @@ class MBConv(nn.Module):
         return h + x if self.residual else h
 
 
-class Top(nn.Module):
+class Top(_PinnedBN):
     """The 1x1 conv to ``top`` channels, BN, ReLU6, global average pooling: (B, top) features."""
 
     def __init__(self, cin: int, cout: int, eps: float):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 1, bias=False)
-        self.bn = FrozenBatchNorm2d(cout, eps)
+        self.bn = frozen_bn(cout, eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu6(self.bn(self.conv(x))).mean((2, 3))
+        return pool_top(self.bn(self.conv(x)))
+
+
+class TopBN(_PinnedBN):
+    """The top BN alone (a :class:`Tail` cut after the top conv), under the name ``top.bn``."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_top(self.bn(x))
+
+
+def pool_top(h: torch.Tensor) -> torch.Tensor:
+    """ReLU6 and global average pooling of the top BN's output: the (B, top) features."""
+    return F.adaptive_avg_pool2d(F.relu6(h), 1).flatten(1)
 
 
 class InputTransform(nn.Module):
@@ -230,7 +254,7 @@ class EfficientNetLite(nn.Module):
         if "top.bn" in begins:
             out["top.bn"] = h
         if "classifier" in begins:
-            out["classifier"] = F.relu6(self.top.bn(h)).mean((2, 3))[:, :, None, None]
+            out["classifier"] = pool_top(self.top.bn(h))[:, :, None, None]
         return out
 
     def tail(self, begin: str) -> "Tail":
@@ -254,8 +278,7 @@ class Tail(nn.Module):
         self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in range(n, len(model.blocks))})
         self.top: nn.Module | None = None
         if begin == "top.bn":
-            self.top = nn.Module()
-            self.top.bn = model.top.bn
+            self.top = TopBN(model.top.bn)
         elif begin != "classifier":
             self.top = model.top
         self.classifier = model.classifier
@@ -263,12 +286,7 @@ class Tail(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks.values():
             h = block(h)
-        if self.begin == "top.bn":
-            h = F.relu6(self.top.bn(h)).mean((2, 3))
-        elif self.top is not None:
-            h = self.top(h)
-        else:
-            h = h.flatten(1)
+        h = self.top(h) if self.top is not None else h.flatten(1)
         return self.classifier(h)
 
 
@@ -277,10 +295,8 @@ _PACKAGE_CONVS = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwis
 _PACKAGE_TOP = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "top.conv", "_bn1": "top.bn", "_fc": "classifier"}
 
 
-def package_to_ours(name: str) -> str | None:
-    """Our name of an efficientnet-lite-pytorch state_dict entry (None: BN's step counter, not used)."""
-    if name.endswith("num_batches_tracked"):
-        return None
+def package_to_ours(name: str) -> str:
+    """Our name of an efficientnet-lite-pytorch state_dict entry."""
     parts = name.split(".")
     if parts[0] == "_blocks":
         return f"blocks.{parts[1]}.{_PACKAGE_CONVS[parts[2]]}.{parts[3]}"
@@ -290,7 +306,7 @@ def package_to_ours(name: str) -> str | None:
 def load_package_weights(model: EfficientNetLite, state: dict[str, torch.Tensor], *, load_classifier: bool = False) -> None:
     """Copy the package's state_dict into ``model`` (parameters and BN statistics), every tensor exactly; the
     ImageNet classifier only with ``load_classifier`` (tests), else the model keeps its new head."""
-    mapped = {ours: t for name, t in state.items() if (ours := package_to_ours(name)) is not None}
+    mapped = {package_to_ours(name): t for name, t in state.items()}
     if not load_classifier:
         mapped = {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
     own = dict(model.named_parameters()) | dict(model.named_buffers())

@@ -1,0 +1,425 @@
+"""EfficientNet-Lite0 (ImageNet) -> CIFAR-10, forward-only, next to a linear probe and the backprop twins (issue 15).
+A SHORT run sized to a loaded CPU: a subset of CIFAR-10, one thread, ~30 CPU-minutes in all.
+
+What runs (each part is saved to the JSON as it finishes; a rerun skips the parts already there, so an
+interrupted run resumes; ``--fresh`` starts over):
+
+1. ``resolution``: the input side. CIFAR's 32x32 images are upsampled (bilinear) inside the model; FLOPs grow
+   with the square of the side. For each side, a linear probe on the pooled pretrained features of a small
+   subset (``--sweep-train`` / ``--sweep-test``), the forward FLOPs and the measured images per second.
+2. ``features``: at the chosen side (``--resolution``), the frozen bottom of the network is evaluated ONCE for
+   every image of the training and test subsets (``--train``, default 5,000 of 50,000, i.e. 500 per client for
+   10 IID clients; ``--test``, default 2,000 of 10,000), at each cut point a subset needs (the pooled features
+   for the head, the top conv's output for the top BN, the top conv's input for the top conv): prefix caching
+   at its extreme, as experiments/finetune_text.py does for MiniLM. The simulator (``baffle.sim``) then runs
+   unchanged on those states with :meth:`EfficientNetLite.tail` (the same modules and parameter names), and
+   the script checks the tail's logits against the full model's on real images. No data augmentation (the
+   cached states are of the plain images), for every method alike.
+3. ``linear_probe``: the head trained centrally by backprop on all training features (full-batch Adam).
+4. ``runs``: for each trained subset, ``run.method=baffle`` (forward-only: K scalar loss differences per client
+   per round) and ``run.method=fedsgd`` (its backprop twin: the true gradient of the same subset on the same
+   minibatches), 10 IID clients, all answering every round, same rounds, batch size and server optimizer.
+5. ``prefix_cache``: what the per-minibatch prefix cache (:mod:`baffle.prefix`) saves a real client that sees
+   new (augmented) minibatches: one client step (K+1 forwards of the full model on a 32-image minibatch) with
+   and without it; loss differences must be bit-identical.
+
+Usage: python experiments/finetune_vision.py [--quick] [--fresh]
+Writes experiments/results/finetune_vision.json and docs/finetune-vision.md (``--out DIR``: both there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import baffle.sim.factory as factory
+from baffle.config import Config
+from baffle.data.cache import cache_dir
+from baffle.data.dataset import Dataset
+from baffle.data.registry import load_dataset
+from baffle.engine.loop import loss_differences
+from baffle.estimator import select_parameters
+from baffle.models import count_flops
+from baffle.records.results import results_dir, write_json, write_text
+from baffle.records.tables import markdown_table, percent
+from baffle.sim.loop import Simulation
+from baffle.vision.pretrained import build_vision_model
+
+ROOT = Path(__file__).resolve().parents[1]
+#: a run whose test accuracy rose this much over its last quarter was cut short (it had not converged)
+STILL_IMPROVING = 0.01
+#: trained subset -> (cut point the cached states enter, model.trainable globs)
+SUBSETS = {
+    "head": ("classifier", ["classifier.*"]),
+    "top BN + head": ("top.bn", ["classifier.*", "top.bn.*"]),
+    "top conv + head": ("top", ["classifier.*", "top.*"]),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--data", default="cifar10_jpeg")
+    ap.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--train", type=int, default=5000)
+    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--resolutions", default="32,64,96,128")
+    ap.add_argument("--sweep-train", type=int, default=1000)
+    ap.add_argument("--sweep-test", type=int, default=500)
+    ap.add_argument("--rounds", default="head=400,top BN + head=400,top conv + head=150")
+    ap.add_argument("--K", type=int, default=20)
+    ap.add_argument("--sigma", type=float, default=1e-2)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--noise", default="v2-gauss", help="estimator.noise (v2-gauss: ~8x faster to generate than v1 here)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a tiny smoke run (CI): small subsets, few rounds")
+    ap.add_argument("--fresh", action="store_true", help="ignore saved parts and start over")
+    ap.add_argument("--parts", default="resolution,features,runs,prefix_cache", help="which parts to run (the rest are kept as saved)")
+    ap.add_argument("--out", default="", help="write the JSON and Markdown here instead of the committed places")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.train, args.test, args.sweep_train, args.sweep_test = 100, 60, 60, 40
+        args.resolutions, args.resolution, args.K = "32,64", 64, 4
+        args.rounds = "head=6,top BN + head=6,top conv + head=4"
+    args.rounds_by_subset = {k.strip(): int(v) for k, v in (kv.split("=") for kv in args.rounds.split(","))}
+    missing = set(SUBSETS) - set(args.rounds_by_subset)
+    if missing:
+        ap.error(f"--rounds lacks {sorted(missing)}")
+    return args
+
+
+def setup_key(args) -> dict:
+    """Every setting of the run (the page's header)."""
+    keep = ("model", "data", "train", "test", "clients", "resolution", "resolutions", "sweep_train", "sweep_test",
+            "K", "sigma", "lr", "batch", "noise", "seed", "quick")
+    return {k: getattr(args, k) for k in keep} | {"rounds": args.rounds_by_subset}
+
+
+def part_key(args, part: str, subset: str = "") -> dict:
+    """What one saved part depends on: a rerun reuses a part only when its key is unchanged (so changing, say,
+    one subset's rounds reruns that subset's two runs and nothing else)."""
+    keys = {"resolution": ("model", "data", "train", "test", "sweep_train", "sweep_test", "seed"),
+            "features": ("model", "data", "train", "test", "resolution", "seed"),
+            "runs": ("model", "data", "train", "test", "resolution", "seed", "clients", "K", "sigma", "lr", "batch", "noise"),
+            "prefix_cache": ("model", "data", "train", "resolution", "seed", "K", "sigma", "batch", "noise")}[part]
+    out = {k: getattr(args, k) for k in keys} | {"root": str(Path(args.root).resolve()) if args.root else ""}
+    return out | ({"rounds": args.rounds_by_subset[subset]} if subset else {})
+
+
+def subsets(args) -> tuple[Dataset, Dataset]:
+    """Seeded subsets of the training and test splits (normalised 32x32 images)."""
+    root = args.root or None
+    full_train, full_test = load_dataset(args.data, split="train", root=root), load_dataset(args.data, split="test", root=root)
+    rng = np.random.default_rng(args.seed)
+    train = full_train.subset(np.sort(rng.choice(len(full_train), min(args.train, len(full_train)), replace=False)))
+    test = full_test.subset(np.sort(rng.choice(len(full_test), min(args.test, len(full_test)), replace=False)))
+    return train, test
+
+
+def build(args, resolution: int):
+    torch.manual_seed(args.seed)  # efficientnet_tiny's random body; the pretrained model needs no seed
+    model = build_vision_model(args.model, 10, resolution=resolution).eval()
+    model.prefix_cache = None
+    return model
+
+
+def states(model, x: torch.Tensor, cuts: list[str], batch: int = 64) -> tuple[dict[str, torch.Tensor], float]:
+    """The frozen bottom's states at ``cuts`` for every image of ``x``; seconds taken."""
+    t0 = time.perf_counter()
+    parts: dict[str, list[torch.Tensor]] = {c: [] for c in cuts}
+    for i in range(0, len(x), batch):
+        for c, h in model.prefix_states(x[i : i + batch], cuts).items():
+            parts[c].append(h)
+    return {c: torch.cat(v) for c, v in parts.items()}, time.perf_counter() - t0
+
+
+def linear_probe(train_x: torch.Tensor, train_y, test_x, test_y, steps: int = 300, seed: int = 0) -> dict:
+    """A linear head trained centrally by backprop on all training features (full-batch Adam, weight decay)."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(train_x.shape[1], 10)
+    opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=1e-4)
+    a, b = train_x.flatten(1), test_x.flatten(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(a), train_y).backward()
+        opt.step()
+    with torch.no_grad():
+        return {"test_acc": float((head(b).argmax(1) == test_y).float().mean()),
+                "train_acc": float((head(a).argmax(1) == train_y).float().mean()), "steps": steps}
+
+
+def sweep_resolution(args, train: Dataset, test: Dataset, r: int) -> dict:
+    model = build(args, r)
+    n, m = min(args.sweep_train, len(train)), min(args.sweep_test, len(test))
+    ftr, secs = states(model, train.x[:n], ["classifier"])
+    fte, _ = states(model, test.x[:m], ["classifier"])
+    probe = linear_probe(ftr["classifier"], train.y[:n], fte["classifier"], test.y[:m], seed=args.seed)
+    return {"resolution": r, "probe_test_acc": probe["test_acc"], "probe_train_acc": probe["train_acc"],
+            "train_images": n, "test_images": m, "mflops_per_image": count_flops(model, (3, 32, 32)) / 1e6,
+            "images_per_s": n / secs, "load_avg": os.getloadavg()[0]}
+
+
+def feature_cache(args, train: Dataset, test: Dataset) -> tuple[dict, dict, dict]:
+    """(train states, test states, info) at every cut point of SUBSETS, from a cache file when there is one."""
+    cuts = sorted({c for c, _ in SUBSETS.values()})
+    key = hashlib.sha256(json.dumps([part_key(args, "features"), cuts], sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / f"finetune_vision-{key}.pt"
+    if path.is_file():
+        z = torch.load(path, weights_only=True)
+        return z["train"], z["test"], z["info"]
+    model = build(args, args.resolution)
+    tr, t_train = states(model, train.x, cuts)
+    te, t_test = states(model, test.x, cuts)
+    with torch.no_grad():  # the tails on cached states are the full model: same logits on real images
+        full = model(test.x[:16])
+        err = max(float((model.tail(c)(te[c][:16]) - full).abs().max()) for c in cuts)
+    info = {"cuts": cuts, "seconds": t_train + t_test, "images_per_s": (len(train) + len(test)) / (t_train + t_test),
+            "tail_vs_full_max_abs_logit_diff": err, "state_shapes": {c: list(tr[c].shape[1:]) for c in cuts},
+            "load_avg": os.getloadavg()[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"train": tr, "test": te, "info": info}, path)
+    return tr, te, info
+
+
+def as_dataset(ds: Dataset, x: torch.Tensor) -> Dataset:
+    return Dataset(x=x.contiguous(), y=ds.y, num_classes=10, name=ds.name, classes=ds.classes)
+
+
+@contextlib.contextmanager
+def on_states(args, train: Dataset, test: Dataset, cut: str):
+    """Point the simulator's factory at the cached states and the model's tail (restored afterwards). No
+    augmentation: the states are of the plain images (a crop/flip of a cached state is not the state of a
+    cropped image)."""
+    saved = factory.load_data, factory.build_model_for, factory.augment_cifar
+
+    def build_tail(cfg: Config, data: Dataset) -> torch.nn.Module:
+        return build(args, args.resolution).tail(cut)
+
+    factory.load_data, factory.build_model_for, factory.augment_cifar = (lambda cfg: (train, test)), build_tail, None
+    try:
+        yield
+    finally:
+        factory.load_data, factory.build_model_for, factory.augment_cifar = saved
+
+
+def federated(args, method: str, subset: str, train: Dataset, test: Dataset) -> dict:
+    cut, patterns = SUBSETS[subset]
+    rounds = args.rounds_by_subset[subset]
+    cfg = Config()
+    cfg.apply_overrides([
+        f"data.name={args.data}", f"data.root={args.root}", "data.image_size=0", f"model.name={args.model}",
+        f"model.trainable={json.dumps(patterns)}", f"run.method={method}", "data.partition=iid",
+        f"data.num_clients={args.clients}", f"run.rounds={rounds}", f"run.eval_every={max(1, rounds // 4)}",
+        "run.threads=1", f"run.seed={args.seed}", f"estimator.K={args.K}", f"estimator.sigma={args.sigma}",
+        "estimator.engine=batched", f"estimator.noise={args.noise}", f"federation.batch_size={args.batch}", f"optim.lr={args.lr}", "run.checkpoint_every=0",
+        f"data.eval_train_samples={min(1000, len(train))}",
+    ])
+    t0 = time.perf_counter()
+    curve: list[list[float]] = []
+    with on_states(args, train, test, cut):
+        sim = Simulation(cfg.validate(), None, progress=False)
+        evaluate = sim.evaluate
+
+        def recording(done: int) -> dict:  # the test-accuracy curve, to tell a run still improving at its end
+            row = evaluate(done)
+            curve.append([done, row["test_acc"]])
+            return row
+
+        sim.evaluate = recording  # type: ignore[method-assign]
+        summary = sim.run()
+        n_trained = sum(p.numel() for _, p in select_parameters(build(args, args.resolution).tail(cut), patterns))
+    keep = ("method", "rounds", "final_test_acc", "best_test_acc", "final_test_loss", "upload_bytes_per_client_per_round",
+            "total_forward_passes", "total_backward_passes")
+    return {**{k: summary.get(k) for k in keep}, "subset": subset, "cut": cut, "trainable": patterns,
+            "trained_parameters": n_trained, "clients": args.clients,
+            "forward_passes_per_client": summary["total_forward_passes"] / args.clients,
+            "backward_passes_per_client": summary["total_backward_passes"] / args.clients,
+            "curve": curve, "still_improving": len(curve) >= 2 and curve[-1][1] - curve[-2][1] >= STILL_IMPROVING,
+            "wall_s": time.perf_counter() - t0, "load_avg": os.getloadavg()[0]}
+
+
+def prefix_cache_step(args, train: Dataset) -> dict:
+    """One forward-only client step (K+1 forwards of the full model on one minibatch) with and without the
+    per-minibatch prefix cache, for each subset; the second minibatch is timed (the first learns the cut)."""
+    out = {}
+    batches = [(train.x[i : i + args.batch], train.y[i : i + args.batch]) for i in (0, args.batch)]
+    for subset, (cut, patterns) in SUBSETS.items():
+        row = {}
+        for cached in (True, False):
+            model = build(args, args.resolution)
+            if cached:
+                from baffle.prefix import PrefixCache
+
+                model.prefix_cache = PrefixCache()
+            params = select_parameters(model, patterns)
+            diffs = []
+            for b, (x, y) in enumerate(batches):
+                t0 = time.perf_counter()
+                diffs.append(loss_differences(model, params, x, y, np.arange(1, args.K + 1, dtype=np.uint64) + 100 * b, args.sigma, "forward"))
+                wall = time.perf_counter() - t0
+            row["cached" if cached else "plain"] = {"wall_s": wall, "diffs": diffs}
+            if cached:
+                c = model.prefix_cache
+                row["stages_run"], row["stages_total"] = c.stages_run, c.stages_total
+        full = count_flops(model, (3, 32, 32))
+        stage = "top" if cut == "top.bn" else cut  # the cache works per stage: the top stage is conv + BN + pool
+        tail = count_flops(model.tail(stage), tuple(model.prefix_states(train.x[:2], [stage])[stage].shape[1:]))
+        out[subset] = {
+            "bit_identical": all(np.array_equal(a, b) for a, b in zip(row["cached"]["diffs"], row["plain"]["diffs"])),
+            "wall_s_cached": row["cached"]["wall_s"], "wall_s_plain": row["plain"]["wall_s"],
+            "stages_run": row["stages_run"], "stages_total": row["stages_total"],
+            "step_mflops_plain": (args.K + 1) * full / 1e6 * args.batch,
+            "step_mflops_cached": (full + args.K * tail) / 1e6 * args.batch, "load_avg": os.getloadavg()[0],
+        }
+    return out
+
+
+def render(args, res: dict) -> str:
+    """docs/finetune-vision.md from the saved results."""
+    s = res["setup"]
+    lines = ["# EfficientNet-Lite0 (ImageNet) -> CIFAR-10: forward-only vs backprop vs linear probe (SHORT run)", "",
+             f"Generated by `python experiments/finetune_vision.py{' --quick' if args.quick else ''}` (seed {s['seed']}, one thread, "
+             f"`{s['model']}`). CIFAR-10 here is the JPEG copy (`{s['data']}`); published CIFAR-10 numbers were measured on "
+             "the original pixels. This is a short run on a fraction of the data sized to a shared, loaded CPU, not the "
+             "issue's full experiment: read the gaps, not the absolute accuracies.", ""]
+    if "resolution" in res:
+        rows = [[f"{r['resolution']}x{r['resolution']}", percent(r["probe_test_acc"]), percent(r["probe_train_acc"]),
+                 f"{r['mflops_per_image']:.1f}", f"{r['images_per_s']:.0f}", f"{r['load_avg']:.1f}"]
+                for r in sorted(res["resolution"].values(), key=lambda r: r["resolution"])]
+        any_r = next(iter(res["resolution"].values()))
+        lines += ["## Input resolution", "",
+                  f"A linear probe on the pooled pretrained features of {any_r['train_images']} training / {any_r['test_images']} "
+                  "test images (the first of the subsets below), at each input side (CIFAR's 32x32 upsampled bilinearly "
+                  "inside the model). Images/s on one thread of a shared machine (load average alongside).", "",
+                  markdown_table(["input side", "probe test acc (%)", "probe train acc (%)", "MFLOPs / image", "images / s",
+                                  "load avg"], rows, ["left"] + ["right"] * 5), "", RESOLUTION_NOTE.format(r=s["resolution"]), ""]
+    if "features" in res:
+        f = res["features"]
+        lines += ["## Setup", "",
+                  f"{s['train']} training images ({s['train'] // s['clients']} per client, {s['clients']} IID clients, all "
+                  f"answering every round) and {s['test']} test images, seeded subsets of CIFAR-10's 50,000 / 10,000, at "
+                  f"{s['resolution']}x{s['resolution']}. The frozen bottom ran once per image ({f['seconds']:.0f} s, "
+                  f"{f['images_per_s']:.0f} images/s, load average {f['load_avg']:.1f}) at the cut points "
+                  f"{', '.join(f['cuts'])}; the federation then trains the network's top on those states (tail vs full "
+                  f"model logits: max diff {f['tail_vs_full_max_abs_logit_diff']:.1e}). No augmentation, for every method. "
+                  f"baffle: K={s['K']}, sigma={s['sigma']}, forward differences; fedsgd: the exact gradient of the same "
+                  f"subset on the same minibatches; both: batch {s['batch']} per client, server Adam lr {s['lr']} (cosine, "
+                  "warmup, EMA: the defaults).", ""]
+    if "linear_probe" in res or res.get("runs"):
+        rows = []
+        if "linear_probe" in res:
+            lp = res["linear_probe"]
+            rows.append(["linear probe (central, backprop, all training features)", "head", percent(lp["test_acc"]), "n/a",
+                         f"{lp['steps']} full-batch steps", "n/a", "n/a"])
+        for subset in SUBSETS:
+            pair = {m: res.get("runs", {}).get(f"{subset}/{m}") for m in ("baffle", "fedsgd")}
+            for m, r in pair.items():
+                if r is None:
+                    continue
+                what = "forward-only (baffle)" if m == "baffle" else "backprop (fedsgd)"
+                passes = f"{r['forward_passes_per_client']:.0f} fwd" + (f" + {r['backward_passes_per_client']:.0f} bwd" if m == "fedsgd" else "")
+                rows.append([what, f"{subset} ({r['trained_parameters']:,})", percent(r["final_test_acc"]), percent(r["best_test_acc"]),
+                             f"{r['rounds']} rounds, {passes} / client", f"{r['upload_bytes_per_client_per_round']:,}", f"{r['wall_s']:.0f}"])
+        lines += ["## Results", "", markdown_table(
+            ["method", "trained subset (parameters)", "final test acc (%)", "best (%)", "budget", "upload bytes / client / round",
+             "wall s"], rows, ["left", "left"] + ["right"] * 5), "",
+            "Forward passes count the tail's passes on a cached state (the frozen bottom ran once per image before "
+            "the federation). Goal (issue 15): forward-only within 3 points of backprop fine-tuning of the same subset.", ""]
+        gaps = []
+        for subset in SUBSETS:
+            a, b = res.get("runs", {}).get(f"{subset}/baffle"), res.get("runs", {}).get(f"{subset}/fedsgd")
+            if a and b:
+                gap = 100 * (b["final_test_acc"] - a["final_test_acc"])
+                gaps.append(f"- {subset}: forward-only {percent(a['final_test_acc'])}% vs backprop {percent(b['final_test_acc'])}%: "
+                            f"gap {gap:+.1f} points ({'met' if gap <= 3 else 'NOT met'}).")
+        lines += gaps + ([""] if gaps else [])
+    if "prefix_cache" in res:
+        rows = [[k, "yes" if v["bit_identical"] else "NO", f"{v['stages_run']} / {v['stages_total']}",
+                 f"{v['step_mflops_cached']:.0f} / {v['step_mflops_plain']:.0f}", f"{v['wall_s_cached']:.2f}", f"{v['wall_s_plain']:.2f}",
+                 f"{v['wall_s_plain'] / v['wall_s_cached']:.1f}x", f"{v['load_avg']:.1f}"] for k, v in res["prefix_cache"].items() if k != "key"]
+        lines += ["## Prefix caching on a real client", "",
+                  f"One forward-only client step on a new {s['batch']}-image minibatch (K={s['K']}, K+1 forwards of the full "
+                  f"model at {s['resolution']}x{s['resolution']}, loop engine, the second minibatch timed; stages counted "
+                  "over both) with and without the per-minibatch prefix cache (`baffle.prefix`): what a client with "
+                  "augmented minibatches, which cannot precompute states, saves. Times on a shared, loaded machine.", "",
+                  markdown_table(["trained subset", "bit-identical", "stages run (cached / plain)", "step MFLOPs (cached / plain)",
+                                  "step s (cached)", "step s (plain)", "speed-up", "load avg"], rows, ["left"] + ["right"] * 7), ""]
+    short = [f"- {k}: {r['rounds']} rounds; test accuracy rose {100 * (r['curve'][-1][1] - r['curve'][-2][1]):.1f} points over "
+             "the last quarter of the run, so it was still improving when the budget stopped it."
+             for k, r in res.get("runs", {}).items() if r.get("still_improving")]
+    if short:
+        lines += ["## Cut short", "", "Runs whose rounds were set by the CPU budget rather than by convergence:", "", *short, ""]
+    return "\n".join(lines)
+
+
+RESOLUTION_NOTE = (
+    "Chosen: {r}x{r} (`baffle.vision.pretrained.RESOLUTION`, the side the model upsamples smaller inputs to). "
+    "At 32x32 the network's five stride-2 stages leave a 1x1 map and the ImageNet features fit CIFAR poorly; "
+    "each doubling of the side costs 4x the FLOPs of every forward (and a forward-only client runs K+1 of them per "
+    "step), while the probe gains less per doubling. The side is a cost/accuracy choice, re-measurable with "
+    "`--resolutions`.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    out_dir = Path(args.out) if args.out else None
+    json_path = (out_dir or results_dir(__file__)) / "finetune_vision.json"
+    md_path = (out_dir / "finetune-vision.md") if out_dir else ROOT / "docs" / "finetune-vision.md"
+    res: dict = json.loads(json_path.read_text()) if json_path.is_file() and not args.fresh else {}
+    res["setup"] = setup_key(args)
+
+    def save(part: str) -> None:
+        write_json(json_path, res)
+        write_text(md_path, render(args, res))
+        print(f"[finetune_vision] {part} done", flush=True)
+
+    def fresh(section: dict, name: str, key: dict) -> bool:
+        """Whether part ``name`` of ``section`` must be (re)computed."""
+        return section.get(name, {}).get("key") != key
+
+    train, test = subsets(args)
+    wanted = [str(int(v)) for v in args.resolutions.split(",")]
+    res["resolution"] = {r: v for r, v in res.get("resolution", {}).items() if r in wanted}
+    parts = set(args.parts.split(","))
+    for r in wanted if "resolution" in parts else []:
+        if fresh(res["resolution"], r, part_key(args, "resolution")):
+            res["resolution"][r] = {**sweep_resolution(args, train, test, int(r)), "key": part_key(args, "resolution")}
+            save(f"resolution {r}")
+    if parts & {"features", "runs"}:
+        tr, te, info = feature_cache(args, train, test)
+        res["features"] = info
+    if "features" in parts and fresh(res, "linear_probe", part_key(args, "features")):
+        res["linear_probe"] = {**linear_probe(tr["classifier"], train.y, te["classifier"], test.y, seed=args.seed),
+                               "key": part_key(args, "features")}
+        save("linear probe")
+    runs = res.setdefault("runs", {})
+    for name in [k for k in runs if k.split("/")[0] not in SUBSETS]:
+        del runs[name]
+    for subset, (cut, _) in SUBSETS.items() if "runs" in parts else []:
+        for method in ("baffle", "fedsgd"):
+            name, key = f"{subset}/{method}", part_key(args, "runs", subset)
+            if fresh(runs, name, key):
+                runs[name] = {**federated(args, method, subset, as_dataset(train, tr[cut]), as_dataset(test, te[cut])), "key": key}
+                save(name)
+    if "prefix_cache" in parts and fresh(res, "prefix_cache", part_key(args, "prefix_cache")):
+        res["prefix_cache"] = {**prefix_cache_step(args, train), "key": part_key(args, "prefix_cache")}
+        save("prefix cache")
+    save("all")
+    print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()
