@@ -11,13 +11,16 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod  # legacy location: flwr 1.42 keeps SecAgg+ there
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from baffle.flower import records
-from baffle.flower.config import parse_run_config
+from baffle.config import Config
+from baffle.flower.config import FlowerOptions, parse_run_config
 from baffle.flower.node import STATE, Node, node_identity, partition_data
 from baffle.flower.secagg_faults import secagg_fault_mod  # a no-op unless a test sets node config secagg-fault
 from baffle.flower.server_core import NODE_INFO
@@ -26,8 +29,19 @@ from baffle.flower.versions import VERSIONS, local_versions
 LEGACY_FITINS = "fitins.config"  # ConfigRecord name of a legacy FitIns (what SecAgg+ delivers)
 
 
+@lru_cache(maxsize=8)
+def _parsed(items: tuple) -> tuple[Config, FlowerOptions]:
+    return parse_run_config(dict(items))
+
+
+def run_config(context: Context) -> tuple[Config, FlowerOptions]:
+    """The run config, parsed once per process and run config (validation costs about a client step;
+    a simulation process serves many nodes). Shared, so read-only: nodes never change it."""
+    return _parsed(tuple(sorted(context.run_config.items())))
+
+
 def _node(context: Context) -> Node:
-    cfg, opts = parse_run_config(context.run_config)
+    cfg, opts = run_config(context)
     state = context.state.config_records.get(STATE)
     return Node(cfg, node_identity(context.node_config), dict(state) if state is not None else None, opts.flwr_partitioner)
 
@@ -48,7 +62,7 @@ app = ClientApp()
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    cfg, opts = parse_run_config(context.run_config)
+    cfg, opts = run_config(context)
     ident = node_identity(context.node_config)
     samples = len(partition_data(cfg, ident.partition_id, ident.num_partitions, opts.flwr_partitioner))  # just the data
     info = MetricRecord({"partition-id": ident.partition_id, "num-partitions": ident.num_partitions, "num-samples": samples})

@@ -18,12 +18,12 @@ the server's SHA-256 of the weights. No weights travel at all after the start.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 import hashlib
 import io
 import json
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
@@ -100,8 +100,40 @@ def partition_data(cfg: Config, partition_id: int, num_partitions: int, partitio
     return _partition_data(data_key(cfg, partitioner), partition_id, num_partitions)
 
 
-@lru_cache(maxsize=4)
-def _partition_data(key: str, partition_id: int, num_partitions: int) -> Dataset:
+PARTITION_CACHE_BYTES = 512 << 20  # partitions kept in memory per process (simulation: one process serves many nodes)
+
+
+class _PartitionCache:
+    """Least-recently-used partitions of this process, bounded in bytes, not in count: a simulation runs
+    every virtual node in a few processes, so with a count bound (it was 4) a 1,000-node round re-read
+    every partition file; the partitions of one split are disjoint, so caching all of them costs at most
+    the dataset. A deployed node (one process per message) holds its own partition only."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.items: OrderedDict[tuple[str, int, int], tuple[Dataset, int]] = OrderedDict()
+        self.nbytes = 0
+
+    def __call__(self, key: str, partition_id: int, num_partitions: int) -> Dataset:
+        k = (key, partition_id, num_partitions)
+        if k in self.items:
+            self.items.move_to_end(k)
+            return self.items[k][0]
+        data = _load_partition(key, partition_id, num_partitions)
+        size = data.x.element_size() * data.x.nelement() + data.y.element_size() * data.y.nelement()
+        self.items[k] = (data, size)
+        self.nbytes += size
+        while self.nbytes > self.budget and len(self.items) > 1:
+            _, (_, dropped) = self.items.popitem(last=False)
+            self.nbytes -= dropped
+        return data
+
+    def cache_clear(self) -> None:
+        self.items.clear()
+        self.nbytes = 0
+
+
+def _load_partition(key: str, partition_id: int, num_partitions: int) -> Dataset:
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     target = cache_dir() / "flower-partitions" / f"{digest}-{partition_id}-of-{num_partitions}.npz"
 
@@ -126,6 +158,29 @@ def _partition_data(key: str, partition_id: int, num_partitions: int) -> Dataset
                    classes=tuple(str(c) for c in a["classes"]))
 
 
+_partition_data = _PartitionCache(PARTITION_CACHE_BYTES)
+
+
+_WORKERS: OrderedDict[str, tuple[torch.nn.Module, Any]] = OrderedDict()
+
+
+def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
+    """One model and one engine per run config and process, shared by every node this process serves.
+
+    Why: building the model and, for the batched engine, tracing its program cost a few client steps,
+    and a simulation process serves many virtual nodes, one message each per round. Sharing is what the
+    simulator does with its clients, and it is safe for the same reason: every plan loads the full
+    weights (or the replica's) into the model before the step, and the step leaves them unchanged."""
+    key = json.dumps({"cfg": cfg.to_dict(), "input": list(train.x.shape[1:]), "classes": int(train.num_classes)}, sort_keys=True)
+    if key in _WORKERS:
+        _WORKERS.move_to_end(key)
+    else:
+        _WORKERS[key] = (build_model_for(cfg, train), make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb))
+        while len(_WORKERS) > 4:
+            _WORKERS.popitem(last=False)
+    return _WORKERS[key]
+
+
 def client_seed(run_seed: int, partition_id: int) -> int:
     return streams.client_seed(run_seed, partition_id)  # as the simulator
 
@@ -138,7 +193,7 @@ class Node:
         self.ident = ident
         train = partition_data(cfg, ident.partition_id, ident.num_partitions, partitioner)  # this partition only
         self.train = train
-        self.model = build_model_for(cfg, train)
+        self.model, engine = shared_worker(cfg, train)
         self.client = Client(
             ident.partition_id,
             train,
@@ -147,7 +202,7 @@ class Node:
             batch_size=cfg.federation.batch_size,
             seed=client_seed(cfg.run.seed, ident.partition_id),
             trainable=cfg.model.trainable,
-            engine=make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb),
+            engine=engine,
             transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
         )
         # run.threads, or the rule of baffle.engine.threads for this node's one client

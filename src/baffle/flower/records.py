@@ -29,12 +29,22 @@ ARRAY_NAMES_KEY = "array-names"  # legacy FitIns only: names of Parameters.tenso
 class Payload:
     config: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # Flower ``Array``s of some of ``arrays``, built once and shared by every message that carries them (the
+    # round's weights, to every node): the encoding and Flower's content hash are then paid once per round
+    encoded: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    from flwr.app import Array
+
+    return {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
 
 def to_records(payload: Payload):
     from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.arrays.items()})
+    enc = payload.encoded
+    arrays = ArrayRecord({k: enc[k] if k in enc else Array(np.ascontiguousarray(v)) for k, v in payload.arrays.items()})
     return RecordDict({PLAN_CONFIG: ConfigRecord(dict(payload.config)), PLAN_ARRAYS: arrays})
 
 
@@ -102,9 +112,23 @@ def upload_from_records(content, client_id: int) -> Upload:
     return Upload(client_id=client_id, round=rnd, loss_diffs=arrays["loss-diffs"].numpy(), num_samples=num)
 
 
+_NBYTES: dict[str, int] = {}  # object id (Flower's SHA-256 of the serialized object) -> its size
+
+
 def content_nbytes(content) -> int:
     """Bytes of a message's content as Flower ships it: every serialized object of the record tree
-    (records, arrays, array chunks). Message metadata (~100 bytes) and gRPC framing are not counted."""
+    (records, arrays, array chunks). Message metadata (~100 bytes) and gRPC framing are not counted.
+
+    An object's id is the hash of its serialization, so its size is looked up by id: an Array shared by
+    many messages (``Payload.encoded``) is serialized once, not once per message."""
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
+    total = 0
+    for oid, obj in get_all_nested_objects(content).items():
+        size = _NBYTES.get(oid)
+        if size is None:
+            if len(_NBYTES) > 100_000:
+                _NBYTES.clear()
+            size = _NBYTES[oid] = len(obj.deflate())
+        total += size
+    return total

@@ -33,7 +33,7 @@ import torch
 from baffle.client import load_weights
 from baffle.config import Config
 from baffle.flower.config import FlowerOptions
-from baffle.flower.records import Payload
+from baffle.flower.records import Payload, encode_arrays
 from baffle.methods import per_round_costs
 from baffle.protocol.messages import Upload
 from baffle.protocol.schemes import forward_passes
@@ -112,6 +112,7 @@ class ServerCore:
         self.last: RoundResult | None = None
         self.ledger: PrivacyLedger | None = None  # made once the number of partitions is known
         self.wall0 = 0.0  # wall time of the run before a resume
+        self._weights: tuple[int, dict, dict] | None = None  # (round, plan arrays, their Flower encoding)
         # checked before waiting for nodes: a run dir that cannot be used fails at once
         self.out = rundir.prepare_out(self.opts.result_dir, self.opts.resume, self.opts.overwrite)
 
@@ -155,6 +156,7 @@ class ServerCore:
         """Continue from ``checkpoint_state``'s dict (already checked against the run config)."""
         done, f = state["round"], state[rundir.FLOWER_KEY]
         self.strategy.load_state_dict(state["server"])
+        self._weights = None
         self.counters = Counters(**state["counters"])
         self.wall0 = self.counters.wall_s
         self.history = rundir.unpack_history(f["history"], done, self.cfg.estimator.K)
@@ -210,9 +212,9 @@ class ServerCore:
         replay = self.opts.transport == "replay" and node_id not in self.weights_only and not send_weights
         if not replay:
             config["transport"] = "weights"
-            for k, v in s.global_weights().items():
-                arrays["w/" + k] = v.numpy()
-            return Payload(config, arrays)
+            weights = self._round_weights(round_idx)
+            arrays.update(weights[0])
+            return Payload(config, arrays, dict(weights[1]))
         start = self.replica_round.get(node_id, 0)
         config["transport"] = "replay"
         config["replay-from"] = start
@@ -226,6 +228,14 @@ class ServerCore:
                 arrays[f"h/{r}"] = vec.astype(np.float32)
         arrays["skipped"] = np.asarray(skipped, dtype=np.int64)
         return Payload(config, arrays)
+
+    def _round_weights(self, round_idx: int) -> tuple[dict[str, np.ndarray], dict]:
+        """The global weights as plan arrays, numpy and Flower-encoded, built once per round for all nodes
+        (the model changes only in ``_count``, which drops them)."""
+        if self._weights is None or self._weights[0] != round_idx:
+            arrays = {"w/" + k: v.numpy() for k, v in self.strategy.global_weights().items()}
+            self._weights = (round_idx, arrays, encode_arrays(arrays))
+        return self._weights[1], self._weights[2]
 
     def sent(self, node_id: int, round_idx: int, nbytes: int) -> None:
         """A train plan went out: its node takes one ``Client.step`` (one minibatch) unless it fails first."""
@@ -284,6 +294,7 @@ class ServerCore:
                 self.cfg.data.num_clients = max(self.num_partitions, 1)
                 self.ledger = make_ledger(self.cfg)
             self.ledger.record(ids if ids is not None else list(range(min(answered, self.cfg.data.num_clients))))
+        self._weights = None  # the model may have changed
         c = self.counters
         c.forward_passes += fp * answered
         c.forward_samples += fp * samples
