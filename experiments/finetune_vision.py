@@ -55,8 +55,10 @@ from baffle.sim.loop import Simulation
 from baffle.vision.pretrained import build_vision_model
 
 ROOT = Path(__file__).resolve().parents[1]
-#: a run whose test accuracy rose this much over its last quarter was cut short (it had not converged)
+#: a run whose test accuracy rose this much over its last eighth (the last two evaluations) was cut short
 STILL_IMPROVING = 0.01
+PROBE_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
+PROBE_VERSION = 2  # 2: random sweep sample, weight decay chosen on a validation split
 #: trained subset -> (cut point the cached states enter, model.trainable globs)
 SUBSETS = {
     "head": ("classifier", ["classifier.*"]),
@@ -74,11 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--resolutions", default="32,64,96,128")
+    ap.add_argument("--resolutions", default="32,64,96")
     ap.add_argument("--sweep-train", type=int, default=1000)
     ap.add_argument("--sweep-test", type=int, default=500)
-    ap.add_argument("--rounds", default="head=400,top BN + head=400,top conv + head=150")
-    ap.add_argument("--K", type=int, default=20)
+    ap.add_argument("--rounds", default="head=2000,top BN + head=400,top conv + head=100")
+    ap.add_argument("--K", default="head=100,top BN + head=100,top conv + head=20",
+                    help="directions per round, per subset (a round of the cheap tails costs about the same at K=20 or 100)")
+    ap.add_argument("--cache-K", type=int, default=20, help="K of the prefix-cache step measurement")
     ap.add_argument("--sigma", type=float, default=1e-2)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch", type=int, default=8)
@@ -91,20 +95,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.train, args.test, args.sweep_train, args.sweep_test = 100, 60, 60, 40
-        args.resolutions, args.resolution, args.K = "32,64", 64, 4
-        args.rounds = "head=6,top BN + head=6,top conv + head=4"
-    args.rounds_by_subset = {k.strip(): int(v) for k, v in (kv.split("=") for kv in args.rounds.split(","))}
-    missing = set(SUBSETS) - set(args.rounds_by_subset)
-    if missing:
-        ap.error(f"--rounds lacks {sorted(missing)}")
+        args.resolutions, args.resolution, args.cache_K = "32,64", 64, 4
+        args.rounds, args.K = "head=6,top BN + head=6,top conv + head=4", "head=4,top BN + head=4,top conv + head=4"
+    for opt in ("rounds", "K"):
+        try:
+            value = {k.strip(): int(v) for k, v in (kv.split("=") for kv in getattr(args, opt).split(","))}
+        except ValueError:
+            ap.error(f"--{opt} wants 'subset=N,...' for the subsets {', '.join(SUBSETS)}")
+        if set(value) != set(SUBSETS):
+            ap.error(f"--{opt} names {sorted(value)}; the subsets are {sorted(SUBSETS)}")
+        setattr(args, f"{opt}_by_subset", value)
     return args
 
 
 def setup_key(args) -> dict:
     """Every setting of the run (the page's header)."""
     keep = ("model", "data", "train", "test", "clients", "resolution", "resolutions", "sweep_train", "sweep_test",
-            "K", "sigma", "lr", "batch", "noise", "seed", "quick")
-    return {k: getattr(args, k) for k in keep} | {"rounds": args.rounds_by_subset}
+            "cache_K", "sigma", "lr", "batch", "noise", "seed", "quick")
+    return {k: getattr(args, k) for k in keep} | {"rounds": args.rounds_by_subset, "K": args.K_by_subset}
 
 
 def part_key(args, part: str, subset: str = "") -> dict:
@@ -112,10 +120,13 @@ def part_key(args, part: str, subset: str = "") -> dict:
     one subset's rounds reruns that subset's two runs and nothing else)."""
     keys = {"resolution": ("model", "data", "train", "test", "sweep_train", "sweep_test", "seed"),
             "features": ("model", "data", "train", "test", "resolution", "seed"),
-            "runs": ("model", "data", "train", "test", "resolution", "seed", "clients", "K", "sigma", "lr", "batch", "noise"),
-            "prefix_cache": ("model", "data", "train", "resolution", "seed", "K", "sigma", "batch", "noise")}[part]
+            "linear_probe": ("model", "data", "train", "test", "resolution", "seed"),
+            "runs": ("model", "data", "train", "test", "resolution", "seed", "clients", "sigma", "lr", "batch", "noise"),
+            "prefix_cache": ("model", "data", "train", "resolution", "seed", "cache_K", "sigma", "batch", "noise")}[part]
     out = {k: getattr(args, k) for k in keys} | {"root": str(Path(args.root).resolve()) if args.root else ""}
-    return out | ({"rounds": args.rounds_by_subset[subset]} if subset else {})
+    if part in ("resolution", "linear_probe"):  # the probe's recipe: a change reruns the parts that use it
+        out["probe"] = PROBE_VERSION
+    return out | ({"rounds": args.rounds_by_subset[subset], "K": args.K_by_subset[subset]} if subset else {})
 
 
 def subsets(args) -> tuple[Dataset, Dataset]:
@@ -145,27 +156,43 @@ def states(model, x: torch.Tensor, cuts: list[str], batch: int = 64) -> tuple[di
     return {c: torch.cat(v) for c, v in parts.items()}, time.perf_counter() - t0
 
 
-def linear_probe(train_x: torch.Tensor, train_y, test_x, test_y, steps: int = 300, seed: int = 0) -> dict:
-    """A linear head trained centrally by backprop on all training features (full-batch Adam, weight decay)."""
+def _fit_head(x: torch.Tensor, y: torch.Tensor, wd: float, steps: int, seed: int) -> torch.nn.Linear:
     torch.manual_seed(seed)
-    head = torch.nn.Linear(train_x.shape[1], 10)
-    opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=1e-4)
-    a, b = train_x.flatten(1), test_x.flatten(1)
+    head = torch.nn.Linear(x.shape[1], 10)
+    opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=wd)
     for _ in range(steps):
         opt.zero_grad()
-        F.cross_entropy(head(a), train_y).backward()
+        F.cross_entropy(head(x), y).backward()
         opt.step()
+    return head
+
+
+def _acc(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return {"test_acc": float((head(b).argmax(1) == test_y).float().mean()),
-                "train_acc": float((head(a).argmax(1) == train_y).float().mean()), "steps": steps}
+        return float((head(x).argmax(1) == y).float().mean())
+
+
+def linear_probe(train_x: torch.Tensor, train_y, test_x, test_y, steps: int = 300, seed: int = 0) -> dict:
+    """A linear head trained centrally by backprop on all training features (full-batch Adam); its weight decay
+    chosen on a seeded 20% validation split of the training features (never on the test set)."""
+    a, b = train_x.flatten(1), test_x.flatten(1)
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(a)))
+    val, fit = perm[: len(a) // 5], perm[len(a) // 5 :]
+    scores = {wd: _acc(_fit_head(a[fit], train_y[fit], wd, steps, seed), a[val], train_y[val]) for wd in PROBE_WEIGHT_DECAYS}
+    wd = max(scores, key=lambda k: scores[k])
+    head = _fit_head(a, train_y, wd, steps, seed)
+    return {"test_acc": _acc(head, b, test_y), "train_acc": _acc(head, a, train_y), "steps": steps,
+            "weight_decay": wd, "validation_acc": scores}
 
 
 def sweep_resolution(args, train: Dataset, test: Dataset, r: int) -> dict:
     model = build(args, r)
+    rng = np.random.default_rng(args.seed + 1)  # a random sample: the subsets are ordered by class
     n, m = min(args.sweep_train, len(train)), min(args.sweep_test, len(test))
-    ftr, secs = states(model, train.x[:n], ["classifier"])
-    fte, _ = states(model, test.x[:m], ["classifier"])
-    probe = linear_probe(ftr["classifier"], train.y[:n], fte["classifier"], test.y[:m], seed=args.seed)
+    tr, te = torch.from_numpy(rng.choice(len(train), n, replace=False)), torch.from_numpy(rng.choice(len(test), m, replace=False))
+    ftr, secs = states(model, train.x[tr], ["classifier"])
+    fte, _ = states(model, test.x[te], ["classifier"])
+    probe = linear_probe(ftr["classifier"], train.y[tr], fte["classifier"], test.y[te], seed=args.seed)
     return {"resolution": r, "probe_test_acc": probe["test_acc"], "probe_train_acc": probe["train_acc"],
             "train_images": n, "test_images": m, "mflops_per_image": count_flops(model, (3, 32, 32)) / 1e6,
             "images_per_s": n / secs, "load_avg": os.getloadavg()[0]}
@@ -221,8 +248,8 @@ def federated(args, method: str, subset: str, train: Dataset, test: Dataset) -> 
     cfg.apply_overrides([
         f"data.name={args.data}", f"data.root={args.root}", "data.image_size=0", f"model.name={args.model}",
         f"model.trainable={json.dumps(patterns)}", f"run.method={method}", "data.partition=iid",
-        f"data.num_clients={args.clients}", f"run.rounds={rounds}", f"run.eval_every={max(1, rounds // 4)}",
-        "run.threads=1", f"run.seed={args.seed}", f"estimator.K={args.K}", f"estimator.sigma={args.sigma}",
+        f"data.num_clients={args.clients}", f"run.rounds={rounds}", f"run.eval_every={max(1, rounds // 8)}",
+        "run.threads=1", f"run.seed={args.seed}", f"estimator.K={args.K_by_subset[subset]}", f"estimator.sigma={args.sigma}",
         "estimator.engine=batched", f"estimator.noise={args.noise}", f"federation.batch_size={args.batch}", f"optim.lr={args.lr}", "run.checkpoint_every=0",
         f"data.eval_train_samples={min(1000, len(train))}",
     ])
@@ -267,7 +294,7 @@ def prefix_cache_step(args, train: Dataset) -> dict:
             diffs = []
             for b, (x, y) in enumerate(batches):
                 t0 = time.perf_counter()
-                diffs.append(loss_differences(model, params, x, y, np.arange(1, args.K + 1, dtype=np.uint64) + 100 * b, args.sigma, "forward"))
+                diffs.append(loss_differences(model, params, x, y, np.arange(1, args.cache_K + 1, dtype=np.uint64) + 100 * b, args.sigma, "forward"))
                 wall = time.perf_counter() - t0
             row["cached" if cached else "plain"] = {"wall_s": wall, "diffs": diffs}
             if cached:
@@ -280,8 +307,8 @@ def prefix_cache_step(args, train: Dataset) -> dict:
             "bit_identical": all(np.array_equal(a, b) for a, b in zip(row["cached"]["diffs"], row["plain"]["diffs"])),
             "wall_s_cached": row["cached"]["wall_s"], "wall_s_plain": row["plain"]["wall_s"],
             "stages_run": row["stages_run"], "stages_total": row["stages_total"],
-            "step_mflops_plain": (args.K + 1) * full / 1e6 * args.batch,
-            "step_mflops_cached": (full + args.K * tail) / 1e6 * args.batch, "load_avg": os.getloadavg()[0],
+            "step_mflops_plain": (args.cache_K + 1) * full / 1e6 * args.batch,
+            "step_mflops_cached": (full + args.cache_K * tail) / 1e6 * args.batch, "load_avg": os.getloadavg()[0],
         }
     return out
 
@@ -301,10 +328,10 @@ def render(args, res: dict) -> str:
         any_r = next(iter(res["resolution"].values()))
         lines += ["## Input resolution", "",
                   f"A linear probe on the pooled pretrained features of {any_r['train_images']} training / {any_r['test_images']} "
-                  "test images (the first of the subsets below), at each input side (CIFAR's 32x32 upsampled bilinearly "
+                  "test images (a seeded random sample of the subsets below), at each input side (CIFAR's 32x32 upsampled bilinearly "
                   "inside the model). Images/s on one thread of a shared machine (load average alongside).", "",
                   markdown_table(["input side", "probe test acc (%)", "probe train acc (%)", "MFLOPs / image", "images / s",
-                                  "load avg"], rows, ["left"] + ["right"] * 5), "", RESOLUTION_NOTE.format(r=s["resolution"]), ""]
+                                  "load avg"], rows, ["left"] + ["right"] * 5), "", resolution_note(res["resolution"], s["resolution"]), ""]
     if "features" in res:
         f = res["features"]
         lines += ["## Setup", "",
@@ -314,7 +341,9 @@ def render(args, res: dict) -> str:
                   f"{f['images_per_s']:.0f} images/s, load average {f['load_avg']:.1f}) at the cut points "
                   f"{', '.join(f['cuts'])}; the federation then trains the network's top on those states (tail vs full "
                   f"model logits: max diff {f['tail_vs_full_max_abs_logit_diff']:.1e}). No augmentation, for every method. "
-                  f"baffle: K={s['K']}, sigma={s['sigma']}, forward differences; fedsgd: the exact gradient of the same "
+                  f"baffle: K per subset {', '.join(f'{k}: {v}' for k, v in s['K'].items())} (a round of these cheap tails costs "
+                  "about the same at K=20 and K=100: per-round overhead dominates), sigma={s['sigma']}, forward differences, "
+                  f"noise {s['noise']}; fedsgd: the exact gradient of the same "
                   f"subset on the same minibatches; both: batch {s['batch']} per client, server Adam lr {s['lr']} (cosine, "
                   "warmup, EMA: the defaults).", ""]
     if "linear_probe" in res or res.get("runs"):
@@ -331,7 +360,7 @@ def render(args, res: dict) -> str:
                 what = "forward-only (baffle)" if m == "baffle" else "backprop (fedsgd)"
                 passes = f"{r['forward_passes_per_client']:.0f} fwd" + (f" + {r['backward_passes_per_client']:.0f} bwd" if m == "fedsgd" else "")
                 rows.append([what, f"{subset} ({r['trained_parameters']:,})", percent(r["final_test_acc"]), percent(r["best_test_acc"]),
-                             f"{r['rounds']} rounds, {passes} / client", f"{r['upload_bytes_per_client_per_round']:,}", f"{r['wall_s']:.0f}"])
+                             f"{r['rounds']} rounds{', K=' + str(r['key']['K']) if m == 'baffle' else ''}, {passes} / client", f"{r['upload_bytes_per_client_per_round']:,}", f"{r['wall_s']:.0f}"])
         lines += ["## Results", "", markdown_table(
             ["method", "trained subset (parameters)", "final test acc (%)", "best (%)", "budget", "upload bytes / client / round",
              "wall s"], rows, ["left", "left"] + ["right"] * 5), "",
@@ -350,26 +379,33 @@ def render(args, res: dict) -> str:
                  f"{v['step_mflops_cached']:.0f} / {v['step_mflops_plain']:.0f}", f"{v['wall_s_cached']:.2f}", f"{v['wall_s_plain']:.2f}",
                  f"{v['wall_s_plain'] / v['wall_s_cached']:.1f}x", f"{v['load_avg']:.1f}"] for k, v in res["prefix_cache"].items() if k != "key"]
         lines += ["## Prefix caching on a real client", "",
-                  f"One forward-only client step on a new {s['batch']}-image minibatch (K={s['K']}, K+1 forwards of the full "
+                  f"One forward-only client step on a new {s['batch']}-image minibatch (K={s['cache_K']}, K+1 forwards of the full "
                   f"model at {s['resolution']}x{s['resolution']}, loop engine, the second minibatch timed; stages counted "
                   "over both) with and without the per-minibatch prefix cache (`baffle.prefix`): what a client with "
                   "augmented minibatches, which cannot precompute states, saves. Times on a shared, loaded machine.", "",
                   markdown_table(["trained subset", "bit-identical", "stages run (cached / plain)", "step MFLOPs (cached / plain)",
                                   "step s (cached)", "step s (plain)", "speed-up", "load avg"], rows, ["left"] + ["right"] * 7), ""]
     short = [f"- {k}: {r['rounds']} rounds; test accuracy rose {100 * (r['curve'][-1][1] - r['curve'][-2][1]):.1f} points over "
-             "the last quarter of the run, so it was still improving when the budget stopped it."
+             "the last eighth of the run, so it was still improving when the budget stopped it."
              for k, r in res.get("runs", {}).items() if r.get("still_improving")]
     if short:
         lines += ["## Cut short", "", "Runs whose rounds were set by the CPU budget rather than by convergence:", "", *short, ""]
     return "\n".join(lines)
 
 
-RESOLUTION_NOTE = (
-    "Chosen: {r}x{r} (`baffle.vision.pretrained.RESOLUTION`, the side the model upsamples smaller inputs to). "
-    "At 32x32 the network's five stride-2 stages leave a 1x1 map and the ImageNet features fit CIFAR poorly; "
-    "each doubling of the side costs 4x the FLOPs of every forward (and a forward-only client runs K+1 of them per "
-    "step), while the probe gains less per doubling. The side is a cost/accuracy choice, re-measurable with "
-    "`--resolutions`.")
+def resolution_note(sweep: dict, chosen: int) -> str:
+    """The measured trade-off between neighbouring sides, and the choice."""
+    rs = sorted(sweep.values(), key=lambda r: r["resolution"])
+    steps = [f"{a['resolution']} -> {b['resolution']}: {100 * (b['probe_test_acc'] - a['probe_test_acc']):+.1f} points for "
+             f"{b['mflops_per_image'] / a['mflops_per_image']:.2f}x the FLOPs" for a, b in zip(rs, rs[1:])]
+    return (f"Measured steps: {'; '.join(steps)} (probe differences of a couple of points are within the noise of "
+            f"{rs[0]['test_images']} test images). Chosen for this run: {chosen}x{chosen} "
+            "(`baffle.vision.pretrained.RESOLUTION`, the side the model upsamples smaller inputs to). Every forward's "
+            "FLOPs grow with the square of the side and a forward-only client runs K+1 forwards per step, so the side "
+            "is a compute/accuracy trade-off: native 32x32 leaves the pretrained features far behind, and a larger side "
+            "buys probe accuracy at the FLOP ratios above, which this CPU budget could not pay for every run (the "
+            "forward-only vs backprop comparison below is at the same side for both). With more compute, run at a "
+            "larger side: `data.image_size=96` gives the model 96x96 inputs; re-measure with `--resolutions`.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -401,9 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     if parts & {"features", "runs"}:
         tr, te, info = feature_cache(args, train, test)
         res["features"] = info
-    if "features" in parts and fresh(res, "linear_probe", part_key(args, "features")):
+    if "features" in parts and fresh(res, "linear_probe", part_key(args, "linear_probe")):
         res["linear_probe"] = {**linear_probe(tr["classifier"], train.y, te["classifier"], test.y, seed=args.seed),
-                               "key": part_key(args, "features")}
+                               "key": part_key(args, "linear_probe")}
         save("linear probe")
     runs = res.setdefault("runs", {})
     for name in [k for k in runs if k.split("/")[0] not in SUBSETS]:

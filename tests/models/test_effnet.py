@@ -257,3 +257,11 @@ def test_finetune_vision_quick_smoke(tmp_path, monkeypatch):
     fv.main(argv)  # resumes: every part saved with an unchanged key is kept as it was
     after = json.loads((tmp_path / "out" / "finetune_vision.json").read_text())
     assert after["runs"] == json.loads(before)["runs"] and after["resolution"] == json.loads(before)["resolution"]
+
+
+def test_input_normalisation_constants_are_the_cifar_datasets():
+    """The model undoes the CIFAR datasets' normalisation: its constants must be the registry's."""
+    from baffle.data.registry import DATASET_INFO
+
+    for name in ("cifar10", "cifar10_jpeg"):
+        assert DATASET_INFO[name].mean == CIFAR10_MEAN and DATASET_INFO[name].std == CIFAR10_STD

