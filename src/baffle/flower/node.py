@@ -181,6 +181,28 @@ def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
     return _WORKERS[key]
 
 
+_REPLICAS: OrderedDict[str, tuple[ServerStrategy, dict]] = OrderedDict()
+
+
+def shared_replica(cfg: Config, train: Dataset) -> tuple[ServerStrategy, dict]:
+    """One replica object (model + optimizer) per run config and process, and its initial state.
+
+    Every message loads the node's own replica state into it (``load_state_dict`` replaces the model, the
+    optimizer's moments and its schedule position: nothing else in a ``ServerStrategy`` changes after it
+    is built), so building a model and an optimizer per message is not needed."""
+    key = json.dumps({"cfg": cfg.to_dict(), "input": list(train.x.shape[1:]), "classes": int(train.num_classes)}, sort_keys=True)
+    if key in _REPLICAS:
+        _REPLICAS.move_to_end(key)
+    else:
+        rcfg = copy.deepcopy(cfg)
+        rcfg.optim.ema_decay = 0.0  # the replica only needs the training weights, not the evaluation EMA
+        replica = ServerStrategy(build_model_for(rcfg, train), rcfg)
+        _REPLICAS[key] = (replica, copy.deepcopy(replica.state_dict()))
+        while len(_REPLICAS) > 4:
+            _REPLICAS.popitem(last=False)
+    return _REPLICAS[key]
+
+
 def client_seed(run_seed: int, partition_id: int) -> int:
     return streams.client_seed(run_seed, partition_id)  # as the simulator
 
@@ -276,13 +298,13 @@ class Node:
     def _replay(self, round_idx: int, replay_from: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:
         from baffle.flower.server_core import weights_digest
 
-        cfg = copy.deepcopy(self.cfg)
-        cfg.optim.ema_decay = 0.0  # the replica only needs the training weights, not the evaluation EMA
-        replica = ServerStrategy(build_model_for(cfg, self.train), cfg)
+        replica, initial = shared_replica(self.cfg, self.train)
         at = 0
         if "replica" in self.state:
             replica.load_state_dict(torch.load(io.BytesIO(self.state["replica"]), weights_only=True))
             at = int(self.state["replica-round"])
+        else:
+            replica.load_state_dict(initial)  # a new replica: the server's initial state
         if at < replay_from:
             self.state.pop("replica", None)
             raise MessageError(f"replica mismatch: replica at round {at}, server replays from {replay_from}")
