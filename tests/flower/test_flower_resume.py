@@ -120,3 +120,48 @@ def test_flower_run_dir_rules(tmp_path):
         run_inmemory({**rc, "resume": True, "secure": True, "num-server-rounds": 4}, 2)
     run_inmemory({**rc, "resume": True}, 2)  # already at its last round: nothing to train, same result
     assert result(rc)["rounds_done"] == 3
+
+
+def test_a_restarted_node_taking_its_partition_over_continues_its_batches(tmp_path, monkeypatch):
+    """A node that restarts mid-run (new node id, empty node state) is told its partition's step count and
+    re-draws its minibatches: the run ends bit-identical to one without the restart; without the catch-up
+    it would not."""
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from baffle.flower.client_app import app as client_app
+    from baffle.flower.inmemory import SERVER_NODE_ID, InMemoryGrid
+    from baffle.flower.server_app import main
+
+    class RestartingGrid(InMemoryGrid):
+        """The node of partition 1 restarts after round 2: a new node id and a fresh Context."""
+
+        done = 0
+        restarted = False
+
+        def push_messages(self, messages):
+            msgs = list(messages)
+            self.done = max([self.done] + [int(m.metadata.group_id) for m in msgs if m.metadata.message_type == "train"])
+            return super().push_messages(msgs)
+
+        def get_node_ids(self):
+            if self.done == 2 and not self.restarted:
+                old = next(n for n, c in self.contexts.items() if int(c.node_config["partition-id"]) == 1)
+                ctx = self.contexts.pop(old)
+                self.contexts[2001] = Context(ctx.run_id, 2001, dict(ctx.node_config), RecordDict(), dict(ctx.run_config))
+                self.restarted = True
+            return list(self.contexts)
+
+    def run(rc: dict, restart: bool) -> str:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, SERVER_NODE_ID, 1
+        configs = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+        grid = (RestartingGrid if restart else InMemoryGrid)(client_app, configs, rc)
+        main(grid, Context(7, SERVER_NODE_ID, {}, RecordDict(), dict(rc)))
+        assert not restart or grid.restarted
+        return result(rc)["weights_sha256"]
+
+    sched = {"num-server-rounds": 5, "run-eval-every": 5}
+    plain = run(tiny(tmp_path, "plain", **sched), restart=False)
+    assert run(tiny(tmp_path, "restart", **sched), restart=True) == plain
+    monkeypatch.setattr(flower_node.Node, "_catch_up", lambda self, steps: None)
+    assert run(tiny(tmp_path, "no-catch-up", **sched), restart=True) != plain
