@@ -24,7 +24,8 @@ interrupted run resumes; ``--fresh`` starts over):
    and without it; loss differences must be bit-identical.
 
 Usage: python experiments/finetune_vision.py [--quick] [--fresh]
-Writes experiments/results/finetune_vision.json and docs/finetune-vision.md (``--out DIR``: both there).
+Writes experiments/results/finetune_vision.json and docs/finetune-vision.md (``--out DIR``: both there; ``--quick``
+without ``--out``: a temporary folder, never the committed files).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -442,6 +444,9 @@ def resolution_note(sweep: dict, chosen: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.quick and not args.out:  # a smoke run never overwrites the committed results
+        args.out = str(Path(tempfile.gettempdir()) / "baffle-finetune-vision-quick")
+        print(f"--quick: writing to {args.out}")
     out_dir = Path(args.out) if args.out else None
     json_path = (out_dir or results_dir(__file__)) / "finetune_vision.json"
     md_path = (out_dir / "finetune-vision.md") if out_dir else ROOT / "docs" / "finetune-vision.md"
