@@ -12,7 +12,8 @@
 #   --fail P:R     node with partition P raises at (0-based) round R: a dropout test
 #   --kill P:STAGE:R  SIGKILL the SuperNode of partition P (and its ClientApp processes) when it reaches SecAgg+
 #                  stage STAGE (setup|share_keys|collect_masked_vectors|unmask) of round R, then restart it
-#                  with the same partition after KILL_RESTART_S seconds (default 5); needs -c secure=true.
+#                  with the same partition after KILL_RESTART_S seconds (default 5) on port PORT+1+N+P; needs
+#                  -c secure=true.
 #                  The node blocks at that stage (node config secagg-fault=STAGE:R:hang, baffle.flower.secagg_faults)
 #                  until this script kills it; $LOGS/kill.log says when it was killed and restarted
 #   after --       passed to `flwr run`, e.g. -- -c 'num-server-rounds=3 estimator-k=20'
@@ -38,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --fail) FAIL="$2"; shift 2 ;;
     --kill) KILL="$2"; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "deploy_local.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -99,10 +100,10 @@ if [[ $AUTH -eq 1 ]]; then
     flwr supernode register "$CERTS/node-keys/node_$i.pub" local-deployment >>"$LOGS/register.log" 2>&1
   done
 fi
-start_node() {  # partition, extra node config, log suffix -> starts a SuperNode in its own group; echoes its pid
+start_node() {  # partition, extra node config, log suffix[, port] -> starts a SuperNode in its own group; echoes its pid
   local i="$1" extra="$2" NODE_AUTH=()
   [[ $AUTH -eq 1 ]] && NODE_AUTH=(--auth-supernode-private-key "$CERTS/node-keys/node_$i")
-  setsid flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + 1 + i))" \
+  setsid flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" --port "${4:-$((PORT + 1 + i))}" \
     --node-config "partition-id=$i num-partitions=$NODES$extra" >"$LOGS/supernode-$i$3.log" 2>&1 &
   echo $!
 }
@@ -121,8 +122,11 @@ if [[ -n "$KILL" ]]; then  # wait for the node's marker, SIGKILL its groups (Sup
     for g in $groups; do kill -KILL -- "-$g" 2>/dev/null || true; done
     echo "$(date +%s.%N) killed partition $KILL_P (pid $victim, groups $(echo $groups)) at $(cat "$BAFFLE_FAULT_DIR/secagg-fault-p$KILL_P")" >>"$LOGS/kill.log"
     sleep "${KILL_RESTART_S:-5}"
-    start_node "$KILL_P" "" "-restarted" >"$LOGS/restarted.pid"
+    start_node "$KILL_P" "" "-restarted" "$((PORT + 1 + NODES + KILL_P))" >"$LOGS/restarted.pid"  # a fresh port
     echo "$(date +%s.%N) restarted partition $KILL_P (pid $(cat "$LOGS/restarted.pid"))" >>"$LOGS/kill.log"
+    sleep 30
+    if kill -0 "$(cat "$LOGS/restarted.pid")" 2>/dev/null; then state=running; else state="EXITED: $(tail -n 3 "$LOGS/supernode-$KILL_P-restarted.log" | tr '\n' ' ')"; fi
+    echo "$(date +%s.%N) restarted partition $KILL_P 30 s later: $state" >>"$LOGS/kill.log"
   ) &
   WATCHER=$!
 fi

@@ -127,6 +127,18 @@ def test_a_halted_round_is_retried_with_the_nodes_that_remain(tmp_path, monkeypa
     assert 0 in agg.seen and np.isfinite(agg.seen[0]).all()
 
 
+@pytest.mark.parametrize("stage", ["share_keys", "unmask"])
+def test_a_node_restarted_under_its_old_id_rejoins(tmp_path, stage):
+    """A SuperNode with a fixed key (node authentication) comes back under the same node id, with a fresh state."""
+    rc = tiny(tmp_path, f"same-{stage}", secure=True, **ONE)
+    grid = run_killing(rc, 3, (1, stage, 0), same_id=True)
+    sa = secagg(result(rc))
+    assert grid.killed == grid.restarted == [1001] and sa["secagg_lost_rounds"] == 0 and sa["secagg_failed_nodes"] == 1
+    r0, r1 = sa["rounds"]
+    assert r0["failures"][0]["node"] == 1001 and r0["failures"][0]["partition"] == 1
+    assert r1["contributed_nodes"] == [1000, 1001, 1002] and r1["failures"] == []
+
+
 def test_rounds_with_fewer_than_two_nodes_are_lost_and_counted(tmp_path):
     rc = tiny(tmp_path, "lost", secure=True, **ONE)
     grid = run_killing(rc, 2, (1, "setup", 0), restart=False)

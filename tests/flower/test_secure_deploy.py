@@ -47,7 +47,7 @@ def free_port_block(n: int) -> int:
 def test_node_sigkilled_during_key_exchange_costs_only_itself_and_rejoins(tmp_path):
     if not (BIN / "flower-superlink").exists():
         pytest.skip("flower-superlink not installed in .venv")
-    out, port = tmp_path / "result", free_port_block(3)
+    out, port = tmp_path / "result", free_port_block(6)  # SuperLink, 3 SuperNodes, the restarted one's port
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr-home"), DEPLOY_TIMEOUT="840", KILL_RESTART_S="5")
     cmd = [str(REPO / "scripts" / "deploy_local.sh"), "-n", "3", "-p", str(port), "--kill", "1:share_keys:0",
            "--", "-c", f'{APP} result-dir="{out}"']

@@ -99,14 +99,16 @@ class KillingGrid(InMemoryGrid):
 
     The node receives that message and never answers (as a SIGKILLed SuperNode), leaves ``get_node_ids``
     (the SuperLink's heartbeat expiry) and, with ``restart``, is replaced at once by a new node id with a fresh
-    ``Context`` (no SecAgg+ keys, no sampler state) holding the same partition, without the fault.
+    ``Context`` (no SecAgg+ keys, no sampler state) holding the same partition, without the fault; with
+    ``same_id`` under its old node id instead (a SuperNode started again with the same key).
     """
 
     def __init__(self, client_app, node_configs: list[Mapping[str, Any]], run_config: Mapping[str, Any],
-                 kill: tuple[int, str, int] | None = None, restart: bool = True, run_id: int = 7):
+                 kill: tuple[int, str, int] | None = None, restart: bool = True, same_id: bool = False, run_id: int = 7):
         super().__init__(client_app, node_configs, run_config, run_id)
         self.kill = kill  # (partition, stage, 0-based round)
         self.restart = restart
+        self.same_id = same_id  # restart under the old node id (a SuperNode with a fixed key: --auth)
         self.killed: list[int] = []  # node ids
         self.restarted: list[int] = []
 
@@ -135,14 +137,15 @@ class KillingGrid(InMemoryGrid):
         self.killed.append(nid)
         self.kill = None
         if self.restart:
-            new = max([*self.contexts, *self.killed]) + 1
+            new = nid if self.same_id else max([*self.contexts, *self.killed]) + 1
             config = {k: v for k, v in ctx.node_config.items() if k != FAULT_KEY}
             self.contexts[new] = Context(ctx.run_id, new, config, RecordDict(), dict(ctx.run_config))
             self.restarted.append(new)
 
 
 def run_killing(run_config: Mapping[str, Any], num_nodes: int, kill: tuple[int, str, int] | None,
-                node_extra: Mapping[int, Mapping[str, Any]] | None = None, restart: bool = True) -> KillingGrid:
+                node_extra: Mapping[int, Mapping[str, Any]] | None = None, restart: bool = True,
+                same_id: bool = False) -> KillingGrid:
     """``baffle.flower.inmemory.run_inmemory`` on a ``KillingGrid``: baffle's ServerApp against in-memory nodes."""
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -154,6 +157,6 @@ def run_killing(run_config: Mapping[str, Any], num_nodes: int, kill: tuple[int, 
         raise ValueError(f"kill stage {kill[1]!r} is not one of {list(STAGES)}")
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, SERVER_NODE_ID, 1
     configs = [{"partition-id": i, "num-partitions": num_nodes, **(node_extra or {}).get(i, {})} for i in range(num_nodes)]
-    grid = KillingGrid(client_app, configs, run_config, kill, restart)
+    grid = KillingGrid(client_app, configs, run_config, kill, restart, same_id)
     main(grid, Context(7, SERVER_NODE_ID, {}, RecordDict(), dict(run_config)))
     return grid
