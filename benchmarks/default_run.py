@@ -46,6 +46,7 @@ def main() -> None:
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
     out = ROOT / args.out
+    load_start = os.getloadavg()[0]
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "baffle": run(out / "baffle", [])}
     if args.with_bp:
         results["fedsgd"] = run(out / "fedsgd", ["--set", "run.method=fedsgd"])
@@ -56,6 +57,7 @@ def main() -> None:
                 if name in results["seeds"]:
                     s = run(out / f"{name}_seed{seed}", [*extra, "--set", f"run.seed={seed}"])
                     results["seeds"][name].append(seed_row(seed, s))
+    results["load_avg"] = [round(load_start, 1), round(os.getloadavg()[0], 1)]  # wall times are only as good as this
     write_json(results_dir(__file__) / "default_run.json", results, indent=2)
     text = render(results, (out / "baffle" / "config.toml").read_text(), args.with_bp)
     write_text(ROOT / "docs/default-run.md", text)
@@ -83,7 +85,10 @@ def render(results: dict, cfg: str, with_bp: bool) -> str:
         + (f" --seeds {len(next(iter(results['seeds'].values())))}" if "seeds" in results else "") + "` "
         "(writes benchmarks/results/default_run.json and this page).",
         "",
-        f"Machine: {results['machine']}. Wall time is the whole process (data loading and evaluations included).",
+        f"Machine: {results['machine']}. Wall time is the whole process (data loading and evaluations included); "
+        + (f"1-minute load average at the start / end: {results['load_avg'][0]} / {results['load_avg'][1]} "
+           "(on 2 cores, wall times above a load of ~1 include waiting for a core)." if "load_avg" in results
+           else "the machine's load was not recorded for this run, so wall times may include waiting for a core."),
         "",
     ]
     rows = []

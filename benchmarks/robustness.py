@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from baffle import estimator
 from baffle.config import Config
 from baffle.engine import Perturber
-from baffle.records.results import results_dir, write_json, write_text
+from baffle.records.results import results_dir, write_json, write_section
 from baffle.records.tables import percent, table_lines, yes_no
 from baffle.protocol.messages import Upload
 from baffle.sim.rounds import RoundRunner
@@ -78,6 +78,7 @@ class FusedRunner(RoundRunner):
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = results_dir(__file__)
 DOC = ROOT / "docs" / "robustness.md"
+BEGIN, END = "<!-- robustness:begin -->", "<!-- robustness:end -->"
 
 BASE = {
     "data.name": "mnist",
@@ -480,7 +481,8 @@ def main() -> None:
         write_json(RESULTS / "snr.json", honest_correlation())
     if args.part in ("privacy", "all"):
         sweep("privacy", privacy_jobs(), args.rounds)
-    write_text(DOC, render())
+    # only this script's section: the leakage and SecAgg+ dropout sections of the page are other scripts'
+    write_section(DOC, BEGIN, END, f"{BEGIN}\n{render().rstrip()}\n{END}", title="")
     print(f"wrote {DOC}")
 
 
