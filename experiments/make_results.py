@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 from baffle.records.tables import percent, table_lines
@@ -91,6 +92,24 @@ def goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
     return table_lines(["goal", "run", "measured (final / best)", "rounds", "met"], rows)
 
 
+def seed_summary(rows: list[dict], varied_keys: list[str]) -> list[str]:
+    """Mean and spread over run.seed of every other setting: the figure a goal over seeds is judged on."""
+    if "run.seed" not in varied_keys:
+        return []
+    others = [k for k in varied_keys if k != "run.seed"]
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if not r.get("error"):
+            groups.setdefault(tuple(r["varied"].get(k) for k in others), []).append(r["summary"]["final_test_acc"])
+    out = []
+    for key, accs in groups.items():
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        out.append([*key, len(accs), f"{100 * statistics.mean(accs):.2f} ± {100 * sd:.2f}",
+                    ", ".join(f"{100 * a:.2f}" for a in accs)])
+    return ["Over seeds (mean ± standard deviation of the final accuracy):", ""] + table_lines(
+        [k.split(".", 1)[1] for k in others] + ["seeds", "final acc %", "per seed"], out) + [""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", default="results")
@@ -160,6 +179,7 @@ def main() -> int:
             f"![accuracy vs rounds](results/{name}/acc_vs_rounds.png) ![accuracy vs forward passes](results/{name}/acc_vs_forward_passes.png)",
             "",
         ]
+        sections += seed_summary(rows, data["varied_keys"])
         if name == "beyond_paper":
             sections += beyond_table(rows)
     lines += ["## Goals of issue 4", ""] + goal_rows(all_rows) + [""] + sections
