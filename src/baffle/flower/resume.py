@@ -18,7 +18,6 @@ not take a Flower run dir, nor ``resume=true`` a ``baffle run`` dir.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from baffle.config import Config, ConfigError
 from baffle.records import checkpoint
-from baffle.records.rundir import CHECKPOINT_NAME, RunDirError, check_resume_config, prepare_fresh
+from baffle.records.rundir import CHECKPOINT_NAME, RunDirError, check_resume_config, metrics_rounds, prepare_fresh
 
 FLOWER_KEY = "flower"
 KEYS = ("round", "server", "counters", "config", FLOWER_KEY)
@@ -57,19 +56,6 @@ def prepare_out(result_dir: str, resume: bool, overwrite: bool) -> Path | None:
         raise _flower_words(e) from None
 
 
-def _metrics_rounds(out: Path) -> list[int]:
-    path = out / "metrics.jsonl"
-    rounds = []
-    for ln in path.read_text(errors="replace").splitlines() if path.is_file() else ():
-        try:
-            row = json.loads(ln)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("round"), int):
-            rounds.append(row["round"])
-    return rounds
-
-
 def load_for_resume(out: Path, cfg: Config) -> dict[str, Any] | None:
     """The checkpoint to continue from, checked against ``cfg`` (the resolved run config, with the number
     of partitions already known); None when the run may start over (killed before its first checkpoint)."""
@@ -90,7 +76,7 @@ def load_for_resume(out: Path, cfg: Config) -> dict[str, Any] | None:
         return state
     if (out / "summary.json").exists():
         raise RunDirError(f"resume=true, result-dir={out}: the run finished but {ckpt} is missing; refusing to retrain over its history")
-    rounds, every = _metrics_rounds(out), cfg.run.checkpoint_every
+    rounds, every = metrics_rounds(out), cfg.run.checkpoint_every
     if rounds and not every:
         raise RunDirError(f"resume=true, result-dir={out}: run-checkpoint-every=0, so this run has no checkpoint to resume; "
                           "its metrics.jsonl would be lost by a restart (start a new run in another result-dir)")

@@ -89,7 +89,8 @@ def prepare_fresh(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def _metrics_rounds(out: Path) -> list[int]:
+def metrics_rounds(out: Path) -> list[int]:
+    """The rounds a run dir's metrics.jsonl has rows for (unreadable lines skipped): what a resume must keep."""
     path = out / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -188,7 +189,7 @@ def prepare_resume(out: str | Path, overrides: list[str] | None = None) -> Resum
         return Resume(cfg, True, round_done)
     if (out / "summary.json").exists():
         raise RunDirError(f"--resume {out}: the run finished but {ckpt} is missing; refusing to retrain over its history")
-    rounds = _metrics_rounds(out)
+    rounds = metrics_rounds(out)
     every = cfg.run.checkpoint_every
     if rounds and not every:
         raise RunDirError(
