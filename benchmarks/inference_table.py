@@ -78,8 +78,9 @@ def accuracy_history() -> str:
 
 def default_recipe_table() -> str:
     """The same client runtimes on the default recipe run to convergence (experiments/inference_accuracy.py --recipe default)."""
-    runs = [(label, _load(ACC / "default_recipe" / f"{run}.json")) for label, run, _, _ in KINDS]
-    runs = [(label, acc) for label, acc in runs if acc]
+    found = [(label, what, _load(ACC / "default_recipe" / f"{run}.json")) for label, run, _, what in KINDS]
+    runs = [(label, acc) for label, _, acc in found if acc]
+    whats = {label: what for label, what, acc in found if acc}
     if not runs:
         return "(not run: `python experiments/inference_accuracy.py --recipe default`)"
     ref = dict(runs).get("torch float")
@@ -89,13 +90,13 @@ def default_recipe_table() -> str:
         at = {h["round"]: h["test_acc"] for h in acc["history"]}
         final = acc["summary"]["final_test_acc"]
         gap = f"{100 * (final - ref['summary']['final_test_acc']):+.2f}" if ref else "-"
-        rows.append([label, acc["summary"]["rounds"], *[f"{100 * at[m]:.2f}" if m in at else "-" for m in marks],
+        rows.append([label, whats[label], acc["summary"]["rounds"], *[f"{100 * at[m]:.2f}" if m in at else "-" for m in marks],
                      f"{100 * final:.2f}", f"{100 * acc['summary']['best_test_acc']:.2f}", gap, acc["wall_s"]])
-    lines = table_lines(["client kind", "rounds", *[f"acc % @ {m}" for m in marks], "final %", "best %",
+    lines = table_lines(["client kind", "federation", "rounds", *[f"acc % @ {m}" for m in marks], "final %", "best %",
                          "vs torch float (points)", "wall s"], rows)
     extra = [s for s in runs[0][1]["settings"] if not s.startswith(("federation.onnx", "model.prune", "run.method"))]
     return "\n".join(lines) + ("\n\nDefault `baffle run` recipe (lenet_small 14x14, K=20, batch 8, whole MNIST test set), one seed; "
-                               "federations as in the table above; overrides: `" + " ".join(extra) + "`. Wall times depend on the "
+                               "overrides: `" + " ".join(extra) + "`. Wall times depend on the "
                                "shared machine's load.")
 
 
