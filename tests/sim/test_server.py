@@ -60,6 +60,14 @@ def test_every_method_runs_and_writes_outputs(tmp_path, method):
         assert summary["total_backward_passes"] == 0
 
 
+def test_train_loss_probe_can_be_turned_off(tmp_path):
+    """data.eval_train_samples = 0 (accepted by the config) drops the train_loss metric instead of crashing."""
+    summary = Simulation(tiny(rounds=2, **{"data.eval_train_samples": 0}), tmp_path, progress=False).run()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] is None and rows[-1]["test_acc"] is not None
+    assert summary["rounds"] == 2 and (tmp_path / "curves.png").exists()
+
+
 def test_forward_only_training_learns_synthetic_data(tmp_path):
     cfg = tiny(rounds=60, **{"estimator.K": 32, "optim.lr": 0.02, "run.eval_every": 60})
     summary = Simulation(cfg, tmp_path, progress=False).run()

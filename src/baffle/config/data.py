@@ -23,7 +23,7 @@ class DataConfig:
     shards_per_client: int = 2
     train_subset: int = 0  # 0 = all training samples; else a seeded random subset (for quick runs/tests)
     test_subset: int = 0  # 0 = the whole test set
-    eval_train_samples: int = 2000  # training samples the simulator scores for the train_loss metric
+    eval_train_samples: int = 2000  # training samples the simulator scores for the train_loss metric (0: no train_loss)
     transform: str = "none"  # fixed image transform of the task: none | invert | rotate90 | hflip (baffle.data.tasks)
     classes: list[int] = field(default_factory=list)  # keep only these labels, relabelled 0..len-1; empty = all
 

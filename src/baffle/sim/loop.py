@@ -89,7 +89,8 @@ class Simulation:
         fed = self.fed
         load_weights(fed.eval_model, fed.strategy.eval_weights())
         test = evaluate(fed.eval_model, fed.test)
-        _, train_loss = evaluate(fed.eval_model, fed.train_probe)
+        # data.eval_train_samples = 0 turns the train-loss probe off (no metric, no cost)
+        train_loss = evaluate(fed.eval_model, fed.train_probe)[1] if len(fed.train_probe) else None
         costs = self.runner.method.per_round_costs(self.cfg, fed.strategy.n, state_nbytes(fed.strategy.model))
         lr = fed.strategy.optimizer.param_groups[0]["lr"]
         return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last, privacy_metrics(self.runner.ledger))
