@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -136,17 +137,38 @@ def simulate(tmp_path: Path, run_config: str, timeout: int) -> tuple[subprocess.
     return proc, _flwr_processes(port)
 
 
-@pytest.mark.slow  # Ray start-up: ~1 min on an idle 2-core machine, several when it is shared
-def test_flwr_run_local_simulation_trains_fails_loudly_and_leaves_nothing(tmp_path):
+def test_flwr_run_local_simulation_matches_baffle_run_and_leaves_nothing(tmp_path):
+    """The README's `flwr run . local-simulation` (Ray, 2 nodes) on the default recipe, 4 rounds: it trains,
+    writes the run dir, ends with the same final weights as `baffle run` with 2 clients, and no Flower process
+    outlives it. ~30 s on an idle 2-core machine (Ray start-up dominates)."""
+    from baffle.flower.config import parse_run_config
+    from baffle.flower.server_core import weights_digest
+    from baffle.sim.loop import Simulation
+
     out = tmp_path / "result"
-    tiny = ('num-server-rounds=2 run-eval-every=1 run-threads=1 data-name="synthetic" data-train-subset=200 '
-            'data-test-subset=100 estimator-k=4 estimator-engine="loop"')
-    proc, left = simulate(tmp_path, f'{tiny} result-dir="{out}"', timeout=600)
+    keys = {"num-server-rounds": 4, "run-eval-every": 2, "run-threads": 1, "data-test-subset": 500}
+    run_config = " ".join(f"{k}={v}" for k, v in keys.items())
+    proc, left = simulate(tmp_path, f'{run_config} result-dir="{out}"', timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert not left, left
     res = json.loads((out / "result.json").read_text())
-    assert res["rounds_done"] == 2 and res["num_partitions"] == 2 and res["failures"] == 0
-    # a run whose ServerApp fails (an invalid value) exits non-zero, and leaves nothing behind either
-    proc, left = simulate(tmp_path, tiny.replace("estimator-k=4", "estimator-k=0"), timeout=600)
+    assert res["rounds_done"] == 4 and res["num_partitions"] == 2 and res["failures"] == 0
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "checkpoint.pt"):
+        assert (out / name).exists(), name
+    # the same run in-process, from the same app config (pyproject defaults + the keys above)
+    app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    cfg, _ = parse_run_config({**app, **keys})
+    cfg.data.num_clients = 2
+    sim = Simulation(cfg, tmp_path / "inprocess", progress=False)
+    sim.run()
+    assert weights_digest(sim.fed.strategy.model.state_dict()).hex() == res["weights_sha256"]
+
+
+@pytest.mark.slow  # a second Ray start-up
+def test_flwr_run_local_simulation_fails_loudly_and_leaves_nothing(tmp_path):
+    tiny = ('num-server-rounds=2 run-eval-every=1 run-threads=1 data-name="synthetic" data-train-subset=200 '
+            'data-test-subset=100 estimator-k=0 estimator-engine="loop"')
+    # a run whose ServerApp fails (an invalid value) exits non-zero, and leaves nothing behind
+    proc, left = simulate(tmp_path, tiny, timeout=600)
     assert proc.returncode != 0 and "ended as finished:failed" in proc.stderr, (proc.stdout + proc.stderr)[-4000:]
     assert not left, left
