@@ -117,6 +117,44 @@ def test_thread_rule_gives_small_work_one_thread_and_caps_at_free_cores():
     assert intra_op_threads(cfg, model, engine, (1, 14, 14), 10, cores=1) == 3
 
 
+def test_chunk_workers_only_under_the_automatic_policy_and_never_beyond_the_chunks():
+    from baffle.config import Config
+    from baffle.engine.threads import chunk_workers
+    from baffle.models import build_model
+
+    cfg = Config()  # the default job: 21 members in 2 balanced chunks of at most 16
+    model = build_model(cfg.model.name, image_size=cfg.data.image_size)
+    engine = make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb)
+    shape = (1, cfg.data.image_size, cfg.data.image_size)
+    assert chunk_workers(cfg, model, engine, shape, 10, threads=1, cores=64) == 2  # one per chunk at most
+    assert chunk_workers(cfg, model, engine, shape, 10, threads=1, cores=1) == 1
+    assert chunk_workers(cfg, model, engine, shape, 10, threads=2, cores=64) == 1  # intra-op threads in use
+    assert chunk_workers(cfg, model, engine, shape, 10, threads=1, backprop=True, cores=64) == 1
+    assert chunk_workers(cfg, model, LoopEngine(), shape, 10, threads=1, cores=64) == 1
+    cfg.apply_overrides(["run.threads=1"])  # an explicit count is a promise about cores: one worker
+    assert chunk_workers(cfg, model, engine, shape, 10, threads=1, cores=64) == 1
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_chunk_workers_change_no_loss_difference(scheme):
+    """Chunks on several threads give exactly the one-thread losses (the worker count follows the load)."""
+    from baffle.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet_small", image_size=14)
+    params = estimator.select_parameters(model)
+    batches = [(torch.randn(8, 1, 14, 14), torch.randint(0, 10, (8,))) for _ in range(5)]
+    seeds = noise.round_seeds(3, 1, 20)
+    results = []
+    for workers in (1, 2, 3):
+        engine = BatchedEngine(max_chunk=8)
+        engine.workers = workers
+        results.append(np.stack(engine.multi_client(model, params, batches, seeds, 1e-3, scheme)))
+        assert engine.chunks(model, 4874, 40, (1, 14, 14), 20, scheme) >= 3
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
 def test_fusion_key_is_public_and_only_plain_clients_share_one():
     from baffle.baselines import BPClient
     from baffle.client import Client

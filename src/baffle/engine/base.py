@@ -41,6 +41,7 @@ class Engine(ABC):
     """
 
     name: str = "engine"
+    workers: int = 1  # threads for independent parts of a call (the batched engine's chunks; others ignore it)
 
     @abstractmethod
     def __call__(

@@ -26,6 +26,15 @@ It only changes how fast a run goes, never which run it is: thread counts were c
 default job's weights (large reductions in big models may round differently across thread counts, as with
 torch's own default; set ``run.threads`` for runs that must be bit-reproducible across machines).
 ``run.threads = N`` (N > 0) overrides the rule. ``benchmarks/threads.py`` measures it.
+
+Coarse parallelism (:func:`chunk_workers`): when the rule gives one intra-op thread, the batched engine
+evaluates its independent chunks of perturbed members on up to one thread per usable core at once. Each
+chunk holds milliseconds of work and the threads meet once per call, not once per layer, so a descheduled
+thread costs a time slice, not a stall at every barrier: on the 2-core machine the default job ran 0.82x
+the one-thread round time with 2 workers at load ~4, and 0.68x beside a competing spinner
+(``benchmarks/threads.py``), which is why the usable cores, not the free ones, bound it. The chunk size
+never depends on the worker count, so neither do the losses. Only under the automatic policy:
+``run.threads = N`` means N cores at most, and one chunk worker.
 """
 
 from __future__ import annotations
@@ -98,3 +107,28 @@ def intra_op_threads(
         n = num_elements(select_parameters(model, cfg.model.trainable))
         members, samples = engine.call_size(model, n, samples, sample_shape, cfg.estimator.K, cfg.estimator.scheme)
     return threads_for_work(flops_per_layer(model, sample_shape, samples, members), cores)
+
+
+def chunk_workers(
+    cfg: Config,
+    model: nn.Module,
+    engine: Engine,
+    sample_shape: tuple[int, ...],
+    clients_per_round: int,
+    threads: int,
+    backprop: bool = False,
+    cores: int | None = None,
+) -> int:
+    """Threads evaluating the batched engine's chunks at once: the usable cores (``cores`` when given), at
+    most one per chunk of a training call, when the run picked its threads automatically and got one
+    intra-op thread; else 1."""
+    if cfg.run.threads or threads > 1 or backprop or not isinstance(engine, BatchedEngine):
+        return 1
+    cores = cores if cores is not None else usable_cores()
+    if cores < 2:
+        return 1
+    samples = cfg.federation.batch_size
+    if cfg.estimator.fuse_clients and engine.can_fuse_clients(model):
+        samples *= clients_per_round
+    n = num_elements(select_parameters(model, cfg.model.trainable))
+    return max(1, min(cores, engine.chunks(model, n, samples, tuple(sample_shape), cfg.estimator.K, cfg.estimator.scheme)))

@@ -27,7 +27,7 @@ from baffle.client import Client, load_weights
 from baffle.config import Config
 from baffle.config.run import resolve_device
 from baffle.engine import Engine, make_engine
-from baffle.engine.threads import intra_op_threads
+from baffle.engine.threads import chunk_workers, intra_op_threads
 from baffle.data.augment import augment_cifar
 from baffle.data.dataset import Dataset
 from baffle.data.partition import partition
@@ -174,7 +174,10 @@ def build(cfg: Config) -> Federation:
         strategy.set_mask(magnitude_mask(strategy.params, cfg.model.prune))
     engine = make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, strategy.mask)
     backprop = get_method(cfg.run.method).backprop  # run.threads, or the rule of baffle.engine.threads
-    torch.set_num_threads(intra_op_threads(cfg, client_model, engine, tuple(train.x.shape[1:]), clients_per_round(cfg), backprop))
+    shape, per_round = tuple(train.x.shape[1:]), clients_per_round(cfg)
+    threads = intra_op_threads(cfg, client_model, engine, shape, per_round, backprop)
+    torch.set_num_threads(threads)
+    engine.workers = chunk_workers(cfg, client_model, engine, shape, per_round, threads, backprop)
     parts = client_partitions(cfg, train)
     clients = [make_client(cfg, i, train, idx, client_model, engine) for i, idx in enumerate(parts)]
     attach_trust(cfg, strategy, train, engine)

@@ -10,12 +10,18 @@ memory budget (:mod:`.planner`). A model the interpreter cannot batch is run wit
 The same pass evaluates the perturbed models on several clients' minibatches concatenated
 (:meth:`BatchedEngine.multi_client`): all clients of a simulated round share the seeds, so one pass serves
 them all while each client's loss stays separate (per-sample losses, then per-client means).
+
+Chunks are independent, so ``workers > 1`` evaluates them on that many threads at once (coarse parallelism
+for models too small to feed torch's intra-op threads; each worker's ops run inline at one intra-op thread).
+The chunk size never depends on ``workers`` (chunks are balanced: 21 members at most 16 -> 11 + 10), so the
+losses are the same for every worker count.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -75,6 +81,8 @@ class BatchedEngine(Engine):
             raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
         self.budget = Budget(max_memory_mb, max_chunk, cache_bytes)
         self._programs: weakref.WeakKeyDictionary[nn.Module, Program | str] = weakref.WeakKeyDictionary()
+        self.workers = 1  # threads evaluating chunks at once (engine.threads.chunk_workers sets it per run)
+        self._pool: ThreadPoolExecutor | None = None
         self.last_chunk = 0  # members per chunk of the last call (for benchmarks and tests)
         self.last_sub_batch = 0  # samples per batched call of the last call
 
@@ -148,9 +156,28 @@ class BatchedEngine(Engine):
     def _plan(self, prog: Program, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> tuple[int, int]:
         total = K + 1 if scheme == "forward" else 2 * K
         P = self.budget.chunk_size(prog, n, samples, tuple(sample_shape), total)
+        P = -(-total // -(-total // P))  # balanced chunks, never larger: 21 members at most 16 -> 11 + 10
         if scheme == "central" and P > 1 and P % 2:
             P -= 1  # a +/- pair never straddles two chunks: each direction is generated once
         return P, self.budget.sub_batch(prog, n, samples, tuple(sample_shape), P)
+
+    def chunks(self, model: nn.Module, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> int:
+        """How many chunks one call has (the most workers that can be busy at once)."""
+        prog = self._program(model)
+        if not isinstance(prog, Program):
+            return 1
+        total = K + 1 if scheme == "forward" else 2 * K
+        return -(-total // self._plan(prog, n, samples, sample_shape, K, scheme)[0])
+
+    def _map(self, work, items: list) -> None:
+        """work(item) for every item, on ``workers`` threads when there is more than one item."""
+        if self.workers > 1 and len(items) > 1:
+            if self._pool is None or self._pool._max_workers != self.workers:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="baffle-chunk")
+            list(self._pool.map(work, items))
+        else:
+            for item in items:
+                work(item)
 
     def _program(self, model: nn.Module) -> Program | str:
         """The model's traced program, or why it cannot be batched (cached per model object)."""
@@ -182,31 +209,34 @@ class BatchedEngine(Engine):
         P, sub = self._plan(prog, n, x.shape[0], tuple(x.shape[1:]), K, scheme)
         self.last_chunk, self.last_sub_batch = P, sub
         losses = np.empty((total, len(batches)), dtype=np.float64)
-        with torch.inference_mode():
-            flats = [p.detach().reshape(-1) for p in plist]
-            for start in range(0, total, P):
-                c_idx, c_sign = idx[start : start + P], sign[start : start + P]
-                m = len(c_idx)
-                dirs = np.unique(c_idx[c_idx >= 0])
-                local = torch.from_numpy(np.searchsorted(dirs, np.maximum(c_idx, 0)) if len(dirs) else np.zeros(m, np.int64)).to(device)
-                coef = torch.tensor(c_sign * sigma, dtype=torch.float32, device=device).view(m, 1)
-                # the chunk's directions are written tensor by tensor, each straight from its seed's stream,
-                # so no (directions x n) block exists beside the (members x n) perturbed weights
-                writers = [direction_writer(seeds[d], noise) for d in dirs]
-                weights = {}
-                for i, (p, flat) in enumerate(zip(plist, flats)):
-                    D = torch.empty(len(dirs), p.numel(), device=device) if len(dirs) else torch.zeros(1, p.numel(), device=device)
-                    for j, fill in enumerate(writers):
-                        fill(D[j])
-                    E = D.index_select(0, local) if len(dirs) != m or len(dirs) == 0 else D
-                    weights[id(p)] = torch.addcmul(flat.unsqueeze(0), coef, E).view(m, *p.shape)
-                del D, E
-                parts = []
-                for b0 in range(0, x.shape[0], sub):
-                    out = prog.run(x[b0 : b0 + sub], m, weights)
-                    parts.append(out.t if out.batched else lift(out.t, m))
-                logits = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
-                losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().cpu().numpy()
+        flats = [p.detach().reshape(-1) for p in plist]
+
+        @torch.inference_mode()
+        def chunk(start: int) -> None:  # members [start, start + P): independent of every other chunk
+            c_idx, c_sign = idx[start : start + P], sign[start : start + P]
+            m = len(c_idx)
+            dirs = np.unique(c_idx[c_idx >= 0])
+            local = torch.from_numpy(np.searchsorted(dirs, np.maximum(c_idx, 0)) if len(dirs) else np.zeros(m, np.int64)).to(device)
+            coef = torch.tensor(c_sign * sigma, dtype=torch.float32, device=device).view(m, 1)
+            # the chunk's directions are written tensor by tensor, each straight from its seed's stream,
+            # so no (directions x n) block exists beside the (members x n) perturbed weights
+            writers = [direction_writer(seeds[d], noise) for d in dirs]
+            weights = {}
+            for p, flat in zip(plist, flats):
+                D = torch.empty(len(dirs), p.numel(), device=device) if len(dirs) else torch.zeros(1, p.numel(), device=device)
+                for j, fill in enumerate(writers):
+                    fill(D[j])
+                E = D.index_select(0, local) if len(dirs) != m or len(dirs) == 0 else D
+                weights[id(p)] = torch.addcmul(flat.unsqueeze(0), coef, E).view(m, *p.shape)
+            del D, E
+            parts = []
+            for b0 in range(0, x.shape[0], sub):
+                out = prog.run(x[b0 : b0 + sub], m, weights)
+                parts.append(out.t if out.batched else lift(out.t, m))
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+            losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().cpu().numpy()
+
+        self._map(chunk, list(range(0, total, P)))
         if scheme == "forward":
             diffs = losses[1:] - losses[0:1]
         else:
