@@ -11,7 +11,8 @@ loop, which is what a MiniLM client runs) on all-MiniLM-L6-v2 (the pinned packag
 random BERT), every parameter trainable, for each ``estimator.noise`` kind, on one torch thread.
 
 How the round is split: the engine call runs unchanged while timing wrappers sit on the functions it calls
-(``instrument``): the direction writers' fills (``baffle.engine.base.direction_writer``) = noise;
+(``instrument``): the direction writers' fills (``baffle.engine.base.direction_writer``) and the seekable
+calls the Perturber makes directly (``noise_torch.direction``, ``noise.direction_at``: embedding rows) = noise;
 ``Perturber.__init__`` (saving W), ``Perturber.set`` minus the fills inside it (W + sigma*eps), ``rescale``
 and ``restore`` = weight writes; ``batch_loss`` (a forward and its loss) = forwards; what is left (Python,
 the differences) = other. A plain, uninstrumented call is timed too, to show what the wrappers cost, and so is
@@ -95,17 +96,25 @@ def instrument() -> Iterator[dict[str, float]]:
     P = engine_base.Perturber
     saved = {"dw_base": engine_base.direction_writer, "dw_batched": batched_engine.direction_writer,
              "loss": engine_loop.batch_loss, "init": P.__init__, "set": P.set, "rescale": P.rescale, "restore": P.restore,
-             "changed": PrefixCache._first_changed}
+             "changed": PrefixCache._first_changed, "direction": engine_base.noise_torch.direction,
+             "direction_at": engine_base.noise_spec.direction_at}
+    depth = [0]  # the noise paths nest (a fill calls noise_torch.direction): count the outermost call only
+
+    def timed_noise(fn: Callable) -> Callable:
+        def wrapped(*a, **k):  # noqa: ANN002, ANN003
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    T["noise"] += time.perf_counter() - t0
+
+        return wrapped
 
     def writer(seed, kind="v1"):  # noqa: ANN001 - the wrapped signature
-        fill = saved["dw_base"](seed, kind)
-
-        def timed_fill(out: torch.Tensor) -> None:
-            t0 = time.perf_counter()
-            fill(out)
-            T["noise"] += time.perf_counter() - t0
-
-        return timed_fill
+        return timed_noise(saved["dw_base"](seed, kind))
 
     def writes(fn: Callable) -> Callable:
         """``fn``'s time minus the noise generated inside it, as weight writes."""
@@ -132,6 +141,9 @@ def instrument() -> Iterator[dict[str, float]]:
         return out
 
     engine_base.direction_writer = batched_engine.direction_writer = writer
+    # the Perturber's seekable paths (rows of an embedding, tensors after them) call these directly
+    engine_base.noise_torch.direction = timed_noise(saved["direction"])
+    engine_base.noise_spec.direction_at = timed_noise(saved["direction_at"])
     engine_loop.batch_loss = loss
     PrefixCache._first_changed = changed
     P.__init__, P.set, P.rescale, P.restore = (writes(saved[k]) for k in ("init", "set", "rescale", "restore"))
@@ -139,6 +151,7 @@ def instrument() -> Iterator[dict[str, float]]:
         yield T
     finally:
         engine_base.direction_writer, batched_engine.direction_writer = saved["dw_base"], saved["dw_batched"]
+        engine_base.noise_torch.direction, engine_base.noise_spec.direction_at = saved["direction"], saved["direction_at"]
         engine_loop.batch_loss = saved["loss"]
         PrefixCache._first_changed = saved["changed"]
         P.__init__, P.set, P.rescale, P.restore = saved["init"], saved["set"], saved["rescale"], saved["restore"]

@@ -275,3 +275,47 @@ def test_onnx_client_answers_like_the_torch_client_on_bert_tiny(precision, tol):
         assert np.abs(a - b).max() < tol
     else:
         assert np.all(np.isfinite(b)) and np.corrcoef(a, b)[0, 1] > 0.5, (a, b)
+
+
+@pytest.mark.parametrize("kind", ["v2-rademacher", "v2-gauss"])
+def test_only_the_embedding_rows_a_batch_reads_are_perturbed(kind, monkeypatch):
+    """With every parameter trained, the loop engine perturbs only the token/position rows of the batch
+    (``perturbed_rows``): its loss differences equal the dense ones, the model is restored bit for bit, and
+    a step costs the batch's rows of the embedding table, not the table."""
+    import baffle.engine.loop as loop
+    from baffle.protocol import noise
+
+    torch.manual_seed(0)
+    model = build_model("bert_tiny", num_classes=2)
+    model.prefix_cache = None
+    ids = torch.randint(1000, 2000, (6, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    x, y = _x(ids * mask, mask), torch.arange(6) % 2
+    params = select_parameters(model, [])
+    rows = loop.read_rows(model, params, x)
+    names = [params[i][0] for i in rows]
+    assert names == ["bert.embeddings.word.weight", "bert.embeddings.position.weight", "bert.embeddings.token_type.weight"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seeds = np.arange(1, 6, dtype=np.uint64)
+    generated = []
+    real_at = noise.direction_at
+    monkeypatch.setattr(noise, "direction_at", lambda s, idx, k: generated.append(len(idx)) or real_at(s, idx, k))
+    sparse = loop.loss_differences(model, params, x, y, seeds, 1e-2, "forward", noise=kind)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    monkeypatch.setattr(loop, "read_rows", lambda *a: None)
+    dense = loop.loss_differences(model, params, x, y, seeds, 1e-2, "forward", noise=kind)
+    np.testing.assert_array_equal(sparse, dense)  # the same values read: the same losses, bit for bit
+    word = model.bert.embeddings.word.weight
+    per_direction = sum(generated) // len(seeds)
+    assert per_direction == (len(torch.unique(ids * mask)) + 9 + 1) * word.shape[1] < word.numel() // 100
+
+
+def test_direction_at_is_the_direction_at_those_elements():
+    from baffle.protocol import noise
+
+    idx = np.random.default_rng(0).integers(0, 70001, 3000)
+    for kind in ("v2-rademacher", "v2-gauss"):
+        assert np.array_equal(noise.direction_at(77, idx, kind), noise.direction(77, 70001, kind)[idx])
+    with pytest.raises(ValueError, match="seekable"):
+        noise.direction_at(77, idx, "v1")

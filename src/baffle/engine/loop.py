@@ -42,7 +42,8 @@ def loss_differences(
     if params:  # the minibatch goes where the parameters are (run.device); a no-op on the CPU
         x, y = x.to(params[0][1].device), y.to(params[0][1].device)
     with torch.inference_mode():
-        pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central")
+        rows = read_rows(model, params, x)
+        pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central", rows=rows)
         try:
             base = batch_loss(model, x, y, loss_fn) if scheme == "forward" else 0.0
             for k, seed in enumerate(seeds):
@@ -57,6 +58,17 @@ def loss_differences(
         finally:
             pert.restore()
     return out
+
+
+def read_rows(model: nn.Module, params: Params, x: torch.Tensor) -> dict[int, torch.Tensor] | None:
+    """{index in ``params``: rows} of the 2-D parameters whose forward on ``x`` reads only some rows, from the
+    model's optional ``perturbed_rows(x)`` ({parameter name: row indices}; e.g. the token embeddings of the
+    ids in the batch). None when the model does not say."""
+    fn = getattr(model, "perturbed_rows", None)
+    if fn is None:
+        return None
+    by_name = fn(x)
+    return {i: by_name[name] for i, (name, _) in enumerate(params) if name in by_name} or None
 
 
 class LoopEngine(Engine):

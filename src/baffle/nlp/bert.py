@@ -185,6 +185,16 @@ class TextClassifier(nn.Module):
         self.scale = math.sqrt(config.hidden)
         self.prefix_cache: PrefixCache | None = PrefixCache()
 
+    def perturbed_rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The embedding rows a forward of ``x`` reads (the batch's token ids, its positions, token type 0):
+        a forward-only engine perturbs only these (``engine.loop.read_rows``); the rest cannot change a loss."""
+        ids, _ = split_input(x)
+        return {
+            "bert.embeddings.word.weight": torch.unique(ids),
+            "bert.embeddings.position.weight": torch.arange(ids.shape[1]),
+            "bert.embeddings.token_type.weight": torch.zeros(1, dtype=torch.int64),
+        }
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of the text dataset batch ``x`` [B, 2, 1, L]."""
         if self.prefix_cache is not None and cache_applies(x):

@@ -250,6 +250,33 @@ def direction(
     return out
 
 
+def direction_at(seed: int | np.integer, index: np.ndarray | Sequence[int], kind: str) -> np.ndarray:
+    """Elements ``index`` (any int64 positions, any order) of the direction of ``seed``, float32: equal to
+    ``direction(seed, n, kind)[index]`` for the v2 kinds, computed from the words those elements live in.
+
+    Why: a client whose forward reads only some rows of a large tensor (the token embeddings a minibatch
+    uses) perturbs only those rows, and pays for their elements, not the table's. v1 is not seekable.
+    """
+    check_kind(kind)
+    if kind == "v1":
+        raise ValueError("direction_at needs a seekable noise kind (v2-*); v1 is generated from its start")
+    idx = np.asarray(index, dtype=np.int64)
+    if idx.size and idx.min() < 0:
+        raise ValueError("element indices must be non-negative")
+    idx = idx.astype(np.uint64)
+    shift = np.uint64(6 if kind == "v2-rademacher" else 2)
+    z = (idx >> shift) + np.uint64(1)  # word index j + 1
+    z *= np.uint64(GAMMA)
+    z += np.uint64(int(seed) & _MASK64)
+    _mix64_(z, np.empty_like(z))
+    if kind == "v2-rademacher":
+        bits = (z >> (idx & np.uint64(63))) & np.uint64(1)
+        return (np.float32(1.0) - np.float32(2.0) * bits.astype(np.float32)).astype(np.float32)
+    field = (z >> (np.uint64(16) * (idx & np.uint64(3)))) & np.uint64(0xFFFF)
+    sums = sum((field >> np.uint64(4 * k)) & np.uint64(0xF) for k in range(4)).astype(np.float32)
+    return (sums - np.float32(GAUSS_CENTER)) * GAUSS_SCALE
+
+
 def directions(seeds: Sequence[int] | np.ndarray, n: int, kind: str = "v1") -> np.ndarray:
     """Stack of directions, shape (len(seeds), n). Used by the batched engine on a bounded chunk of seeds."""
     out = np.empty((len(seeds), n), dtype=np.float32)
