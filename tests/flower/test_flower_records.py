@@ -84,3 +84,14 @@ def test_fltrust_on_flower_matches_the_simulator(tmp_path):
     flower, _, digest = _flower_and_inprocess(tmp_path, "trust", **{"federation-aggregator": "fltrust",
                                                                      "federation-trust-root-samples": 32})
     assert json.loads((flower / "result.json").read_text())["weights_sha256"] == digest
+
+
+@pytest.mark.parametrize("transport", ["weights", "replay"])
+def test_pruned_run_on_flower_matches_the_simulator(tmp_path, transport):
+    """model.prune on Flower: the server and every node rebuild the same mask from the initial weights (none is
+    sent), nodes perturb only unpruned weights (replay: the node's replica masks its updates too)."""
+    flower, _, digest = _flower_and_inprocess(tmp_path, f"pruned-{transport}", **{"model-prune": 0.5, "transport": transport})
+    res = json.loads((flower / "result.json").read_text())
+    assert res["weights_sha256"] == digest and res["rounds_done"] == 3
+    unpruned, _, dense = _flower_and_inprocess(tmp_path, f"dense-{transport}", transport=transport)
+    assert dense != digest  # the mask really changed the run

@@ -39,6 +39,8 @@ from baffle.protocol import streams
 from baffle.protocol.messages import MessageError, RoundPlan, Upload
 from baffle.engine import make_engine
 from baffle.engine.threads import intra_op_threads
+from baffle.estimator import select_parameters
+from baffle.pruning import magnitude_mask
 from baffle.sim.factory import build_model_for, client_partitions, load_train
 from baffle.server.strategy import ServerStrategy
 
@@ -164,6 +166,15 @@ _partition_data = _PartitionCache(PARTITION_CACHE_BYTES)
 _WORKERS: OrderedDict[str, tuple[torch.nn.Module, Any]] = OrderedDict()
 
 
+def pruning_mask(cfg: Config, model: torch.nn.Module) -> np.ndarray | None:
+    """The run's pruning mask (``model.prune``), rebuilt by the node from ``model`` as built from the config:
+    the server takes it from the same initial weights (same seed, same ``model.init``), so no mask is sent.
+    Must be called before any round's weights are loaded into ``model``."""
+    if cfg.model.prune <= 0:
+        return None
+    return magnitude_mask(select_parameters(model, cfg.model.trainable), cfg.model.prune)
+
+
 def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
     """One model and one engine per run config and process, shared by every node this process serves.
 
@@ -175,7 +186,8 @@ def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
     if key in _WORKERS:
         _WORKERS.move_to_end(key)
     else:
-        _WORKERS[key] = (build_model_for(cfg, train), make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb))
+        model = build_model_for(cfg, train)
+        _WORKERS[key] = (model, make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, pruning_mask(cfg, model)))
         while len(_WORKERS) > 4:
             _WORKERS.popitem(last=False)
     return _WORKERS[key]
@@ -197,6 +209,8 @@ def shared_replica(cfg: Config, train: Dataset) -> tuple[ServerStrategy, dict]:
         rcfg = copy.deepcopy(cfg)
         rcfg.optim.ema_decay = 0.0  # the replica only needs the training weights, not the evaluation EMA
         replica = ServerStrategy(build_model_for(rcfg, train), rcfg)
+        if (mask := pruning_mask(rcfg, replica.model)) is not None:
+            replica.set_mask(mask)  # the replayed updates are masked as the server's are
         _REPLICAS[key] = (replica, copy.deepcopy(replica.state_dict()))
         while len(_REPLICAS) > 4:
             _REPLICAS.popitem(last=False)

@@ -46,6 +46,7 @@ from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
 from baffle.sim.evaluate import evaluate
 from baffle.engine import make_engine
+from baffle.pruning import magnitude_mask as initial_mask
 from baffle.sim.factory import attach_trust, build_model_for, load_data
 from baffle.sim.loop import CHECKPOINT_NAME, state_nbytes
 from baffle.privacy import PrivacyLedger
@@ -104,6 +105,8 @@ class ServerCore:
             torch.set_num_threads(self.cfg.run.threads)
         train, self.test = load_data(self.cfg)
         self.strategy = ServerStrategy(build_model_for(self.cfg, self.test), self.cfg)
+        if self.cfg.model.prune > 0:  # as the simulator: a fixed mask from the initial weights (nodes rebuild it)
+            self.strategy.set_mask(initial_mask(self.strategy.params, self.cfg.model.prune))
         e = self.cfg.estimator  # fltrust: the server's own root-batch K-vector, computed as a client would
         attach_trust(self.cfg, self.strategy, train, make_engine(e.engine, e.max_memory_mb, self.strategy.mask))
         self.eval_model = build_model_for(self.cfg, self.test)
