@@ -118,13 +118,17 @@ class Client:
         return FusionKey(self.model, self.engine, tuple(self.trainable), self.loss_fn)
 
     def local_train(self, plan: LocalPlan) -> WeightsUpload:
-        """Epoch-level round: several local forward-only steps with the client's own seeds and Adam.
+        """Epoch-level round: several local forward-only steps with the client's own seeds and Adam
+        (``plan.optimizer="sgd"``: plain SGD, no momentum or weight decay, as FedZO).
 
         The client reconstructs its own estimates here, and uploads weights, not scalars.
         """
         load_weights(self.model, plan.weights)
         params = estimator.select_parameters(self.model, self.trainable)
-        opt = torch.optim.Adam([p for _, p in params], lr=plan.lr, betas=(0.9, 0.99))
+        if plan.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD([p for _, p in params], lr=plan.lr)
+        else:
+            opt = torch.optim.Adam([p for _, p in params], lr=plan.lr, betas=(0.9, 0.99))
         n = estimator.num_elements(params)
         for step in range(plan.local_steps):
             seeds = noise.round_seeds(plan.run_seed, plan.round, plan.num_directions, self.client_id + 1, step + 1)

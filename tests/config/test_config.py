@@ -29,6 +29,8 @@ def _bad(*overrides):
         ("data.alpha=0", "data.alpha"),
         ("optim.name=lion", "optim.name"),
         ("optim.ema_decay=1.0", "optim.ema_decay"),
+        ("federation.local_optimizer=rmsprop", "federation.local_optimizer"),
+        ("federation.local_optimizer=sgd", "baffle_local"),
         ("run.method=sgd", "run.method"),
         ("data.name=cifar10", "data.root"),
     ],

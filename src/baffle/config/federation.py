@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from baffle.config.checks import ConfigError, choice, fraction_or_count, positive
-from baffle.config.choices import AGGREGATORS, ATTACKS, ONNX_PRECISIONS
+from baffle.config.choices import AGGREGATORS, ATTACKS, LOCAL_OPTIMIZERS, ONNX_PRECISIONS
 
 if TYPE_CHECKING:
     from baffle.config.core import Config
@@ -19,6 +19,7 @@ class FederationConfig:
     batch_size: int = 8  # per client; ZO noise is dominated by directions, not data: small batches buy more rounds
     local_steps: int = 10  # baffle_local / baffle_multistep / fedavg: local steps per round
     local_lr: float = 0.01  # baffle_local / baffle_multistep / fedavg: client learning rate
+    local_optimizer: str = "adam"  # baffle_local: adam (the paper's epoch-level mode) | sgd (plain ZO-SGD, FedZO)
     aggregator: str = "mean"
     trim_fraction: float = 0.1
     trust_root_samples: int = 64  # fltrust: size of the server's trusted root batch (drawn from the training set)
@@ -40,6 +41,9 @@ def validate(f: FederationConfig, cfg: "Config") -> None:
     positive("federation.local_steps", f.local_steps)
     if not f.local_lr > 0:
         raise ConfigError(f"federation.local_lr must be > 0, got {f.local_lr}")
+    choice("federation.local_optimizer", f.local_optimizer, LOCAL_OPTIMIZERS)
+    if f.local_optimizer != "adam" and method != "baffle_local":
+        raise ConfigError(f"federation.local_optimizer={f.local_optimizer!r} is for run.method='baffle_local', got {method!r}")
     choice("federation.aggregator", f.aggregator, AGGREGATORS)
     if method == "baffle_multistep" and f.aggregator != "mean":
         raise ConfigError(f"federation.aggregator={f.aggregator!r}: run.method='baffle_multistep' averages the clients' "

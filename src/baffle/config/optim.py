@@ -26,6 +26,7 @@ class OptimConfig:
     warmup: int = 20  # rounds of linear lr warmup from lr/warmup to lr; 0 disables
     ema_decay: float = 0.98  # EMA of weights used for evaluation; 0 disables
     ema_every: int = 1  # rounds between EMA updates
+    ema_warmup: bool = False  # torch_ema's warm-up (the paper's code): update n uses min(ema_decay, (1+n)/(10+n))
 
 
 def validate(o: OptimConfig, cfg: "Config") -> None:

@@ -1,5 +1,6 @@
 """The paper's epoch-level mode: each client takes local forward-only steps with its own seeds and uploads
-its weights (a full model, not scalars); the server averages them."""
+its weights (a full model, not scalars); the server averages them. With ``federation.local_optimizer="sgd"``
+the local steps are plain ZO-SGD: FedZO (Fang et al. 2022; local ZO-SGD steps, model uploads averaged)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class LocalZO:
         fed, c = runner.fed, runner.fed.counters
         cfg, e, f = fed.cfg, fed.cfg.estimator, fed.cfg.federation
         bs = f.batch_size
-        plan = LocalPlan(round_idx, cfg.run.seed, e.K, e.sigma, e.scheme, bs, f.local_steps, f.local_lr, runner.weights, e.noise)
+        plan = LocalPlan(round_idx, cfg.run.seed, e.K, e.sigma, e.scheme, bs, f.local_steps, f.local_lr, runner.weights, e.noise,
+                         f.local_optimizer)
         ups = [fed.clients[i].local_train(plan) for i in sampled]
         fp = forward_passes(e.K, e.scheme) * f.local_steps
         c.forward_passes += fp * len(sampled)

@@ -56,6 +56,7 @@ class LocalPlan:
     lr: float
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
     noise: str = "v1"  # direction spec of the private local-step seeds
+    optimizer: str = "adam"  # the client's local optimizer: adam | sgd (plain SGD, FedZO)
 
 
 @dataclass(frozen=True)

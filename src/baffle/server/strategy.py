@@ -37,7 +37,7 @@ class ServerStrategy:
             p.requires_grad_(any(name == n for n, _ in self.params))
         self.n = estimator.num_elements(self.params)
         self.optimizer = make_optimizer([p for _, p in self.params], cfg)
-        self.ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup) if cfg.optim.ema_decay > 0 else None
         self.mask: np.ndarray | None = None  # fixed pruning mask over the flat vector (baffle.pruning)
         self.trust: TrustAggregator | None = None  # federation.aggregator='fltrust' (baffle.server.trust)
 
@@ -49,7 +49,7 @@ class ServerStrategy:
         apply_mask(self.params, mask)
         self.mask = np.asarray(mask, dtype=bool)
         if self.ema is not None:
-            self.ema = EMA(self.model, self.ema.decay)
+            self.ema = EMA(self.model, self.ema.decay, self.ema.warmup)
 
     def set_trust(self, trust: TrustAggregator) -> None:
         self.trust = trust
