@@ -32,7 +32,6 @@ FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.c
 NOT_ON_FLOWER: dict[str, str] = {
     "run.method": "the Flower app runs the scalar-upload protocol (run.method='baffle') only",
     "data.num_clients": "the number of partitions is the nodes' num-partitions (their node config)",
-    "data.eval_train_samples": "the Flower server scores the test set only (no train_loss metric)",
     "estimator.fuse_clients": "simulator-only: each Flower node computes its own upload",
     "federation.local_steps": "local training is for run.method=baffle_local|fedavg, not run by the app",
     "federation.local_lr": "local training is for run.method=baffle_local|fedavg, not run by the app",

@@ -47,7 +47,7 @@ from baffle.server.strategy import ServerStrategy
 from baffle.sim.evaluate import evaluate
 from baffle.engine import make_engine
 from baffle.pruning import magnitude_mask as initial_mask
-from baffle.sim.factory import attach_trust, build_model_for, load_data
+from baffle.sim.factory import attach_trust, build_model_for, load_data, train_probe
 from baffle.sim.loop import CHECKPOINT_NAME, state_nbytes
 from baffle.privacy import PrivacyLedger
 from baffle.sim.rounds import make_ledger
@@ -110,6 +110,9 @@ class ServerCore:
         e = self.cfg.estimator  # fltrust: the server's own root-batch K-vector, computed as a client would
         attach_trust(self.cfg, self.strategy, train, make_engine(e.engine, e.max_memory_mb, self.strategy.mask))
         self.eval_model = build_model_for(self.cfg, self.test)
+        # the train_loss metric scores the training samples `baffle run` scores (the server loads the data set
+        # for its model and fltrust anyway); data-eval-train-samples = 0 turns it off, as in a real federation
+        self.train_probe = train_probe(self.cfg, train)
         self.t0 = time.perf_counter()
         self.counters = Counters()
         self.last: RoundResult | None = None
@@ -326,6 +329,7 @@ class ServerCore:
     def _evaluate(self, rounds_done: int) -> dict:
         load_weights(self.eval_model, self.strategy.eval_weights())
         test = evaluate(self.eval_model, self.test)
+        train_loss = evaluate(self.eval_model, self.train_probe)[1] if len(self.train_probe) else None
         t, c = self.traffic, self.counters
         c.wall_s = self.wall0 + time.perf_counter() - self.t0
         costs = per_round_costs(self.cfg, self.strategy.n, state_nbytes(self.strategy.model))
@@ -339,7 +343,7 @@ class ServerCore:
         lr = self.strategy.optimizer.param_groups[0]["lr"]
         extra.update(privacy_metrics(self.ledger))
         extra.update(self.driver_metrics)
-        row = metrics_row(rounds_done, test, None, costs, c, lr, self.last, extra)
+        row = metrics_row(rounds_done, test, train_loss, costs, c, lr, self.last, extra)
         self.rows.append(row)
         append_metrics(self.out, row)
         return row

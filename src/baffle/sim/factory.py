@@ -185,6 +185,12 @@ def build(cfg: Config) -> Federation:
         from baffle.mixed import swap_in_onnx_clients
 
         clients = swap_in_onnx_clients(cfg, clients, train, client_model, strategy.mask)
+    return Federation(cfg, train, test, strategy, clients, eval_model, train_probe(cfg, train), device)
+
+
+def train_probe(cfg: Config, train: Dataset) -> Dataset:
+    """The ``data.eval_train_samples`` training samples whose loss is the ``train_loss`` metric: the same
+    samples in ``baffle run`` and on the Flower server (empty when 0: no metric, no cost)."""
     probe_n = min(cfg.data.eval_train_samples, len(train))
     probe_idx = streams.rng(cfg.run.seed, streams.TRAIN_PROBE).choice(len(train), probe_n, replace=False)
-    return Federation(cfg, train, test, strategy, clients, eval_model, train.subset(np.sort(probe_idx)), device)
+    return train.subset(np.sort(probe_idx))
