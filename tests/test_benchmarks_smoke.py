@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +62,17 @@ def test_client_round_large_quick(tmp_path: Path) -> None:
     write_section(page, mod.BEGIN, mod.END, mod.section(res))
     text = page.read_text()
     assert mod.BEGIN in text and mod.END in text and "noise share" in text and "Load average" in text
+
+
+def test_noise_alternatives_are_the_same_spec(tmp_path: Path) -> None:
+    """Every alternative kernel the page compares is bit-identical to noise.direction (measure checks it
+    before timing), and the section reports each of them against the write-only fill."""
+    mod = load("noise_alternatives")
+    res = mod.measure(n=3 * 65536 + 100, rounds=1, reps=1)
+    assert res["n"] == 3 * 65536 + 64 and set(res["rates"]) == {*mod.variants(64, np.empty(64, np.float32)),
+                                                                   "fill (write only)", "copy (read + write)"}
+    assert all(r > 0 for r in res["rates"].values())
+    page = tmp_path / "perf.md"
+    write_section(page, mod.BEGIN, mod.END, mod.section(res))
+    text = page.read_text()
+    assert "| variant | G elements/s | of fill |" in text and text.count("rademacher:") == 4
