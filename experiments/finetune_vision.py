@@ -407,8 +407,12 @@ def render(args, res: dict) -> str:
                   "augmented minibatches, which cannot precompute states, saves. Times on a shared, loaded machine.", "",
                   markdown_table(["trained subset", "bit-identical", "stages run (cached / plain)", "step MFLOPs (cached / plain)",
                                   "step s (cached)", "step s (plain)", "speed-up", "load avg"], rows, ["left"] + ["right"] * 7), ""]
-    sens = {k: v for k, v in res.get("lr_sensitivity", {}).items()}
     main = res.get("runs", {}).get("head/baffle")
+    # only rates run at the main run's budget: a different round count is not "same everything else"
+    sens = {k: v for k, v in res.get("lr_sensitivity", {}).items() if main and v["rounds"] == main["rounds"]}
+    if main and len(sens) < len(res.get("lr_sensitivity", {})):
+        lines += [f"(Server-lr sensitivity rows measured at another round budget than the main head run's {main['rounds']} "
+                  "are not shown: rerun with `--parts lr_sensitivity` to measure them at this budget.)", ""]
     if sens and main:
         rows = [[f"{float(lr):g}" + (" (main run)" if float(lr) == s["lr"] else ""), percent(r["final_test_acc"]),
                  percent(r["best_test_acc"]), f"{r['rounds']}"]
