@@ -95,9 +95,24 @@ def default_recipe_table() -> str:
     lines = table_lines(["client kind", "federation", "rounds", *[f"acc % @ {m}" for m in marks], "final %", "best %",
                          "vs torch float (points)", "wall s"], rows)
     extra = [s for s in runs[0][1]["settings"] if not s.startswith(("federation.onnx", "model.prune", "run.method"))]
-    return "\n".join(lines) + ("\n\nDefault `baffle run` recipe (lenet_small 14x14, K=20, batch 8, whole MNIST test set), one seed; "
+    return "\n".join(lines) + sigma_pair_table() + ("\n\nDefault `baffle run` recipe (lenet_small 14x14, K=20, batch 8, whole MNIST test set), one seed; "
                                "overrides: `" + " ".join(extra) + "`. Wall times depend on the "
                                "shared machine's load.")
+
+
+def sigma_pair_table() -> str:
+    """int8 vs torch float on the default recipe at sigma = 1e-2, the sigma the int8 rule asks for."""
+    pair = [(label, _load(ACC / "default_recipe" / f"{run}.json"))
+            for label, run in (("torch float", "torch_float_sigma1e-2"), ("ONNX Runtime int8", "onnx_int8_sigma1e-2"))]
+    if not all(acc for _, acc in pair):
+        return ("\n\nAt sigma = 1e-2 (the int8 rule): not run yet (`python experiments/inference_accuracy.py --recipe "
+                "default --runs torch_float_sigma1e-2,onnx_int8_sigma1e-2`).")
+    ref = pair[0][1]["summary"]["final_test_acc"]
+    rows = [[label, acc["summary"]["rounds"], f"{100 * acc['summary']['final_test_acc']:.2f}",
+             f"{100 * acc['summary']['best_test_acc']:.2f}", f"{100 * (acc['summary']['final_test_acc'] - ref):+.2f}", acc["wall_s"]]
+            for label, acc in pair]
+    return "\n\nThe same pair at sigma = 1e-2 (the int8 rule; every other setting as above):\n\n" + "\n".join(
+        table_lines(["client kind", "rounds", "final %", "best %", "vs torch float at sigma 1e-2 (points)", "wall s"], rows))
 
 
 def _first_history() -> list[dict]:
