@@ -10,6 +10,7 @@ same ``Upload`` message, validated and aggregated by the unchanged server.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,12 @@ from baffle.data.dataset import Dataset
 from baffle.export import export_onnx, numpy_weights
 from baffle.protocol.messages import RoundPlan
 from baffle.onnx_client import OnnxClient
+
+log = logging.getLogger(__name__)
+
+#: the smallest sigma at which int8 clients' loss differences stay above their own rounding once the model has
+#: trained a little (experiments/int8_sigma.py; docs/inference-clients.md, "the sigma rule")
+INT8_MIN_SIGMA = 1e-2
 
 
 def onnx_client_ids(cfg: Config) -> list[int]:
@@ -36,6 +43,10 @@ def swap_in_onnx_clients(
     ids = onnx_client_ids(cfg)
     if not ids:
         return list(clients)
+    if cfg.federation.onnx_precision == "int8" and cfg.estimator.sigma < INT8_MIN_SIGMA:
+        log.warning("int8 clients with estimator.sigma=%g: below %g their loss differences drown in int8 rounding once "
+                    "the model has trained (docs/inference-clients.md, the sigma rule); set estimator.sigma=%g",
+                    cfg.estimator.sigma, INT8_MIN_SIGMA, INT8_MIN_SIGMA)
     graph = export_onnx(model, tuple(train.x.shape[1:]))
     x, y = train.x.numpy(), train.y.numpy()  # shared views, no copy
     out = list(clients)

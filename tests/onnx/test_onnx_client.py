@@ -253,6 +253,16 @@ def test_mixed_torch_and_onnx_federation_trains():
     assert summary["rejected_uploads"] == 0
 
 
+@pytest.mark.parametrize("sigma, warned", [(1e-3, True), (1e-2, False)])
+def test_int8_clients_below_the_sigma_rule_are_warned(caplog, sigma, warned):
+    """The documented rule (int8 clients need sigma >= 1e-2) is said where a user sets it up, once, naming the key."""
+    cfg = _mixed(1, **{"federation.onnx_clients": 1.0, "federation.onnx_precision": "int8", "estimator.sigma": sigma})
+    with caplog.at_level("WARNING", logger="baffle.mixed"):
+        Simulation(cfg, None, progress=False)
+    hits = [r.getMessage() for r in caplog.records if r.name == "baffle.mixed"]
+    assert len(hits) == int(warned) and all("estimator.sigma=0.01" in h for h in hits)
+
+
 def test_mixed_round_equals_all_torch_round():
     """Same seeds, same batches: swapping torch clients for ONNX ones changes the update by float noise only."""
     results = []
