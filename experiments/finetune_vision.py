@@ -69,6 +69,15 @@ SUBSETS = {
 }
 
 
+#: the forward-only head trained by each client runtime (issue 15 item 5: inference-only clients on a real network)
+#: (every run here is without augmentation; data.augment=none says so to the config check ONNX clients need)
+CLIENT_KINDS: dict[str, tuple[str, ...]] = {
+    "torch float": ("data.augment=none",),
+    "ONNX Runtime float": ("data.augment=none", "federation.onnx_clients=1.0"),
+    "ONNX Runtime int8": ("data.augment=none", "federation.onnx_clients=1.0", "federation.onnx_precision=int8"),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="efficientnet_lite0")
@@ -92,8 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run (CI): small subsets, few rounds")
     ap.add_argument("--fresh", action="store_true", help="ignore saved parts and start over")
-    ap.add_argument("--parts", default="resolution,features,runs,prefix_cache,lr_sensitivity",
+    ap.add_argument("--parts", default="resolution,features,runs,prefix_cache,lr_sensitivity,client_kinds",
                     help="which parts to run (the rest are kept as saved; 'none' rewrites the page from the JSON)")
+    ap.add_argument("--kinds-rounds", type=int, default=2000,
+                    help="rounds of the client-kind runs (forward-only head with torch, ONNX float and ONNX int8 clients)")
     ap.add_argument("--sensitivity-lrs", default="0.003,0.03", help="server lrs of the forward-only head's sensitivity check")
     ap.add_argument("--out", default="", help="write the JSON and Markdown here instead of the committed places")
     args = ap.parse_args(argv)
@@ -101,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train, args.test, args.sweep_train, args.sweep_test = 100, 60, 60, 40
         args.resolutions, args.resolution, args.cache_K = "32,64", 64, 4
         args.rounds, args.K = "head=6,top BN + head=6,top conv + head=4", "head=4,top BN + head=4,top conv + head=4"
+        args.kinds_rounds = 4
     for opt in ("rounds", "K"):
         try:
             value = {k.strip(): int(v) for k, v in (kv.split("=") for kv in getattr(args, opt).split(","))}
@@ -245,10 +257,11 @@ def on_states(args, train: Dataset, test: Dataset, cut: str):
         factory.load_data, factory.build_model_for, factory.augment_cifar = saved
 
 
-def federated(args, method: str, subset: str, train: Dataset, test: Dataset, lr: float | None = None) -> dict:
+def federated(args, method: str, subset: str, train: Dataset, test: Dataset, lr: float | None = None,
+              extra: tuple[str, ...] = (), rounds: int | None = None) -> dict:
     cut, patterns = SUBSETS[subset]
     lr = args.lr if lr is None else lr
-    rounds = args.rounds_by_subset[subset]
+    rounds = rounds or args.rounds_by_subset[subset]
     cfg = Config()
     cfg.apply_overrides([
         f"data.name={args.data}", f"data.root={args.root}", "data.image_size=0", f"model.name={args.model}",
@@ -256,7 +269,7 @@ def federated(args, method: str, subset: str, train: Dataset, test: Dataset, lr:
         f"data.num_clients={args.clients}", f"run.rounds={rounds}", f"run.eval_every={max(1, rounds // 8)}",
         "run.threads=1", f"run.seed={args.seed}", f"estimator.K={args.K_by_subset[subset]}", f"estimator.sigma={args.sigma}",
         "estimator.engine=batched", f"estimator.noise={args.noise}", f"federation.batch_size={args.batch}", f"optim.lr={lr}", "run.checkpoint_every=0",
-        f"data.eval_train_samples={min(1000, len(train))}",
+        f"data.eval_train_samples={min(1000, len(train))}", *extra,
     ])
     t0 = time.perf_counter()
     curve: list[list[float]] = []
@@ -422,6 +435,21 @@ def render(args, res: dict) -> str:
                   "Forward-only head runs at other rates, same everything else, to show how much of the gap tuning could "
                   "close (read on the test set, so not used to pick the main row):", "",
                   markdown_table(["server lr", "final test acc (%)", "best (%)", "rounds"], rows, ["left", "right", "right", "right"]), ""]
+    kinds = {k: v for k, v in res.get("client_kinds", {}).items() if k in CLIENT_KINDS}
+    if kinds:
+        ref = kinds.get("torch float")
+        rows = [[k, percent(r["final_test_acc"]), percent(r["best_test_acc"]), f"{r['rounds']}",
+                 f"{100 * (r['final_test_acc'] - ref['final_test_acc']):+.2f}" if ref else "-",
+                 f"{1e3 * r['wall_s'] / r['rounds']:.1f}", f"{r['load_avg']:.1f}"] for k, r in kinds.items()]
+        lines += ["## Inference-only clients on the pretrained network", "",
+                  f"The forward-only head (cached states, K={args.K_by_subset['head']}, sigma={args.sigma}, every other "
+                  "setting as the main head run) with every client a torch client, an ONNX Runtime float client or an "
+                  "ONNX Runtime int8 client (`federation.onnx_clients=1.0`, `federation.onnx_precision`; the tail is "
+                  "exported once, weights fed as inputs each round). Same seeds and minibatches for every kind. "
+                  "Wall ms / round covers all clients and the server, on the shared machine (load alongside). "
+                  "Goal (issue 15): int8 within 2 points of float torch.", "",
+                  markdown_table(["client kind", "final test acc (%)", "best (%)", "rounds", "vs torch float (points)",
+                                  "wall ms / round", "load avg"], rows, ["left"] + ["right"] * 6), ""]
     short = [f"- {k}: {r['rounds']} rounds; test accuracy rose {100 * (r['curve'][-1][1] - half_way(r['curve'], r['rounds'])[1]):.1f} "
              f"points from round {half_way(r['curve'], r['rounds'])[0]} to the end, so it was still improving when the budget stopped it."
              for k, r in res.get("runs", {}).items() if still_improving(r["curve"], r["rounds"])]
@@ -474,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
         if fresh(res["resolution"], r, part_key(args, "resolution")):
             res["resolution"][r] = {**sweep_resolution(args, train, test, int(r)), "key": part_key(args, "resolution")}
             save(f"resolution {r}")
-    if parts & {"features", "runs", "lr_sensitivity"}:
+    if parts & {"features", "runs", "lr_sensitivity", "client_kinds"}:
         tr, te, info = feature_cache(args, train, test)
         res["features"] = info
     if "features" in parts and fresh(res, "linear_probe", part_key(args, "linear_probe")):
@@ -500,6 +528,14 @@ def main(argv: list[str] | None = None) -> None:
             cut = SUBSETS["head"][0]
             sens[str(lr)] = {**federated(args, "baffle", "head", as_dataset(train, tr[cut]), as_dataset(test, te[cut]), lr=lr), "key": key}
             save(f"lr sensitivity {lr}")
+    kinds = res.setdefault("client_kinds", {})
+    for kind, extra in CLIENT_KINDS.items() if "client_kinds" in parts else []:
+        key = part_key(args, "runs", "head") | {"rounds": args.kinds_rounds, "extra": list(extra)}
+        if fresh(kinds, kind, key):
+            cut = SUBSETS["head"][0]
+            kinds[kind] = {**federated(args, "baffle", "head", as_dataset(train, tr[cut]), as_dataset(test, te[cut]),
+                                       extra=extra, rounds=args.kinds_rounds), "key": key}
+            save(f"client kind {kind}")
     save("all")
     print(md_path.read_text())
 

@@ -137,3 +137,26 @@ def test_every_key_is_listed_once():
     assert len(keys) == len(set(keys)) and "estimator.K" in keys and "privacy.delta" in keys
     cfg = Config()
     assert all(cfg.get(k) == getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in keys)
+
+
+def test_data_augment_decides_cifar_augmentation_and_onnx_clients_need_it_off():
+    """data.augment=auto augments CIFAR sets only; 'none' turns it off, which is what ONNX clients (no torch
+    augmentation) need on CIFAR; the refusal names the key to set."""
+    from baffle.config.data import augments
+
+    cifar = ["data.name=cifar10_jpeg", "data.root=x.tar.gz", "model.name=cnn_cifar_small", "data.image_size=0"]
+    cfg = Config()
+    cfg.apply_overrides(cifar)
+    assert augments(cfg.validate().data)
+    cfg.apply_overrides(["data.augment=none"])
+    assert not augments(cfg.validate().data)
+    assert not augments(Config().validate().data)  # mnist: nothing to augment
+    cfg.apply_overrides(["federation.onnx_clients=1.0"])
+    cfg.validate()  # ONNX clients on CIFAR without augmentation: accepted
+    cfg.apply_overrides(["data.augment=auto"])
+    with pytest.raises(ConfigError, match="data.augment='none'"):
+        cfg.validate()
+    bad = Config()
+    bad.apply_overrides(["data.augment=random"])
+    with pytest.raises(ConfigError, match="data.augment='random' is not valid"):
+        bad.validate()

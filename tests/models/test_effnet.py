@@ -253,6 +253,9 @@ def test_finetune_vision_quick_smoke(tmp_path, monkeypatch):
     assert all(v["bit_identical"] for k, v in res["prefix_cache"].items() if k != "key")
     md = (tmp_path / "out" / "finetune-vision.md").read_text()
     assert "## Results" in md and "forward-only (baffle)" in md
+    assert set(res["client_kinds"]) == set(fv.CLIENT_KINDS)  # the same head with torch, ONNX float and int8 clients
+    assert all(r["upload_bytes_per_client_per_round"] == 16 + 4 * 4 for r in res["client_kinds"].values())
+    assert "## Inference-only clients on the pretrained network" in md
     before = (tmp_path / "out" / "finetune_vision.json").read_text()
     fv.main(argv)  # resumes: every part saved with an unchanged key is kept as it was
     after = json.loads((tmp_path / "out" / "finetune_vision.json").read_text())

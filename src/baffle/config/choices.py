@@ -19,6 +19,7 @@ DATASET_NAMES: tuple[str, ...] = tuple(NUM_CLASSES) + ("imagefolder",)  # imagef
 TEXT_DATASETS: tuple[str, ...] = ("vader",)  # sentences as token ids + mask (baffle.data.text): the text models' input
 PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shard", "domain")  # domain: the data's natural groups (vader)
 TRANSFORMS: tuple[str, ...] = ("none", "invert", "rotate90", "hflip")
+AUGMENTS: tuple[str, ...] = ("auto", "none")  # data.augment: auto = the paper's CIFAR augmentation on CIFAR sets
 
 # [model]
 VISION_MODEL_NAMES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_tiny")  # pretrained EfficientNet-Lite (baffle.vision): RGB images

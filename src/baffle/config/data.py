@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 from baffle.config.checks import ConfigError, choice, nonneg, positive
-from baffle.config.choices import DATASET_NAMES, NUM_CLASSES, PARTITION_SCHEMES, TEXT_DATASETS, TRANSFORMS
+from baffle.config.choices import AUGMENTS, DATASET_NAMES, NUM_CLASSES, PARTITION_SCHEMES, TEXT_DATASETS, TRANSFORMS
 
 if TYPE_CHECKING:
     from baffle.config.core import Config
@@ -25,7 +25,14 @@ class DataConfig:
     test_subset: int = 0  # 0 = the whole test set
     eval_train_samples: int = 2000  # training samples the simulator scores for the train_loss metric (0: no train_loss)
     transform: str = "none"  # fixed image transform of the task: none | invert | rotate90 | hflip (baffle.data.tasks)
+    augment: str = "auto"  # auto: pad-4 random crop + flip on CIFAR sets (the paper's), nothing elsewhere | none: never
     classes: list[int] = field(default_factory=list)  # keep only these labels, relabelled 0..len-1; empty = all
+
+
+def augments(d: DataConfig) -> bool:
+    """Whether clients augment their minibatches (``baffle.data.augment.augment_cifar``): the one rule the simulator,
+    the Flower nodes and the config checks share."""
+    return d.augment == "auto" and d.name.startswith("cifar")
 
 
 def check_classes(classes: Sequence[int], num_classes: int, key: str = "data.classes") -> None:
@@ -55,6 +62,7 @@ def validate(d: DataConfig, cfg: "Config") -> None:
     nonneg("data.test_subset", d.test_subset)
     nonneg("data.eval_train_samples", d.eval_train_samples)
     choice("data.transform", d.transform, TRANSFORMS)
+    choice("data.augment", d.augment, AUGMENTS)
     if d.classes and d.name in NUM_CLASSES:  # imagefolder: checked when the data is loaded
         check_classes(d.classes, NUM_CLASSES[d.name])
     if d.name in ("cifar10", "cifar100") and not d.root:

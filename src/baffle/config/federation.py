@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from baffle.config.checks import ConfigError, choice, fraction_or_count, positive
 from baffle.config.choices import AGGREGATORS, ATTACKS, LOCAL_OPTIMIZERS, ONNX_PRECISIONS
+from baffle.config.data import augments
 
 if TYPE_CHECKING:
     from baffle.config.core import Config
@@ -71,8 +72,8 @@ def validate(f: FederationConfig, cfg: "Config") -> None:
     choice("federation.onnx_precision", f.onnx_precision, ONNX_PRECISIONS)
     if f.onnx_clients > 0 and method != "baffle":
         raise ConfigError(f"federation.onnx_clients is implemented for scalar-upload rounds: it needs run.method='baffle', got {method!r}")
-    if f.onnx_clients > 0 and cfg.data.name.startswith("cifar"):
+    if f.onnx_clients > 0 and augments(cfg.data):
         raise ConfigError(
             f"federation.onnx_clients with data.name={cfg.data.name!r}: ONNX clients do not run the CIFAR "
-            "augmentation (torch); use mnist, fashion_mnist or synthetic"
+            "augmentation (torch); set data.augment='none' or use mnist, fashion_mnist or synthetic"
         )

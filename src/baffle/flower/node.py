@@ -31,6 +31,7 @@ import torch
 
 from baffle.client import Client, load_weights
 from baffle.config import Config
+from baffle.config.data import augments
 from baffle.data.augment import augment_cifar
 from baffle.data.cache import cache_dir, cached_arrays
 from baffle.data.dataset import Dataset
@@ -239,7 +240,7 @@ class Node:
             seed=client_seed(cfg.run.seed, ident.partition_id),
             trainable=cfg.model.trainable,
             engine=engine,
-            transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
+            transform=augment_cifar if augments(cfg.data) else None,
         )
         # run.threads, or the rule of baffle.engine.threads for this node's one client
         torch.set_num_threads(intra_op_threads(cfg, self.model, self.client.engine, tuple(train.x.shape[1:]), 1))

@@ -26,6 +26,7 @@ from baffle.records import checkpoint
 from baffle.client import Client, load_weights
 from baffle.config import Config
 from baffle.config.run import resolve_device
+from baffle.config.data import augments
 from baffle.engine import Engine, make_engine
 from baffle.engine.threads import chunk_workers, intra_op_threads
 from baffle.data.augment import augment_cifar
@@ -124,7 +125,7 @@ def make_client(cfg: Config, client_id: int, train: Dataset, indices: np.ndarray
         seed=streams.client_seed(cfg.run.seed, client_id),
         trainable=cfg.model.trainable,
         engine=engine,
-        transform=augment_cifar if cfg.data.name.startswith("cifar") else None,
+        transform=augment_cifar if augments(cfg.data) else None,
     )
 
 
