@@ -41,7 +41,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from baffle.records.results import results_dir, write_json, write_section  # noqa: E402
+from baffle.records.results import best_time, results_dir, write_json, write_section  # noqa: E402
 from baffle.records.tables import markdown_table, yes_no  # noqa: E402
 
 OUT = results_dir(__file__) / "ceiling.json"
@@ -54,18 +54,6 @@ CONVS = (("conv 3x3 64->64", 32, 64, 64, 56, 3), ("conv 3x3 128->128", 16, 128, 
          ("conv 5x5 32->64", 32, 32, 64, 28, 5))
 QUICK_CONVS = (("conv 3x3 64->64", 4, 64, 64, 28, 3), ("conv 1x1 64->256", 4, 64, 256, 28, 1),
                ("conv 5x5 32->64", 4, 32, 64, 14, 5))
-
-
-def best_time(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
-    """Best wall time of ``fn`` over ``reps`` calls after ``warmup`` untimed ones (the least disturbed run)."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def conv_rate(batch: int, cin: int, cout: int, size: int, k: int, channels_last: bool, reps: int) -> tuple[float, str]:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baffle.protocol import noise  # noqa: E402
-from baffle.records.results import results_dir, write_json, write_section  # noqa: E402
+from baffle.records.results import best_time, results_dir, write_json, write_section  # noqa: E402
 from baffle.records.tables import markdown_table  # noqa: E402
 
 OUT = results_dir(__file__) / "noise_alternatives.json"
@@ -93,13 +92,7 @@ def variants(n: int, out: np.ndarray) -> dict[str, tuple[str, Callable[[], None]
 
 
 def best_rate(fn: Callable[[], None], n: int, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+    return n / best_time(fn, reps, warmup=1)
 
 
 def measure(n: int, rounds: int, reps: int) -> dict:

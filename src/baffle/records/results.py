@@ -17,8 +17,9 @@ would fail to parse.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from baffle.records.checkpoint import atomic_write_bytes
 
@@ -51,3 +52,16 @@ def write_section(path: str | Path, begin: str, end: str, section: str, title: s
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     write_text(path, text)
+
+
+def best_time(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
+    """Best wall time of ``fn`` over ``reps`` calls after ``warmup`` untimed ones: on a shared machine the least
+    disturbed call is the closest to what the code costs (the benchmarks record the load beside it)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
