@@ -268,6 +268,7 @@ class ServerCore:
         self.traffic.up_bytes += up_bytes
         self.traffic.up_msgs += len(uploads)
         result = ingest_uploads(self.strategy, uploads, round_idx, expected)
+        result.sampled = len(expected)  # the round_sampled column, as baffle run writes it
         fp = forward_passes(self.cfg.estimator.K, self.cfg.estimator.scheme)
         self._count(result, answered=len(uploads), samples=sum(u.num_samples for u in result.valid),
                     upload_bytes=sum(u.nbytes for u in uploads if isinstance(u, Upload)), fp=fp,

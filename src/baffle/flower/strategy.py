@@ -75,7 +75,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 class BaffleStrategy(Strategy):
     def __init__(self, core: ServerCore):
         self.core = core
-        self._sampled: dict[int, set[int]] = {}
+        self._sampled: dict[int, list[int]] = {}  # round -> the partitions sampled, in the order baffle run steps them
 
     def summary(self) -> None:
         c = self.core.cfg
@@ -88,7 +88,7 @@ class BaffleStrategy(Strategy):
         r = server_round - 1
         refresh_nodes(self.core, grid, self.core.opts.round_timeout_s)
         picked = self.core.sample(r)
-        self._sampled[r] = {p for p, _ in picked}
+        self._sampled[r] = [p for p, _ in picked]
         out = []
         for _, nid in picked:
             content = records.to_records(self.core.plan_payload(r, nid))
@@ -112,7 +112,13 @@ class BaffleStrategy(Strategy):
                 uploads.append(records.upload_from_records(reply.content, pid))
             except MessageError as e:
                 self.core.node_failed(nid, r, str(e))
-        result = self.core.ingest(r, uploads, self._sampled.pop(r, set()), up_bytes)
+        # Replies arrive in whatever order the nodes answered; the aggregate is a float sum, so hand the uploads
+        # over in the sampled order `baffle run` uses (a different order changes the sum's last bit now and then:
+        # a 3,000-round run diverged at round 2,777 before this)
+        order = self._sampled.pop(r, [])
+        rank = {p: i for i, p in enumerate(order)}
+        uploads.sort(key=lambda u: rank.get(u.client_id, len(rank)))
+        result = self.core.ingest(r, uploads, set(order), up_bytes)
         metrics = MetricRecord({"accepted": result.accepted, "rejected": len(result.rejected), "skipped": int(result.skipped), "grad-norm": float(result.grad_norm)})
         return ArrayRecord(self.core.strategy.global_weights()), metrics
 
