@@ -44,7 +44,7 @@ from baffle.records.metrics import (Counters, append_metrics, make_summary, metr
                                     truncate_metrics)
 from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
-from baffle.sim.evaluate import evaluate
+from baffle.sim.evaluate import evaluate, probe_loss
 from baffle.engine import make_engine
 from baffle.pruning import magnitude_mask as initial_mask
 from baffle.sim.factory import attach_trust, build_model_for, load_data, train_probe
@@ -330,7 +330,7 @@ class ServerCore:
     def _evaluate(self, rounds_done: int) -> dict:
         load_weights(self.eval_model, self.strategy.eval_weights())
         test = evaluate(self.eval_model, self.test)
-        train_loss = evaluate(self.eval_model, self.train_probe)[1] if len(self.train_probe) else None
+        train_loss = probe_loss(self.eval_model, self.train_probe)
         t, c = self.traffic, self.counters
         c.wall_s = self.wall0 + time.perf_counter() - self.t0
         costs = per_round_costs(self.cfg, self.strategy.n, state_nbytes(self.strategy.model))

@@ -22,3 +22,9 @@ def evaluate(model: torch.nn.Module, data: Dataset, batch_size: int = 1000) -> t
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     return correct / len(data), total_loss / len(data)
+
+
+def probe_loss(model: torch.nn.Module, probe: Dataset) -> float | None:
+    """The ``train_loss`` metric: mean loss on the training probe (``sim.factory.train_probe``), None when the
+    probe is empty (``data.eval_train_samples = 0``: no metric, no cost). ``baffle run`` and the Flower server."""
+    return evaluate(model, probe)[1] if len(probe) else None

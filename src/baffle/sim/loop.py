@@ -15,7 +15,7 @@ from baffle.client import load_weights
 from baffle.config import Config
 from baffle.records.metrics import (Counters, append_metrics, make_summary, metrics_row, privacy_metrics,
                                     read_metrics, truncate_metrics)
-from baffle.sim.evaluate import evaluate
+from baffle.sim.evaluate import evaluate, probe_loss
 from baffle.sim.factory import build
 from baffle.sim.rounds import RoundRunner
 from baffle.sim.sampling import sample_clients
@@ -89,8 +89,7 @@ class Simulation:
         fed = self.fed
         load_weights(fed.eval_model, fed.strategy.eval_weights())
         test = evaluate(fed.eval_model, fed.test)
-        # data.eval_train_samples = 0 turns the train-loss probe off (no metric, no cost)
-        train_loss = evaluate(fed.eval_model, fed.train_probe)[1] if len(fed.train_probe) else None
+        train_loss = probe_loss(fed.eval_model, fed.train_probe)
         costs = self.runner.method.per_round_costs(self.cfg, fed.strategy.n, state_nbytes(fed.strategy.model))
         lr = fed.strategy.optimizer.param_groups[0]["lr"]
         return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last, privacy_metrics(self.runner.ledger))
