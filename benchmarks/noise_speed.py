@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baffle import noise_torch  # noqa: E402
-from baffle.protocol import noise  # noqa: E402
+from baffle.protocol import noise, noise_kernel  # noqa: E402
 from baffle.records.results import results_dir, write_json, write_section  # noqa: E402
 from baffle.records.tables import markdown_table  # noqa: E402
 
@@ -69,7 +69,9 @@ def measure(sizes: tuple[int, ...], min_total: float) -> dict:
         tdst = torch.empty(n)
         fns = {("copy", "numpy"): lambda: np.copyto(dst, src)}
         for kind in noise.KINDS:
-            fns[(kind, "numpy")] = lambda kind=kind: noise.direction(SEED, n, kind, out=dst)
+            if kind != "v1" and noise_kernel.available():
+                fns[(kind, "kernel")] = lambda kind=kind: noise.direction(SEED, n, kind, out=dst)
+            fns[(kind, "numpy")] = lambda kind=kind: noise.direction(SEED, n, kind, out=dst, impl="numpy")
             fns[(kind, "torch")] = lambda kind=kind: noise_torch.direction(SEED, n, kind, out=tdst, impl="torch")
         for f in fns.values():  # warm-up: caches, constant tensors, page faults
             f()
@@ -83,7 +85,7 @@ def measure(sizes: tuple[int, ...], min_total: float) -> dict:
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"numpy {np.__version__}, 1 thread",
-        "load_start": load_start, "load_end": os.getloadavg(), "rows": rows,
+        "load_start": load_start, "load_end": os.getloadavg(), "rows": rows, "kernel": noise_kernel.status(),
     }
 
 
@@ -100,8 +102,10 @@ def section(res: dict) -> str:
     big = max(copy)
     goal_rows = []
     for kind, goal in GOALS.items():
-        for backend in ("numpy", "torch"):
-            r = next(x for x in rows if x["n"] == big and x["kind"] == kind and x["backend"] == backend)
+        for backend in ("kernel", "numpy", "torch"):
+            r = next((x for x in rows if x["n"] == big and x["kind"] == kind and x["backend"] == backend), None)
+            if r is None:
+                continue
             goal_rows.append([f"{kind}, {backend}, n={big:,}", f"{r['elements_per_s'] / 1e9:.2f} G/s",
                               f"{goal / 1e9:.0f} G/s", "yes" if r["elements_per_s"] >= goal else "**no**"])
     ls, le = res["load_start"], res["load_end"]
@@ -116,10 +120,13 @@ def section(res: dict) -> str:
         "",
         "Each call fills a preallocated float32 buffer; `copy` is `np.copyto` of n float32 in the same process "
         "(read + write, the memory-speed ceiling for producing n floats); `% copy` is generation rate over copy rate. "
-        "v1 in torch is the numpy generator plus a copy (v1 is defined by numpy's code); `torch` rows for v2 are the "
-        "torch kernels (`impl=\"torch\"`, what runs on CUDA); on CPU the torch client uses the numpy generator "
-        "(`impl=\"auto\"`), which writes straight into the tensor. CUDA: not measured yet; `benchmarks/gpu_check.sh` "
-        "(bit-identity of v2 on CUDA vs numpy, device speed) is prepared but has not run on a GPU.",
+        "Backends: `kernel` is the compiled one-pass C kernel (`src/baffle/protocol/noise_kernel.c`, built by "
+        "`pip install -e .`; what every CPU client and the server use when it is built; this run: "
+        f"{res.get('kernel', 'not recorded')}); `numpy` the numpy reference (`impl=\"numpy\"`, the fallback without a "
+        "C compiler, and what the kernel is tested bit-identical to); `torch` rows for v2 are the torch kernels "
+        "(`impl=\"torch\"`, what runs on CUDA); v1 in torch is the numpy generator plus a copy (v1 is defined by "
+        "numpy's code). CUDA: not measured yet; `benchmarks/gpu_check.sh` (bit-identity of v2 on CUDA vs numpy, "
+        "device speed) is prepared but has not run on a GPU.",
         "",
         markdown_table(["n", "kind", "backend", "M elements/s", "copy M elements/s", "% copy", "load"], table,
                        ["right", None, None, "right", "right", "right", "right"]),

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from baffle.protocol import noise as spec
+from baffle.protocol import noise_kernel
 
 BLOCK = 1 << 16  # elements per block: 256 KiB of float32, so a block and its accumulator stay in L2
 
@@ -53,6 +54,9 @@ def _reconstruct_v1(d: np.ndarray, seeds: Sequence[int] | np.ndarray, sigma: flo
 
 def _accumulate_block(coef: np.ndarray, seeds: Sequence[int], kind: str, start: int, out: np.ndarray) -> None:
     """out = sum_k coef[k] * eps_k[start : start + len(out)] in float32, in seed order."""
+    if noise_kernel.available():  # the same float32 products and sums, one pass, GIL released
+        noise_kernel.accumulate(coef, np.asarray(seeds, dtype=np.uint64), kind, start, out)
+        return
     eps = np.empty_like(out)
     out.fill(0.0)
     for c, s in zip(coef, seeds):

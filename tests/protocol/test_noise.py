@@ -1,5 +1,6 @@
 """The noise generator is the protocol: it must be pinned and identical across processes."""
 
+import functools
 import subprocess
 import sys
 
@@ -74,6 +75,8 @@ V2_RADEMACHER_60 = [1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 1.0]
 V2_RADEMACHER_1E12_5 = [1.0, 1.0, -1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
 V2_KINDS = ("v2-gauss", "v2-rademacher")
 M64 = (1 << 64) - 1
+# "auto" is the compiled kernel where it is built (tests/protocol/test_noise_kernel.py), "numpy" the reference.
+IMPLS = ("numpy", "auto")
 
 
 def splitmix64(seed: int, count: int) -> list[int]:
@@ -96,33 +99,39 @@ def reference_element(words: list[int], kind: str, i: int) -> float:
     return float(np.float32(s) * np.uint32(0x3DDE2305).view(np.float32))
 
 
-def test_v2_pinned_test_vectors():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_v2_pinned_test_vectors(impl):
+    direction = functools.partial(noise.direction, impl=impl)
     assert [int(w) for w in noise.words(V2_SEED, 0, 3)] == V2_WORDS_0
     assert [int(w) for w in noise.words(V2_SEED, 10**12, 2)] == V2_WORDS_1E12
-    assert noise.direction(V2_SEED, 8, "v2-gauss").tolist() == V2_GAUSS_0
-    assert noise.direction(V2_SEED, 8, "v2-gauss", offset=10**9).tolist() == V2_GAUSS_1E9
-    assert noise.direction(V2_SEED, 70, "v2-rademacher")[60:].tolist() == V2_RADEMACHER_60
-    assert noise.direction(V2_SEED, 8, "v2-rademacher", offset=10**12 + 5).tolist() == V2_RADEMACHER_1E12_5
+    assert direction(V2_SEED, 8, "v2-gauss").tolist() == V2_GAUSS_0
+    assert direction(V2_SEED, 8, "v2-gauss", offset=10**9).tolist() == V2_GAUSS_1E9
+    assert direction(V2_SEED, 70, "v2-rademacher")[60:].tolist() == V2_RADEMACHER_60
+    assert direction(V2_SEED, 8, "v2-rademacher", offset=10**12 + 5).tolist() == V2_RADEMACHER_1E12_5
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("seed", [0, 1, V2_SEED, M64])
-def test_v2_matches_the_written_spec(seed):
+def test_v2_matches_the_written_spec(seed, impl):
+    direction = functools.partial(noise.direction, impl=impl)
     words = splitmix64(seed, 300)
     assert [int(w) for w in noise.words(seed, 0, 300)] == words
     assert [int(w) for w in noise.words(seed, 123, 7)] == words[123:130]
     for kind in V2_KINDS:
         n = 64 * 300 if kind == "v2-rademacher" else 1200
-        assert noise.direction(seed, n, kind).tolist() == [reference_element(words, kind, i) for i in range(n)]
+        assert direction(seed, n, kind).tolist() == [reference_element(words, kind, i) for i in range(n)]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", V2_KINDS)
-def test_v2_any_range_without_its_prefix(kind):
+def test_v2_any_range_without_its_prefix(kind, impl):
+    direction = functools.partial(noise.direction, impl=impl)
     block = noise.BLOCK
-    full = noise.direction(V2_SEED, 3 * block + 333, kind)
+    full = direction(V2_SEED, 3 * block + 333, kind)
     for offset, n in [(0, 1), (1, 63), (63, 66), (64, 128), (5, block), (block - 3, block + 7), (2 * block + 1, block + 300)]:
-        assert np.array_equal(noise.direction(V2_SEED, n, kind, offset=offset), full[offset : offset + n])
+        assert np.array_equal(direction(V2_SEED, n, kind, offset=offset), full[offset : offset + n])
     out = np.zeros(100, dtype=np.float32)
-    assert noise.direction(V2_SEED, 100, kind, offset=7, out=out) is out and np.array_equal(out, full[7:107])
+    assert direction(V2_SEED, 100, kind, offset=7, out=out) is out and np.array_equal(out, full[7:107])
 
 
 @pytest.mark.parametrize("kind", V2_KINDS)

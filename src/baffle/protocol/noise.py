@@ -66,6 +66,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from baffle.config.choices import NOISE_KINDS as KINDS  # the one list of kinds (torch-free)
+from baffle.protocol import noise_kernel
 
 NOISE_SPEC = "baffle-noise-v1"
 
@@ -214,6 +215,8 @@ def direction(
     offset: int = 0,
     out: np.ndarray | None = None,
     scale: float | None = None,
+    *,
+    impl: str = "auto",
 ) -> np.ndarray:
     """Elements [offset, offset + n) of the direction of ``seed``, float32 (see the module docstring).
 
@@ -222,13 +225,17 @@ def direction(
     ``scale`` returns float32(scale) * eps instead (the float32 product of each element), which for
     v2-rademacher costs nothing extra: it is a sign table of +-scale. The server's reconstruction and a
     client's sigma * eps use it to save a pass over the data.
+    ``impl``: "auto" generates the v2 kinds with the compiled kernel when it is built (``noise_kernel``), else
+    with numpy; "numpy" forces the numpy reference (tests and benchmarks compare the two).
     """
     check_kind(kind)
+    if impl not in ("auto", "numpy"):
+        raise ValueError(f"impl must be 'auto' or 'numpy', got {impl!r}")
     if n < 0 or offset < 0:
         raise ValueError(f"n and offset must be non-negative, got n={n}, offset={offset}")
     seed = int(seed)
-    if scale is not None and kind != "v2-rademacher":
-        out = direction(seed, n, kind, offset, out)
+    if scale is not None and kind == "v1":
+        out = direction(seed, n, kind, offset, out, impl=impl)
         return np.multiply(out, np.float32(scale), out=out)
     if kind == "v1" and offset == 0 and out is None:
         return np.random.Generator(np.random.Philox(key=seed)).standard_normal(n, dtype=np.float32)
@@ -239,6 +246,8 @@ def direction(
     if kind == "v1":
         gen = np.random.Generator(np.random.Philox(key=seed))
         out[:] = gen.standard_normal(offset + n, dtype=np.float32)[offset:]
+    elif impl == "auto" and noise_kernel.available() and out.flags.c_contiguous and out.flags.writeable:
+        noise_kernel.fill(seed, offset, out, kind, scale)  # the compiled one-pass kernel, bit-identical
     elif kind == "v2-rademacher":
         table = _SIGN_TABLE if scale is None else _SIGN_TABLE * np.float32(scale)  # exact: +-scale
         if offset % 64 == 0 and n % 64 == 0 and out.flags.c_contiguous:
@@ -247,6 +256,8 @@ def direction(
             _rademacher_into(seed, offset, out, table)
     else:
         _gauss_into(seed, offset, out)
+        if scale is not None:
+            np.multiply(out, np.float32(scale), out=out)  # a second rounded product, as the kernel's
     return out
 
 
