@@ -152,5 +152,8 @@ def reconstruct_on(
 
     device = torch.device(device)
     if device.type == "cpu" or noise == "v1":
-        return torch.from_numpy(reconstruct(loss_diffs, seeds, sigma, n, noise=noise)).to(device)
+        # v2 blocks are independent and each element's sum keeps seed order, so the result is the same for any
+        # thread count; the run's thread policy (torch's intra-op count) says how many cores are free.
+        threads = torch.get_num_threads() if n >= 4 * BLOCK else 1
+        return torch.from_numpy(reconstruct(loss_diffs, seeds, sigma, n, noise=noise, threads=threads)).to(device)
     return reconstruct_torch(loss_diffs, seeds, sigma, n, noise=noise, device=device)
