@@ -101,6 +101,18 @@ def test_n_rounds_then_continued_to_2n_equals_2n(tmp_path):
     assert rows(half) == rows(full)
 
 
+def test_a_resumed_runs_wall_time_counts_every_segment(tmp_path):
+    """result.json's wall_s of a resumed run is the whole run's ServerApp time, as summary.json's and the
+    metrics rows' (it used to count only the last ServerApp's, so a run resumed near its end looked fast)."""
+    rc = tiny(tmp_path, "run", **{"run-eval-every": 1})
+    run_inmemory(rc, 2)
+    first = result(rc)["wall_s"]
+    run_inmemory({**rc, "num-server-rounds": 5, "resume": True}, 2)
+    summary = json.loads((Path(rc["result-dir"]) / "summary.json").read_text())
+    wall = result(rc)["wall_s"]
+    assert wall >= summary["wall_s"] - 0.01 and wall > first, (first, wall, summary["wall_s"])
+
+
 def test_flower_run_dir_rules(tmp_path):
     rc = tiny(tmp_path, "run")
     run_inmemory(rc, 2)

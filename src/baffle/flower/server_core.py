@@ -373,7 +373,7 @@ class ServerCore:
             "rejected": self.counters.rejected,
             "skipped_rounds": self.counters.skipped_rounds,
             "weights_sha256": weights_digest(self.strategy.model.state_dict()).hex(),
-            "wall_s": round(time.perf_counter() - self.t0, 2),
+            "wall_s": round(self.wall0 + time.perf_counter() - self.t0, 2),  # a resumed run: all its segments, as summary.json
             **self.driver_metrics,
             **self.driver_record,
         }
