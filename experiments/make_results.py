@@ -25,6 +25,7 @@ SWEEPS = [
     ("finetune", "Forward-only fine-tuning of a pretrained model"),
     ("lr_sweep", "Server learning rate of the fast recipe"),
     ("multistep", "Local forward-only steps with scalar uploads at equal forward passes (issue 16)"),
+    ("batch_k", "Minibatch size against K at equal forward samples (issue 16)"),
     ("robust_converged", "Aggregators against 30% hostile clients at convergence (issue 17)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
