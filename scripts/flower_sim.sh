@@ -2,7 +2,7 @@
 # Flower simulation (Ray) of the baffle app: `flwr run . local-simulation` with NODES virtual nodes, on a
 # SuperLink this script owns and stops at the end with every process it started (flwr 1.42 would otherwise
 # start a detached local SuperLink that outlives the run). Exits non-zero when the run did not complete
-# (flwr run itself exits 0 for a failed run).
+# (flwr run itself exits 0 for a failed run); 130 / 143 when interrupted (Ctrl-C / SIGTERM), after stopping everything.
 #
 #   scripts/flower_sim.sh [-n NODES] [-- FLWR_RUN_ARGS...]     e.g. -- --run-config 'num-server-rounds=5'
 #
@@ -35,7 +35,11 @@ cleanup() {
   [[ $OWN_HOME -eq 1 ]] && rm -rf "$FLWR_HOME"
   exit $code
 }
-trap cleanup EXIT INT TERM
+# Ctrl-C / SIGTERM exit 130 / 143 after the cleanup: `flwr run --stream` itself catches Ctrl-C and exits 0
+# ("Exiting logstream"), so a plain `trap cleanup INT` would report an interrupted run as a success.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 "$BIN/python" -m baffle.flower.connections >/dev/null
 mkdir -p "$FLWR_HOME/local-superlink"

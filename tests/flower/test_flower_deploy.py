@@ -137,6 +137,7 @@ def simulate(tmp_path: Path, run_config: str, timeout: int) -> tuple[subprocess.
     return proc, _flwr_processes(port)
 
 
+@pytest.mark.slow  # CI runs test_flower_sim_resume.py's Ctrl-C + resume test instead: it checks all of this on two runs
 def test_flwr_run_local_simulation_matches_baffle_run_and_leaves_nothing(tmp_path):
     """The README's `flwr run . local-simulation` (Ray, 2 nodes) on the default recipe, 4 rounds: it trains,
     writes the run dir, ends with the same final weights as `baffle run` with 2 clients, and no Flower process
