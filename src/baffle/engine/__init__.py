@@ -17,15 +17,18 @@ from baffle.engine.loop import LoopEngine
 from baffle.engine.masked import MaskedEngine
 
 
-def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = None) -> Engine:
+def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = None, forward_slice: int = 0) -> Engine:
     """The engine ``estimator.engine`` names, or the masked engine when the run is pruned.
 
     A mask wins over the name: the batched interpreter does not apply masks, so a pruned run always
-    evaluates with the masked reference loop (as it always has; the pinned pruned run depends on it)."""
+    evaluates with the masked reference loop (as it always has; the pinned pruned run depends on it).
+    ``forward_slice`` (``estimator.forward_slice``) is for the loop engines; the batched one refuses it."""
     if mask is not None:
-        return MaskedEngine(mask)
+        return MaskedEngine(mask, forward_slice)
     if name == "loop":
-        return LoopEngine()
+        return LoopEngine(forward_slice)
+    if forward_slice:
+        raise ValueError("forward_slice slices the loop engine's forwards; the batched engine bounds memory itself")
     if name == "batched":
         return BatchedEngine(max_memory_mb)
     raise ValueError(f"unknown engine {name!r}; valid: {ENGINES}")

@@ -210,5 +210,31 @@ class Perturber:
                 p.data.copy_(orig)
 
 
-def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy) -> float:
-    return float(loss_fn(model(x), y))
+def batch_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy, forward_slice: int = 0
+) -> float:
+    """The minibatch's mean loss; with ``forward_slice`` > 0, evaluated on at most that many samples at a time.
+
+    Why slices: a forward-only client needs only this scalar, so it can push the minibatch through in pieces and
+    hold one piece's activations at a time (backprop must keep every activation of the whole batch). The mean
+    of per-sample losses is the slices' means weighted by their sizes, summed in float64; equal to the unsliced
+    loss up to float32 rounding (not bit-identical: the reduction order differs). Per-sample models only: a
+    BatchNorm in training mode would see other batch statistics, and the loop engine refuses that.
+    """
+    n = len(x)
+    if forward_slice <= 0 or forward_slice >= n:
+        return float(loss_fn(model(x), y))
+    total = 0.0
+    for a in range(0, n, forward_slice):
+        xs, ys = x[a : a + forward_slice], y[a : a + forward_slice]
+        total += float(loss_fn(model(xs), ys)) * len(xs)
+    return total / n
+
+
+def check_sliceable(model: nn.Module) -> None:
+    """Refuse slicing a model whose forward mixes samples (a BatchNorm normalising with batch statistics)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
+            raise ValueError(f"estimator.forward_slice: {name or 'the model'} is a BatchNorm using batch statistics, so "
+                             "each sample's output depends on the others; slicing would change the loss (use "
+                             "model.norm='group', or forward_slice=0)")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baffle.engine.base import DEFAULT_NOISE, Engine, LossFn, Params, Perturber, Seeds, batch_loss
+from baffle.engine.base import DEFAULT_NOISE, Engine, LossFn, Params, Perturber, Seeds, batch_loss, check_sliceable
 from baffle.protocol.schemes import check_scheme
 
 
@@ -28,16 +28,20 @@ def loss_differences(
     *,
     mask: torch.Tensor | None = None,
     noise: str = DEFAULT_NOISE,
+    forward_slice: int = 0,
 ) -> np.ndarray:
     """K loss differences for one minibatch, forward passes only.
 
     ``mask`` (0/1 over the flat parameter vector) restricts every direction to the unpruned weights.
+    ``forward_slice`` > 0 evaluates every loss on at most that many samples at a time (``batch_loss``).
     Directions, buffers and the forwards run on the parameters' device (``Perturber``).
 
     forward: dL_k = L(W + sigma eps_k) - L(W)                (K+1 forwards)
     central: dL_k = [L(W + sigma eps_k) - L(W - sigma eps_k)] / 2   (2K forwards)
     """
     check_scheme(scheme)
+    if forward_slice:
+        check_sliceable(model)
     out = np.empty(len(seeds), dtype=np.float32)
     if params:  # the minibatch goes where the parameters are (run.device); a no-op on the CPU
         x, y = x.to(params[0][1].device), y.to(params[0][1].device)
@@ -45,15 +49,15 @@ def loss_differences(
         rows = read_rows(model, params, x)
         pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central", rows=rows)
         try:
-            base = batch_loss(model, x, y, loss_fn) if scheme == "forward" else 0.0
+            base = batch_loss(model, x, y, loss_fn, forward_slice) if scheme == "forward" else 0.0
             for k, seed in enumerate(seeds):
                 pert.set(seed, sigma)
-                plus = batch_loss(model, x, y, loss_fn)
+                plus = batch_loss(model, x, y, loss_fn, forward_slice)
                 if scheme == "forward":
                     out[k] = plus - base
                 else:
                     pert.rescale(-sigma)
-                    minus = batch_loss(model, x, y, loss_fn)
+                    minus = batch_loss(model, x, y, loss_fn, forward_slice)
                     out[k] = (plus - minus) / 2.0
         finally:
             pert.restore()
@@ -76,6 +80,9 @@ class LoopEngine(Engine):
 
     name = "loop"
 
+    def __init__(self, forward_slice: int = 0):
+        self.forward_slice = forward_slice
+
     def __call__(
         self,
         model: nn.Module,
@@ -89,4 +96,5 @@ class LoopEngine(Engine):
         *,
         noise: str = DEFAULT_NOISE,
     ) -> np.ndarray:
-        return loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise)
+        return loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise,
+                                forward_slice=self.forward_slice)

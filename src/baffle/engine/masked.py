@@ -24,8 +24,9 @@ class MaskedEngine(Engine):
 
     name = "masked"
 
-    def __init__(self, mask: np.ndarray | torch.Tensor):
+    def __init__(self, mask: np.ndarray | torch.Tensor, forward_slice: int = 0):
         self.mask = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        self.forward_slice = forward_slice
 
     def __call__(
         self,
@@ -42,4 +43,5 @@ class MaskedEngine(Engine):
     ) -> np.ndarray:
         if params and self.mask.device != params[0][1].device:  # moved once, not per call (run.device)
             self.mask = self.mask.to(params[0][1].device)
-        return loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, mask=self.mask, noise=noise)
+        return loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, mask=self.mask, noise=noise,
+                                forward_slice=self.forward_slice)

@@ -188,7 +188,8 @@ def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
         _WORKERS.move_to_end(key)
     else:
         model = build_model_for(cfg, train)
-        _WORKERS[key] = (model, make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, pruning_mask(cfg, model)))
+        _WORKERS[key] = (model, make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, pruning_mask(cfg, model),
+                                                 cfg.estimator.forward_slice))
         while len(_WORKERS) > 4:
             _WORKERS.popitem(last=False)
     return _WORKERS[key]

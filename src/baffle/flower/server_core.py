@@ -108,7 +108,7 @@ class ServerCore:
         if self.cfg.model.prune > 0:  # as the simulator: a fixed mask from the initial weights (nodes rebuild it)
             self.strategy.set_mask(initial_mask(self.strategy.params, self.cfg.model.prune))
         e = self.cfg.estimator  # fltrust: the server's own root-batch K-vector, computed as a client would
-        attach_trust(self.cfg, self.strategy, train, make_engine(e.engine, e.max_memory_mb, self.strategy.mask))
+        attach_trust(self.cfg, self.strategy, train, make_engine(e.engine, e.max_memory_mb, self.strategy.mask, e.forward_slice))
         self.eval_model = build_model_for(self.cfg, self.test)
         # the train_loss metric scores the training samples `baffle run` scores (the server loads the data set
         # for its model and fltrust anyway); data-eval-train-samples = 0 turns it off, as in a real federation
