@@ -43,22 +43,30 @@ class PrefixCache:
     def __init__(self) -> None:
         self.x: torch.Tensor | None = None
         self.snapshot: list[list[torch.Tensor]] | None = None
-        self.boundary = 0  # the cached state enters this stage (0: none learned yet)
+        self.boundary = 0  # the cached state enters this stage
+        self.learned = False  # whether ``boundary`` was learned (a second forward of one input saw what changed)
         self.state: Any = None
         self.context: Any = None
         self.stages_run = 0
         self.stages_total = 0
 
     def _first_changed(self, params: list[list[torch.Tensor]]) -> int:
+        """The first snapshotted stage whose parameters differ from the snapshot (len(snapshot): none)."""
         assert self.snapshot is not None
         for i, (ps, snap) in enumerate(zip(params, self.snapshot)):
             if not all(torch.equal(p, q) for p, q in zip(ps, snap)):
                 return i
-        return len(params)
+        return len(self.snapshot)
 
     def run(self, stages: Sequence[nn.Module], x: torch.Tensor, prepare: Callable[[torch.Tensor], Any],
             call: StageCall) -> tuple[Any, Any]:
-        """(the last stage's output, ``prepare(x)``), as running every stage in order on ``x`` computes them."""
+        """(the last stage's output, ``prepare(x)``), as running every stage in order on ``x`` computes them.
+
+        Once the boundary is learned only the stages below it are snapshotted and compared: they are all a
+        cached state depends on. So a model whose first stage trains (a full fine-tune: the boundary is 0)
+        keeps no copy of its weights at all, instead of one weight-sized copy per round that could never
+        skip a stage.
+        """
         params = [[p.detach() for p in s.parameters()] for s in stages]
         begin = 0
         if self.x is x and self.snapshot is not None:
@@ -66,12 +74,14 @@ class PrefixCache:
             if self.state is not None and changed >= self.boundary:
                 begin = self.boundary
             else:
-                self.state, self.boundary = None, changed
+                self.state, self.boundary, self.learned = None, changed, True
+                del self.snapshot[changed:]  # later checks read only the stages below the boundary
         else:
             self.x, self.state = x, None
             self.context = prepare(x)
-            if self.snapshot is None or self._first_changed(params) < len(stages):
-                self.snapshot = [[p.clone() for p in ps] for ps in params]
+            kept = params[: self.boundary] if self.learned else params
+            if self.snapshot is None or len(self.snapshot) != len(kept) or self._first_changed(kept) < len(kept):
+                self.snapshot = [[p.clone() for p in ps] for ps in kept]
         h = self.state
         for i in range(begin, len(stages)):
             h = call(i, stages[i], h, self.context)
