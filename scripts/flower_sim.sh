@@ -28,9 +28,11 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1  # never let Flower `uv sy
 HTTP_PORT="${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}"
 CONTROL_PORT="${FLWR_LOCAL_CONTROL_API_PORT:-39093}"
 LINK=""
+FLWR=""
 source "$REPO/scripts/flower_procs.sh"
 cleanup() {
   local code=$?
+  [[ -n "$FLWR" ]] && kill "$FLWR" 2>/dev/null || true
   [[ -n "$LINK" ]] && stop_groups "$LINK"
   [[ $OWN_HOME -eq 1 ]] && rm -rf "$FLWR_HOME"
   exit $code
@@ -55,9 +57,17 @@ for _ in $(seq 1 60); do
 done
 cd "$REPO"
 FED="$("$BIN/python" -c "from baffle.flower.connections import federation_config as f; print(f($NODES))")"
+# In the background and waited for, so a SIGTERM to this script's PID alone (not its process group) runs the
+# trap at once: bash runs traps only between foreground commands, i.e. after `flwr run` ended by itself.
 set +e
-flwr run . local-simulation --stream --federation-config "$FED" "$@" 2>&1 | tee "$FLWR_HOME/flwr-run.log"
-RC=${PIPESTATUS[0]}
+flwr run . local-simulation --stream --federation-config "$FED" "$@" >"$FLWR_HOME/flwr-run.log" 2>&1 &
+FLWR=$!
+tail -n +1 -f --pid="$FLWR" "$FLWR_HOME/flwr-run.log" &  # show it as it comes; ends once flwr run has
+TAIL=$!
+wait "$FLWR"
+RC=$?
+FLWR=""
+wait "$TAIL"  # the log is complete (flwr wrote it itself) and shown before it is read below
 set -e
 [[ $RC -eq 0 ]] || { echo "flower_sim.sh: flwr run exited with $RC" >&2; exit "$RC"; }
 RUN_ID="$(grep -o 'Successfully started run [0-9]*' "$FLWR_HOME/flwr-run.log" | tail -1 | awk '{print $4}')"

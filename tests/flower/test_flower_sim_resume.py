@@ -195,10 +195,13 @@ except KeyboardInterrupt:
 '''
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
-def test_flower_sim_reports_an_interrupted_run_as_failed(tmp_path, sig, code):
+@pytest.mark.parametrize("sig,code,group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, True), (signal.SIGTERM, 143, False)],
+                         ids=["ctrl-c", "sigterm", "sigterm-to-the-script-alone"])
+def test_flower_sim_reports_an_interrupted_run_as_failed(tmp_path, sig, code, group):
     """flwr run --stream exits 0 on Ctrl-C, and flower_sim.sh used to pass that on: an interrupted run looked
-    like a completed one (exit 0). It must exit 130 (Ctrl-C) / 143 (SIGTERM) and still stop its SuperLink."""
+    like a completed one (exit 0). It must exit 130 (Ctrl-C) / 143 (SIGTERM) and still stop its SuperLink; a
+    SIGTERM to the script's PID alone (`kill PID`) must act at once, not when `flwr run` ends by itself, and stop
+    `flwr run` too."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     for name, text in (("python", '#!/bin/sh\nexec {py} "$@"\n'), ("flower-superlink", FAKE_SUPERLINK), ("flwr", FAKE_FLWR)):
@@ -214,8 +217,12 @@ def test_flower_sim_reports_an_interrupted_run_as_failed(tmp_path, sig, code):
         t0 = time.monotonic()
         while "Successfully started run" not in log.read_text() and proc.poll() is None and time.monotonic() - t0 < 60:
             time.sleep(0.05)
-        os.killpg(proc.pid, sig)
+        t_kill = time.monotonic()
+        os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
         rc = proc.wait(timeout=60)
     assert rc == code, log.read_text()
+    assert time.monotonic() - t_kill < 30  # the fake flwr run sleeps 120 s: the script did not wait for it
+    time.sleep(0.5)
     ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout.splitlines()
     assert not [ln for ln in ps if f"--port {port}" in ln and not ln.startswith("Z")]
+    assert not [ln for ln in ps if str(bin_ / "flwr") in ln and not ln.startswith("Z")]
