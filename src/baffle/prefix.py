@@ -44,11 +44,21 @@ class PrefixCache:
         self.x: torch.Tensor | None = None
         self.snapshot: list[list[torch.Tensor]] | None = None
         self.boundary = 0  # the cached state enters this stage
-        self.learned = False  # whether ``boundary`` was learned (a second forward of one input saw what changed)
+        self.learned = False  # whether ``boundary`` is known (from ``expect_changes`` or a second forward of one input)
+        self.hint: frozenset[int] | None = None  # ids of the parameters the engine said it perturbs
         self.state: Any = None
         self.context: Any = None
         self.stages_run = 0
         self.stages_total = 0
+
+    def expect_changes(self, params: Sequence[torch.Tensor]) -> None:
+        """The parameters the coming forwards will perturb (an engine's trainable set), so the boundary is known
+        before the first forward and the stages above it are never copied: a full fine-tune's first step then
+        holds no copy of the encoder either. Exactness does not rest on the hint: the stages below the boundary
+        are still compared with their snapshot before every use of the cached state."""
+        ids = frozenset(id(p) for p in params)
+        if ids != self.hint:
+            self.hint, self.learned, self.snapshot, self.state, self.x = ids, False, None, None, None
 
     def _first_changed(self, params: list[list[torch.Tensor]]) -> int:
         """The first snapshotted stage whose parameters differ from the snapshot (len(snapshot): none)."""
@@ -67,6 +77,10 @@ class PrefixCache:
         keeps no copy of its weights at all, instead of one weight-sized copy per round that could never
         skip a stage.
         """
+        if self.hint is not None and not self.learned:
+            self.boundary = next((i for i, s in enumerate(stages) if any(id(p) in self.hint for p in s.parameters())),
+                                 len(stages))
+            self.learned = True
         params = [[p.detach() for p in s.parameters()] for s in stages]
         begin = 0
         if self.x is x and self.snapshot is not None:

@@ -231,6 +231,25 @@ def test_prefix_cache_is_exact_and_skips_the_frozen_bottom(patterns, skipped):
         assert cache.boundary == 0 and cache.snapshot == []
 
 
+def test_prefix_cache_told_what_trains_copies_nothing_above_it():
+    """The engine tells the cache which parameters it perturbs: the first forward of a full fine-tune then copies
+    no weights (it used to snapshot the whole encoder before learning that nothing could be skipped)."""
+    torch.manual_seed(0)
+    model = build_model("bert_tiny", num_classes=2)
+    ids = torch.randint(1000, 2000, (4, 7))
+    x = _x(ids, torch.ones_like(ids))
+    cache = model.prefix_cache
+    cache.expect_changes(list(model.parameters()))
+    with torch.inference_mode():
+        model(x)
+    assert cache.boundary == 0 and cache.snapshot == []
+    cache.expect_changes(list(model.classifier.parameters()))  # head only: everything below it is cacheable
+    with torch.inference_mode():
+        model(x)
+        model(x)
+    assert cache.boundary == len(cache.snapshot) > 0 and cache.state is not None
+
+
 def test_onnx_export_with_weights_as_inputs_matches_torch():
     """The text model exports like the image models (weights as named graph inputs, dynamic batch): the ONNX
     client's path. Trimming and the prefix cache stay out of the trace."""

@@ -46,6 +46,9 @@ def loss_differences(
     if params:  # the minibatch goes where the parameters are (run.device); a no-op on the CPU
         x, y = x.to(params[0][1].device), y.to(params[0][1].device)
     with torch.inference_mode():
+        cache = getattr(model, "prefix_cache", None)  # baffle.prefix: tell it what will change (no weight copy)
+        if cache is not None:
+            cache.expect_changes([p for _, p in params])
         rows = read_rows(model, params, x)
         pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central", rows=rows)
         try:
