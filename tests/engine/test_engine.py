@@ -6,6 +6,7 @@ import torch
 
 from baffle import estimator
 from baffle.engine import BatchedEngine, Engine, LoopEngine, MaskedEngine, Perturber, make_engine
+from baffle.engine import base
 from baffle.engine.base import direction_writer
 from baffle.protocol import noise
 
@@ -25,19 +26,25 @@ def test_direction_written_piece_by_piece_is_the_flat_direction(kind):
     assert out.numpy().view(np.uint32).tolist() == flat.view(np.uint32).tolist()
 
 
+@pytest.mark.parametrize("chunk", [None, 8], ids=["whole-tensors", "in-pieces"])
+@pytest.mark.parametrize("kind", ["v1", "v2-gauss"])
 @pytest.mark.parametrize("retain", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_perturber_writes_w_plus_scaled_direction_bit_for_bit(retain, masked):
+def test_perturber_writes_w_plus_scaled_direction_bit_for_bit(retain, masked, kind, chunk, monkeypatch):
+    if chunk is not None:  # tensors above the chunk are written in pieces through a chunk-sized buffer
+        monkeypatch.setattr(base, "PERTURB_CHUNK", chunk)
     model = _model()
     params = estimator.select_parameters(model)
     n = estimator.num_elements(params)
     w0 = torch.cat([p.detach().reshape(-1) for _, p in params]).clone()
     mask = torch.from_numpy((np.arange(n) % 3 != 0).astype(np.float32)) if masked else None
     seed = noise.round_seeds(0, 0, 1)[0]
-    eps = torch.from_numpy(noise.direction(seed, n))
+    eps = torch.from_numpy(noise.direction(seed, n, kind))
     if mask is not None:
         eps = eps * mask
-    pert = Perturber(params, mask=mask, retain=retain)
+    pert = Perturber(params, mask=mask, retain=retain, noise=kind)
+    if chunk is not None and not retain:
+        assert pert._buf.numel() == chunk
     with torch.inference_mode():
         pert.set(seed, 0.37)
         got = torch.cat([p.detach().reshape(-1) for _, p in params])

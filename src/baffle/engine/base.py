@@ -114,13 +114,19 @@ def direction_writer(seed: int | np.integer, kind: str = DEFAULT_NOISE) -> Calla
     return fill_v2
 
 
+#: Elements of the direction written at once into a dense tensor: tensors above it (token embeddings) are
+#: perturbed in pieces, so the scratch buffer is 4 MiB instead of the largest tensor (45 MiB for MiniLM's).
+PERTURB_CHUNK = 1 << 20
+
+
 class Perturber:
     """Writes W + scale*eps_k into the selected parameters in place, tensor by tensor, and restores W exactly.
 
     No K model copies: one saved copy of the originals, and every perturbed value is written as
     ``original + scale * eps`` from it, so restoring is a copy and cannot drift however many directions
-    are evaluated. eps_k is generated straight into a scratch buffer the size of the largest tensor
-    (``retain=False``), so no model-sized temporary exists per direction; ``retain=True`` keeps the whole
+    are evaluated. eps_k is generated straight into a scratch buffer the size of the largest tensor, at most
+    ``PERTURB_CHUNK`` elements: larger tensors are written in pieces (``retain=False``), so no model-sized
+    temporary exists per direction; ``retain=True`` keeps the whole
     direction in one buffer allocated once, for the central scheme's second point (``rescale``), which
     would otherwise pay the generator twice.
 
@@ -161,7 +167,7 @@ class Perturber:
             flat = self.offsets[i] + r.numpy()[:, None] * cols + np.arange(cols)[None, :]
             self.rows[i] = (r, flat.reshape(-1), self.originals[i].index_select(0, r))
         dense = [p.numel() for i, p in enumerate(self.params) if i not in self.rows]
-        size = self.n if retain else max(dense, default=0)
+        size = self.n if retain else min(max(dense, default=0), PERTURB_CHUNK)
         self._buf = torch.empty(size, dtype=torch.float32, device=device)
         self._has_direction = False
 
@@ -182,14 +188,24 @@ class Perturber:
                 e = torch.from_numpy(noise_spec.direction_at(seed, flat, self.noise)).view_as(orig_rows)
                 p.data.index_copy_(0, r, torch.add(orig_rows, e, alpha=scale))
                 continue
-            e = self._eps(i)
-            if fill is not None:
-                fill(e)
-            else:  # seekable v2: this tensor's range of the direction, wherever the skipped rows left off
-                noise_torch.direction(seed, e.numel(), self.noise, self.offsets[i], out=e)
-            if self.mask is not None:
-                e.mul_(self.mask[self.offsets[i] : self.offsets[i + 1]])
-            torch.add(orig, e.view_as(p), alpha=scale, out=p.data)
+            k = p.numel()
+            if self.retain or k <= PERTURB_CHUNK or not p.data.is_contiguous():
+                pieces = [(0, k, self._eps(i), orig, p.data)]
+            else:  # a large tensor (token embeddings) in pieces: the scratch buffer stays PERTURB_CHUNK floats
+                flat_o, flat_p = orig.view(-1), p.data.view(-1)
+                pieces = [(a, min(a + PERTURB_CHUNK, k), None, flat_o, flat_p) for a in range(0, k, PERTURB_CHUNK)]
+            for a, b, e, o, dst in pieces:
+                e = e if e is not None else self._buf[: b - a]
+                if fill is not None:  # the stream continues piece by piece (v1 too)
+                    fill(e)
+                else:  # seekable v2: this range of the direction, wherever the skipped rows left off
+                    noise_torch.direction(seed, b - a, self.noise, self.offsets[i] + a, out=e)
+                if self.mask is not None:
+                    e.mul_(self.mask[self.offsets[i] + a : self.offsets[i] + b])
+                if len(pieces) == 1:
+                    torch.add(o, e.view_as(p), alpha=scale, out=dst)
+                else:
+                    torch.add(o[a:b], e, alpha=scale, out=dst[a:b])
         self._has_direction = self.retain
 
     @torch.no_grad()
