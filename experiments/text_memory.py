@@ -215,7 +215,7 @@ def write_doc(res: dict) -> None:
     bp_steps = ", ".join(f"{r['step_peak_mib_cold']:.0f}" for r in bp_rows)
     batches = ", ".join(str(r["batch"]) for r in bp_rows)
     fo_steps = ", ".join(f"{r['step_peak_mib_cold']:.0f}" for r in sorted(fo, key=lambda r: r["batch"]) if r["noise"] == "v1")
-    span = lambda xs: f"{min(xs):.0f}-{max(xs):.0f}" if xs else "n/a"  # noqa: E731
+    span = lambda xs: f"{min(xs):.0f} to {max(xs):.0f}" if xs else "n/a"  # noqa: E731
     section = "\n".join([
         BEGIN,
         "## Client peak memory: forward-only vs backprop (full fine-tune)",
@@ -227,7 +227,7 @@ def write_doc(res: dict) -> None:
         "a batch size; `tokens` = its longest sentence, to which the model cuts the batch). One fresh process per "
         "number; after setup the child resets the peak-RSS counter, runs ONE client step and reads VmHWM; `step peak` "
         "= VmHWM - VmRSS before the step. `cold`: the process's first step (includes one-off costs: kernel code "
-        "paged in, autograd's first-use state, the prefix cache's first snapshot): the verdict uses it. `warm`: after "
+        "paged in, autograd's first-use state): the verdict uses it. `warm`: after "
         "one step on a batch of ONE sentence with the same model and engine: a lower bound that also leaves out "
         "buffers kept from the warm-up (see below). `bp` = `BPClient.gradient` (forward + backward of every "
         "parameter, the FedSGD client step); `baffle_batched` = `Client.step` with the default engine "
@@ -253,21 +253,23 @@ def write_doc(res: dict) -> None:
         "",
         "Why, from these numbers. The forward-only step holds, on top of the loaded process: the Perturber's copy "
         f"of the original weights (every trainable parameter: {mib(f['num_params']):.0f} MiB, allocated per step), a "
-        "direction scratch buffer the size of the largest tensor it perturbs densely (v1: the token embedding "
-        f"table, {mib(f['largest_tensor']):.0f} MiB; v2-gauss perturbs only the embedding rows the batch reads, so "
-        f"its buffer is the largest other tensor, {mib(f['largest_non_embedding_tensor']):.1f} MiB: v1 costs "
-        f"{span(noise_cost)} MiB more here), and one forward's activations. The prefix cache (on by default) snapshots "
-        "only the stages below the first one a perturbation changes (`baffle.prefix.PrefixCache`); in a full "
-        "fine-tune every perturbation changes the first stage (the embeddings), so it keeps no copy at all: the cold "
-        f"step with the cache needs {span(cache_cost)} MiB more than without it (before that fix the cache copied the "
-        f"whole encoder, {mib(f['encoder_params']):.0f} MiB, at every new minibatch and never skipped a stage). "
+        "direction scratch buffer of at most `PERTURB_CHUNK` = 1 Mi elements (4 MiB: larger tensors, here v1's token "
+        f"embedding table of {mib(f['largest_tensor']):.0f} MiB, are perturbed in pieces; v2-gauss perturbs only the "
+        "embedding rows the batch reads, so its buffer is the largest other tensor, "
+        f"{mib(f['largest_non_embedding_tensor']):.1f} MiB; v1 minus v2-gauss here: {span(noise_cost)} MiB), and one "
+        "forward's activations. The prefix cache (on by default) snapshots "
+        "only the stages below the first one a perturbation changes (`baffle.prefix.PrefixCache`, told by the engine "
+        "which parameters it perturbs); in a full fine-tune every perturbation changes the first stage (the "
+        f"embeddings), so it keeps no copy at all: the cold step with the cache needs {span(cache_cost)} MiB more than "
+        f"without it (before this was fixed the cache copied the whole encoder, {mib(f['encoder_params']):.0f} MiB, "
+        "at every new minibatch and never skipped a stage). "
         "Without the cache the v2-gauss step's ratios are "
         f"{nocache_ratios} (cold). The BP step holds a gradient per parameter ({mib(f['num_params']):.0f} MiB, the "
         "embedding table's included: it is dense), the flattened gradient it uploads (another copy) and every "
         f"layer's activations for the backward; the activations make it grow with the batch ({bp_steps} MiB at "
         f"batch {batches}), while the forward-only step keeps one forward's activations at a time and grows much "
-        f"less (default engine, v1: {fo_steps} MiB). Its weight-sized buffers (the originals, + v1's "
-        "direction buffer) are about BP's whole step at the smallest batch, so the ratio falls as the batch grows. "
+        f"less (default engine, v1: {fo_steps} MiB). Its one weight-sized buffer (the originals) is a "
+        "third of BP's whole step at the smallest batch, and the ratio falls as the batch grows. "
         "Warm numbers of identical code paths (`baffle_batched` and `baffle_loop` both run the loop) differ by up to "
         "~25 MiB (the allocator reusing memory freed by the warm-up): read differences of that size as noise.",
         "",
