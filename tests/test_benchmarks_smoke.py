@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from baffle.protocol import noise_kernel
 from baffle.records.results import write_section
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -75,4 +76,7 @@ def test_noise_alternatives_are_the_same_spec(tmp_path: Path) -> None:
     page = tmp_path / "perf.md"
     write_section(page, mod.BEGIN, mod.END, mod.section(res))
     text = page.read_text()
-    assert "| variant | G elements/s | of fill |" in text and text.count("rademacher:") == 4
+    # four numpy formulations of Rademacher, plus the compiled kernel's row where it is built
+    assert "| variant | G elements/s | of fill |" in text
+    assert text.count("rademacher:") == 4 + noise_kernel.available()
+    assert ("compiled kernel" in text) == noise_kernel.available()

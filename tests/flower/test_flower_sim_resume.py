@@ -34,6 +34,15 @@ EVERY = 5
 CUT_AFTER = EVERY + 2  # interrupt once the row of this round is on disk: rows past the checkpoint get redone
 
 
+
+def _as_a_terminal() -> None:
+    """Start the script with SIGINT and SIGTERM at their defaults, as a shell in a terminal does. Something earlier
+    in a full test session leaves SIGINT ignored in the pytest process; children inherit an ignored signal and a
+    non-interactive bash cannot trap a signal it was started with ignored, so Ctrl-C would never reach the script
+    (seen in CI: the run went on to completion and exited 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 def keys(rounds: int) -> dict:
     """The default recipe (pyproject's app table = `baffle run`'s defaults) on 2 nodes, short: a metrics row
     every round so that the history can be checked round by round, a checkpoint every EVERY rounds. A round
@@ -69,7 +78,7 @@ def sim(tmp_path: Path, name: str, out: Path, run_config: str, *, cut_after: int
     t0 = time.monotonic()
     with log.open("w") as f:
         proc = subprocess.Popen([str(SCRIPT), "-n", "2", "--", "--run-config", run_config], cwd=REPO, env=env,
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_as_a_terminal)
         try:
             if cut_after:
                 while proc.poll() is None and time.monotonic() - t0 < timeout:
@@ -213,6 +222,7 @@ def test_flower_sim_reports_an_interrupted_run_as_failed(tmp_path, sig, code, gr
     log = tmp_path / "log"
     with log.open("w") as f:
         proc = subprocess.Popen([str(SCRIPT), "-n", "2"], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                preexec_fn=_as_a_terminal,
                                 start_new_session=True)
         t0 = time.monotonic()
         while "Successfully started run" not in log.read_text() and proc.poll() is None and time.monotonic() - t0 < 60:
