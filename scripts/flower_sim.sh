@@ -60,7 +60,8 @@ FED="$("$BIN/python" -c "from baffle.flower.connections import federation_config
 # In the background and waited for, so a SIGTERM to this script's PID alone (not its process group) runs the
 # trap at once: bash runs traps only between foreground commands, i.e. after `flwr run` ended by itself.
 set +e
-flwr run . local-simulation --stream --federation-config "$FED" "$@" >"$FLWR_HOME/flwr-run.log" 2>&1 &
+: >"$FLWR_HOME/flwr-run.log"  # exists before tail opens it (the background job's redirection may come later)
+flwr run . local-simulation --stream --federation-config "$FED" "$@" >>"$FLWR_HOME/flwr-run.log" 2>&1 &
 FLWR=$!
 tail -n +1 -f --pid="$FLWR" "$FLWR_HOME/flwr-run.log" &  # show it as it comes; ends once flwr run has
 TAIL=$!
