@@ -60,6 +60,27 @@ def test_perturber_writes_w_plus_scaled_direction_bit_for_bit(retain, masked, ki
     assert torch.equal(torch.cat([p.detach().reshape(-1) for _, p in params]), w0)
 
 
+@pytest.mark.parametrize("kind", ["v1", "v2-gauss"])
+def test_a_large_non_contiguous_tensor_is_written_whole(kind, monkeypatch):
+    """Only contiguous tensors can be written in pieces; a larger non-contiguous one (a transposed, tied weight)
+    gets a buffer of its own size, and the values are still the flat-direction formula."""
+    monkeypatch.setattr(base, "PERTURB_CHUNK", 8)
+    model = _model()
+    model[0].weight.data = model[0].weight.data.t().contiguous().t()  # 5x7, not contiguous, 35 > 8 elements
+    params = estimator.select_parameters(model)
+    assert not params[0][1].is_contiguous()
+    n = estimator.num_elements(params)
+    w0 = torch.cat([p.detach().reshape(-1) for _, p in params]).clone()
+    seed = noise.round_seeds(0, 0, 1)[0]
+    pert = Perturber(params, noise=kind)
+    assert pert._buf.numel() == 35
+    with torch.inference_mode():
+        pert.set(seed, 0.37)
+        got = torch.cat([p.detach().reshape(-1) for _, p in params])
+        assert torch.equal(got, torch.add(w0, torch.from_numpy(noise.direction(seed, n, kind)), alpha=0.37))
+        pert.restore()
+
+
 def test_make_engine_names_and_mask():
     assert isinstance(make_engine("loop"), LoopEngine)
     eng = make_engine("batched", 64)

@@ -166,8 +166,8 @@ class Perturber:
             cols = p.shape[1]
             flat = self.offsets[i] + r.numpy()[:, None] * cols + np.arange(cols)[None, :]
             self.rows[i] = (r, flat.reshape(-1), self.originals[i].index_select(0, r))
-        dense = [p.numel() for i, p in enumerate(self.params) if i not in self.rows]
-        size = self.n if retain else min(max(dense, default=0), PERTURB_CHUNK)
+        dense = [p for i, p in enumerate(self.params) if i not in self.rows]
+        size = self.n if retain else max((self._pieces(p) for p in dense), default=0)
         self._buf = torch.empty(size, dtype=torch.float32, device=device)
         self._has_direction = False
 
@@ -177,6 +177,22 @@ class Perturber:
         if self.retain:
             return self._buf[self.offsets[i] : self.offsets[i] + k]
         return self._buf[:k]
+
+    def _pieces(self, p: torch.Tensor) -> int:
+        """Elements of tensor ``p`` written at once: all of them, unless it is a large contiguous tensor and the
+        direction is not retained (then ``PERTURB_CHUNK``, the scratch buffer's bound)."""
+        k = p.numel()
+        return k if self.retain or k <= PERTURB_CHUNK or not p.data.is_contiguous() else PERTURB_CHUNK
+
+    def _direction(self, seed: int | np.integer, fill: Callable[[torch.Tensor], None] | None, i: int, a: int,
+                   e: torch.Tensor) -> None:
+        """e := elements [a, a + len(e)) of tensor i's part of direction(seed), masked when the run is pruned."""
+        if fill is not None:  # the stream continues piece by piece (v1 too)
+            fill(e)
+        else:  # seekable v2: this range of the direction, wherever the skipped rows left off
+            noise_torch.direction(seed, e.numel(), self.noise, self.offsets[i] + a, out=e)
+        if self.mask is not None:
+            e.mul_(self.mask[self.offsets[i] + a : self.offsets[i] + a + e.numel()])
 
     @torch.no_grad()
     def set(self, seed: int | np.integer, scale: float) -> None:
@@ -188,24 +204,17 @@ class Perturber:
                 e = torch.from_numpy(noise_spec.direction_at(seed, flat, self.noise)).view_as(orig_rows)
                 p.data.index_copy_(0, r, torch.add(orig_rows, e, alpha=scale))
                 continue
-            k = p.numel()
-            if self.retain or k <= PERTURB_CHUNK or not p.data.is_contiguous():
-                pieces = [(0, k, self._eps(i), orig, p.data)]
-            else:  # a large tensor (token embeddings) in pieces: the scratch buffer stays PERTURB_CHUNK floats
-                flat_o, flat_p = orig.view(-1), p.data.view(-1)
-                pieces = [(a, min(a + PERTURB_CHUNK, k), None, flat_o, flat_p) for a in range(0, k, PERTURB_CHUNK)]
-            for a, b, e, o, dst in pieces:
-                e = e if e is not None else self._buf[: b - a]
-                if fill is not None:  # the stream continues piece by piece (v1 too)
-                    fill(e)
-                else:  # seekable v2: this range of the direction, wherever the skipped rows left off
-                    noise_torch.direction(seed, b - a, self.noise, self.offsets[i] + a, out=e)
-                if self.mask is not None:
-                    e.mul_(self.mask[self.offsets[i] + a : self.offsets[i] + b])
-                if len(pieces) == 1:
-                    torch.add(o, e.view_as(p), alpha=scale, out=dst)
-                else:
-                    torch.add(o[a:b], e, alpha=scale, out=dst[a:b])
+            k, step = p.numel(), self._pieces(p)
+            if step == k:
+                e = self._eps(i)
+                self._direction(seed, fill, i, 0, e)
+                torch.add(orig, e.view_as(p), alpha=scale, out=p.data)
+                continue
+            flat_o, flat_p = orig.view(-1), p.data.view(-1)  # a large tensor (token embeddings) in pieces
+            for a in range(0, k, step):
+                e = self._buf[: min(step, k - a)]
+                self._direction(seed, fill, i, a, e)
+                torch.add(flat_o[a : a + len(e)], e, alpha=scale, out=flat_p[a : a + len(e)])
         self._has_direction = self.retain
 
     @torch.no_grad()
