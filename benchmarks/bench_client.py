@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baffle.records.results import results_dir, write_json, write_section
+from baffle.records.results import results_dir, step_peak, write_json, write_section
 from baffle.records.tables import table_lines, yes_no
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,11 +126,6 @@ def step_times(models: list[str], ks: list[int], batches: list[int], reps: dict[
 
 
 # ---- 3. memory (child processes) ---------------------------------------------------------------------
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def memory_child(kind: str, name: str, b: int, k: int) -> dict:
@@ -153,18 +148,9 @@ def memory_child(kind: str, name: str, b: int, k: int) -> dict:
     plan = RoundPlan(0, noise.round_seeds(0, 0, k), SIGMA, "forward", b)
     if kind == "baffle_batched":  # tracing the model is a one-off cost of the engine, not of a step
         engine[kind].supports(model)
-    import gc
-
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
-    if kind == "bp":
-        client.gradient(None)
-    else:
-        client.step(plan)
-    peak = _status_kb("VmHWM")
-    return {"kind": kind, "model": name, "batch": b, "K": k, "rss_before_mib": before / 1024,
-            "peak_mib": peak / 1024, "step_peak_mib": (peak - before) / 1024}  # fmt: skip
+    _, before, peak = step_peak(lambda: client.gradient(None) if kind == "bp" else client.step(plan))
+    return {"kind": kind, "model": name, "batch": b, "K": k, "rss_before_mib": before,
+            "peak_mib": peak, "step_peak_mib": peak - before}  # fmt: skip
 
 
 def memory_rows(models: list[str], batches: list[int], k: int) -> list[dict]:

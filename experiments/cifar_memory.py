@@ -19,7 +19,6 @@ Writes docs/results/cifar_memory.json and the memory section of docs/cifar.md.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -35,11 +34,6 @@ KINDS = ("baffle_batched", "baffle_loop", "baffle_loop_slice1", "bp")
 SIGMA = 1e-3
 
 
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def child(kind: str, name: str, batch: int, k: int, warm: bool) -> dict:
@@ -59,6 +53,7 @@ def child(kind: str, name: str, batch: int, k: int, warm: bool) -> dict:
     from baffle.models import build_model
     from baffle.protocol import noise
     from baffle.protocol.messages import RoundPlan
+    from baffle.records.results import step_peak
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -79,16 +74,9 @@ def child(kind: str, name: str, batch: int, k: int, warm: bool) -> dict:
         small = cls(1, data, np.arange(n), model, batch_size=1, seed=1, engine=engine, transform=augment_cifar)
         small.gradient(None) if kind == "bp" else small.step(RoundPlan(0, plan.seeds, SIGMA, "forward", 1))
         del small
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
-    if kind == "bp":
-        client.gradient(None)
-    else:
-        client.step(plan)
-    peak = _status_kb("VmHWM")
-    return {"kind": kind, "model": name, "batch": batch, "K": k, "warm": warm, "rss_before_mib": before / 1024,
-            "peak_mib": peak / 1024, "step_peak_mib": (peak - before) / 1024}
+    _, before, peak = step_peak(lambda: client.gradient(None) if kind == "bp" else client.step(plan))
+    return {"kind": kind, "model": name, "batch": batch, "K": k, "warm": warm, "rss_before_mib": before,
+            "peak_mib": peak, "step_peak_mib": peak - before}
 
 
 def measure(batches: list[int], k: int) -> list[dict]:

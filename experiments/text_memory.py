@@ -32,7 +32,6 @@ section from the JSON).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -62,11 +61,6 @@ SIGMA = 1e-3
 MIB = 1024 * 1024
 
 
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def _data(source: str, n: int, seed: int):
@@ -106,6 +100,7 @@ def child(kind: str, name: str, batch: int, k: int, warm: bool, noise_kind: str 
     from baffle.nlp.pretrained import build_text_model
     from baffle.protocol import noise
     from baffle.protocol.messages import RoundPlan
+    from baffle.records.results import step_peak
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -127,23 +122,18 @@ def child(kind: str, name: str, batch: int, k: int, warm: bool, noise_kind: str 
         small = cls(1, data, np.arange(n), model, batch_size=1, seed=1, engine=engine)
         small.gradient(None) if kind == "bp" else small.step(RoundPlan(0, plan.seeds, SIGMA, "forward", 1, noise=noise_kind))
         del small
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
     t0 = time.perf_counter()
-    if kind == "bp":
-        grad, _ = client.gradient(None)
-        upload_bytes = None  # FedSGD's client uploads its gradient: n float32
-        upload_payload = int(grad.nbytes)
-    else:
-        up = client.step(plan)
-        upload_bytes, upload_payload = len(up.to_bytes()), int(np.asarray(up.loss_diffs, dtype=np.float32).nbytes)
+    out, before, peak = step_peak(lambda: client.gradient(None) if kind == "bp" else client.step(plan))
     seconds = time.perf_counter() - t0
-    peak = _status_kb("VmHWM")
+    if kind == "bp":
+        upload_bytes = None  # FedSGD's client uploads its gradient: n float32
+        upload_payload = int(out[0].nbytes)
+    else:
+        upload_bytes, upload_payload = len(out.to_bytes()), int(np.asarray(out.loss_diffs, dtype=np.float32).nbytes)
     params = list(model.parameters())
     return {"kind": kind, "model": name, "batch": batch, "K": k, "warm": warm, "noise": None if kind == "bp" else noise_kind,
             "data": source, "tokens": tokens, "engine": engine.name, "engine_supports": supports, "seconds": seconds,
-            "rss_before_mib": before / 1024, "peak_mib": peak / 1024, "step_peak_mib": (peak - before) / 1024,
+            "rss_before_mib": before, "peak_mib": peak, "step_peak_mib": peak - before,
             "upload_bytes": upload_bytes, "upload_payload_bytes": upload_payload,
             "num_params": sum(p.numel() for p in params),
             "encoder_params": sum(p.numel() for p in model.bert.parameters()),

@@ -16,12 +16,15 @@ would fail to parse.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from baffle.records.checkpoint import atomic_write_bytes
+
+T = TypeVar("T")
 
 
 def results_dir(script: str | Path) -> Path:
@@ -65,3 +68,21 @@ def best_time(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def step_peak(fn: Callable[[], T]) -> tuple[T, float, float]:
+    """(``fn()``, resident MiB before it, peak resident MiB during it): the memory benchmarks' one measurement
+    (Linux). Garbage is collected first and the kernel's peak counter reset right before the call
+    (``/proc/self/clear_refs`` = 5), so the peak is this call's, on top of what the process already held."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    out = fn()
+    return out, before / 1024, _status_kib("VmHWM") / 1024
