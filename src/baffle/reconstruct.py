@@ -52,10 +52,10 @@ def _reconstruct_v1(d: np.ndarray, seeds: Sequence[int] | np.ndarray, sigma: flo
     return (g / (len(seeds) * sigma)).astype(np.float32)
 
 
-def _accumulate_block(coef: np.ndarray, seeds: Sequence[int], kind: str, start: int, out: np.ndarray) -> None:
-    """out = sum_k coef[k] * eps_k[start : start + len(out)] in float32, in seed order."""
+def _accumulate_block(coef: np.ndarray, seeds: np.ndarray, kind: str, start: int, out: np.ndarray) -> None:
+    """out = sum_k coef[k] * eps_k[start : start + len(out)] in float32, in seed order (seeds: uint64)."""
     if noise_kernel.available():  # the same float32 products and sums, one pass, GIL released
-        noise_kernel.accumulate(coef, np.asarray(seeds, dtype=np.uint64), kind, start, out)
+        noise_kernel.accumulate(coef, seeds, kind, start, out)
         return
     eps = np.empty_like(out)
     out.fill(0.0)
@@ -83,7 +83,7 @@ def reconstruct(
     if noise == "v1":
         return _reconstruct_v1(d, seeds, sigma, n, chunk)
     coef = (d.astype(np.float64) / (len(seeds) * sigma)).astype(np.float32)
-    seeds = [int(s) for s in seeds]
+    seeds = np.array([int(s) for s in seeds], dtype=np.uint64)  # once, not per block
     g = np.empty(n, dtype=np.float32)
     starts = range(0, n, BLOCK)
     work = lambda a: _accumulate_block(coef, seeds, noise, a, g[a : a + BLOCK])  # noqa: E731
