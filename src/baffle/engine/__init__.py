@@ -2,11 +2,13 @@
 
 ``loop`` is the reference (one forward per perturbation), ``batched`` evaluates chunks of perturbed models
 as one wide model, ``masked`` restricts directions to a pruning mask, ``fused`` lets one pass serve every
-client of a simulated round, ``threads`` picks intra-op threads. :func:`make_engine` is what the simulator
-and the Flower node call.
+client of a simulated round, ``threads`` picks intra-op threads. :func:`engine_for` (a run's ``[estimator]``
+through :func:`make_engine`) is what the simulator and the Flower node call.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +17,9 @@ from baffle.engine.base import Engine, Perturber
 from baffle.engine.batched import BatchedEngine
 from baffle.engine.loop import LoopEngine
 from baffle.engine.masked import MaskedEngine
+
+if TYPE_CHECKING:
+    from baffle.config import EstimatorConfig
 
 
 def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = None, forward_slice: int = 0) -> Engine:
@@ -34,4 +39,9 @@ def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = N
     raise ValueError(f"unknown engine {name!r}; valid: {ENGINES}")
 
 
-__all__ = ["ENGINES", "BatchedEngine", "Engine", "LoopEngine", "MaskedEngine", "Perturber", "make_engine"]
+def engine_for(e: "EstimatorConfig", mask: np.ndarray | None = None) -> Engine:
+    """The engine of a run's ``[estimator]`` section (the simulator, the Flower nodes and fltrust's server use it)."""
+    return make_engine(e.engine, e.max_memory_mb, mask, e.forward_slice)
+
+
+__all__ = ["ENGINES", "BatchedEngine", "Engine", "LoopEngine", "MaskedEngine", "Perturber", "engine_for", "make_engine"]

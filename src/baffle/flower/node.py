@@ -38,7 +38,7 @@ from baffle.data.dataset import Dataset
 from baffle.flower.records import Payload
 from baffle.protocol import streams
 from baffle.protocol.messages import MessageError, RoundPlan, Upload
-from baffle.engine import make_engine
+from baffle.engine import engine_for
 from baffle.engine.threads import intra_op_threads
 from baffle.estimator import select_parameters
 from baffle.pruning import magnitude_mask
@@ -188,8 +188,7 @@ def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
         _WORKERS.move_to_end(key)
     else:
         model = build_model_for(cfg, train)
-        _WORKERS[key] = (model, make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, pruning_mask(cfg, model),
-                                                 cfg.estimator.forward_slice))
+        _WORKERS[key] = (model, engine_for(cfg.estimator, pruning_mask(cfg, model)))
         while len(_WORKERS) > 4:
             _WORKERS.popitem(last=False)
     return _WORKERS[key]

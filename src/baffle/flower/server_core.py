@@ -45,7 +45,7 @@ from baffle.records.metrics import (Counters, append_metrics, make_summary, metr
 from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
 from baffle.sim.evaluate import evaluate, probe_loss
-from baffle.engine import make_engine
+from baffle.engine import engine_for
 from baffle.pruning import magnitude_mask as initial_mask
 from baffle.sim.factory import attach_trust, build_model_for, load_data, train_probe
 from baffle.sim.loop import CHECKPOINT_NAME, state_nbytes
@@ -108,7 +108,7 @@ class ServerCore:
         if self.cfg.model.prune > 0:  # as the simulator: a fixed mask from the initial weights (nodes rebuild it)
             self.strategy.set_mask(initial_mask(self.strategy.params, self.cfg.model.prune))
         e = self.cfg.estimator  # fltrust: the server's own root-batch K-vector, computed as a client would
-        attach_trust(self.cfg, self.strategy, train, make_engine(e.engine, e.max_memory_mb, self.strategy.mask, e.forward_slice))
+        attach_trust(self.cfg, self.strategy, train, engine_for(e, self.strategy.mask))
         self.eval_model = build_model_for(self.cfg, self.test)
         # the train_loss metric scores the training samples `baffle run` scores (the server loads the data set
         # for its model and fltrust anyway); data-eval-train-samples = 0 turns it off, as in a real federation

@@ -27,7 +27,7 @@ from baffle.client import Client, load_weights
 from baffle.config import Config
 from baffle.config.run import resolve_device
 from baffle.config.data import augments
-from baffle.engine import Engine, make_engine
+from baffle.engine import Engine, engine_for
 from baffle.engine.threads import chunk_workers, intra_op_threads
 from baffle.data.augment import augment_cifar
 from baffle.data.dataset import Dataset
@@ -173,7 +173,7 @@ def build(cfg: Config) -> Federation:
         from baffle.pruning import magnitude_mask
 
         strategy.set_mask(magnitude_mask(strategy.params, cfg.model.prune))
-    engine = make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb, strategy.mask, cfg.estimator.forward_slice)
+    engine = engine_for(cfg.estimator, strategy.mask)
     backprop = get_method(cfg.run.method).backprop  # run.threads, or the rule of baffle.engine.threads
     shape, per_round = tuple(train.x.shape[1:]), clients_per_round(cfg)
     threads = intra_op_threads(cfg, client_model, engine, shape, per_round, backprop)
