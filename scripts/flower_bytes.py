@@ -1,4 +1,4 @@
-"""Bytes per node per round on Flower: baffle (weights / replay transport, SecAgg+) vs Flower FedAvg.
+"""Bytes per node per round on Flower: baffle (auto / weights / replay transport, SecAgg+) vs Flower FedAvg.
 
     python scripts/flower_bytes.py [--k 100] [--nodes 10] [--rounds 3] [--out docs/flower]
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_run_config(base)
     model = build_model_for(cfg, load_data(cfg)[1])
     rows = []
-    for label, extra in (("baffle, weights transport", {}), ("baffle, replay transport", {"transport": "replay"}),
+    for label, extra in (("baffle, auto transport (the default)", {"transport": "auto"}),
+                         ("baffle, weights transport", {"transport": "weights"}), ("baffle, replay transport", {"transport": "replay"}),
                          ("baffle, SecAgg+ (4 message exchanges per round)", {"secure": True})):
         grid = run_inmemory(dict(base, **extra), a.nodes, count_bytes=True)
         per = defaultdict(lambda: [0, 0])  # (group id) -> [down, up] summed over nodes, train messages only

@@ -68,7 +68,8 @@ def test_every_baffle_run_key_is_an_app_key_or_excluded_with_a_reason():
                                         ({"run-device": "cuda"}, "run.device"),
                                         ({"estimator-k": "many"}, "estimator.K"),
                                         ({"secure": 1}, "true or false"),
-                                        ({"transport": "carrier-pigeon"}, "transport")])
+                                        ({"transport": "carrier-pigeon"}, "transport"),
+                                        ({"transport": "replay", "secure": True}, "secure=true supports")])
 def test_bad_app_config_is_a_clear_error(bad, match):
     with pytest.raises(ConfigError, match=match):
         parse_run_config({**APP_CONFIG, **bad})
@@ -77,11 +78,14 @@ def test_bad_app_config_is_a_clear_error(bad, match):
 def test_flower_weights_and_replay_match_inprocess_bit_for_bit(tmp_path):
     from baffle.sim.loop import Simulation
 
-    rc_w = tiny(tmp_path, "w")
+    rc_w = tiny(tmp_path, "w", transport="weights")
     rc_r = tiny(tmp_path, "r", transport="replay")
-    run_inmemory(rc_w, 3)
-    run_inmemory(rc_r, 3)
-    w, r = result(rc_w), result(rc_r)
+    rc_a = tiny(tmp_path, "a")  # the default, auto: replay here (every node is sampled every round)
+    for rc in (rc_w, rc_r, rc_a):
+        run_inmemory(rc, 3)
+    w, r, auto = result(rc_w), result(rc_r), result(rc_a)
+    assert auto["transport"] == "auto" and auto["weights_sha256"] == r["weights_sha256"]
+    assert auto["down_bytes_per_msg"] == r["down_bytes_per_msg"]
     cfg, _ = parse_run_config(rc_w)
     cfg.data.num_clients = 3
     sim = Simulation(cfg, None, progress=False)
@@ -94,6 +98,35 @@ def test_flower_weights_and_replay_match_inprocess_bit_for_bit(tmp_path):
     # replay ships K-vectors instead of the ~27k-parameter model
     assert r["down_bytes_per_msg"] < w["down_bytes_per_msg"] / 20
     assert w["up_bytes_per_msg"] < 2000  # K=8 scalars + Flower record overhead, no weights
+
+
+def test_auto_transport_sends_the_server_state_to_nodes_far_behind(tmp_path, monkeypatch):
+    """auto: a node whose missing K-vectors outweigh the server state gets the state (model + Adam moments) once
+    and replays from it. With the threshold at 0 every plan after round 0 is such a plan, 2 of 3 nodes sampled:
+    the final weights must still be the weights transport's, with no node failing."""
+    monkeypatch.setattr(server_core, "REPLAY_STATE_RATIO", 0.0)
+    sched = {"num-server-rounds": 5, "run-eval-every": 5, "fraction-train": 2}
+    rc_w, rc_a = tiny(tmp_path, "w", transport="weights", **sched), tiny(tmp_path, "a", transport="auto", **sched)
+    run_inmemory(rc_w, 3)
+    run_inmemory(rc_a, 3)
+    w, a = result(rc_w), result(rc_a)
+    assert a["failures"] == 0 and a["weights_sha256"] == w["weights_sha256"]
+    assert a["plans"]["state"] >= 4 and a["plans"]["replay"] == 2 and a["plans"]["weights"] == 0
+    assert w["plans"] == {"weights": 10, "replay": 0, "state": 0}
+
+
+def test_a_server_state_that_does_not_load_is_refused_and_changes_nothing(tmp_path, monkeypatch, caplog):
+    """A node never executes or half-loads what a plan calls the server state: bytes that are not a
+    ``torch.save`` of tensors are refused with an error naming them, and the round goes on without that node."""
+    monkeypatch.setattr(server_core, "REPLAY_STATE_RATIO", 0.0)
+    monkeypatch.setattr(server_core.ServerCore, "_round_state", lambda self, r: np.frombuffer(b"not a state" * 9, np.uint8))
+    rc = tiny(tmp_path, "bad", **{"num-server-rounds": 3, "run-eval-every": 3})
+    with caplog.at_level("WARNING", logger="baffle"):
+        run_inmemory(rc, 2)
+    res = result(rc)
+    assert res["plans"] == {"weights": 0, "replay": 2, "state": 4}
+    assert res["failures"] == 4 and res["skipped_rounds"] == 2  # rounds 2 and 3 had no valid upload
+    assert "server state does not load" in caplog.text
 
 
 def test_replica_mismatch_falls_back_to_weights(tmp_path, monkeypatch):

@@ -43,8 +43,8 @@ def rows(rc: dict) -> list[dict]:
 SCHEDULE = {"num-server-rounds": 6, "run-eval-every": 1, "run-checkpoint-every": 2, "fraction-train": 2}
 
 
-@pytest.mark.parametrize("extra", [{}, {"transport": "replay", "privacy-mode": "local", "privacy-clip": 0.05}],
-                         ids=["weights", "replay+dp"])
+@pytest.mark.parametrize("extra", [{"transport": "weights"}, {"transport": "replay", "privacy-mode": "local", "privacy-clip": 0.05},
+                                   {"transport": "auto"}], ids=["weights", "replay+dp", "auto"])
 def test_interrupted_flower_run_resumes_bit_identical(tmp_path, monkeypatch, extra):
     nodes = 3  # 2 of 3 sampled per round: partitions take different numbers of steps
     full = tiny(tmp_path, "full", **SCHEDULE, **extra)
@@ -67,7 +67,7 @@ def test_interrupted_flower_run_resumes_bit_identical(tmp_path, monkeypatch, ext
     more = b["down_bytes_per_msg"] * b["messages_down"] - a["down_bytes_per_msg"] * a["messages_down"]
     # one client-steps entry per partition, once; replay: a new node's replica also replays the rounds before
     # the checkpoint (K float32 + record framing per round), as a node joining late does
-    per_node = 32 + (6 * (8 * 4 + 100) if extra.get("transport") == "replay" else 0)
+    per_node = 32 + (6 * (8 * 4 + 100) if extra["transport"] != "weights" else 0)
     assert 0 < more <= nodes * per_node
     assert (out / "checkpoint.pt").exists() and (out / "summary.json").exists()
 

@@ -45,14 +45,16 @@ NOT_ON_FLOWER: dict[str, str] = {
     "federation.attack_fraction": "simulator-only: Byzantine nodes are not simulated by the app",
 }
 
-TRANSPORTS = ("weights", "replay")
+TRANSPORTS = ("auto", "weights", "replay")
 
 
 @dataclass
 class FlowerOptions:
     """What only the Flower app needs. Kebab-case keys: the field name with ``_`` -> ``-``."""
 
-    transport: str = "weights"  # weights: send the global weights; replay: send aggregated K-vectors only
+    # auto: replay (aggregated K-vectors only) to nodes whose replica is close enough, else the server state once
+    # (its replica from then on); weights with SecAgg+. weights: the global weights every round. replay: K-vectors only
+    transport: str = "auto"
     secure: bool = False  # SecAgg+ on the K-vectors (the server sees only their weighted sum)
     secagg_clip: float = 0.5  # |loss difference| clipping range before quantization
     secagg_bits: int = 22  # quantization levels = 2**bits over [-clip, clip]
@@ -73,8 +75,9 @@ class FlowerOptions:
         if self.flwr_partitioner and self.flwr_partitioner not in PARTITIONERS:
             raise ConfigError(f"flwr-partitioner={self.flwr_partitioner!r} is not valid; choose one of: {', '.join(PARTITIONERS)} "
                               "(or \"\" for baffle's data-partition)")
-        if self.secure and self.transport != "weights":
-            raise ConfigError("secure=true supports transport='weights' only (Flower's SecAgg+ workflow is the legacy one)")
+        if self.secure and self.transport == "replay":
+            raise ConfigError("secure=true supports transport='weights' (or 'auto', which sends weights with SecAgg+) "
+                              "only: Flower's SecAgg+ workflow is the legacy one")
         if not self.secagg_clip > 0:
             raise ConfigError(f"secagg-clip must be > 0, got {self.secagg_clip}")
         if not 2 <= self.secagg_bits < self.secagg_modulus_bits:

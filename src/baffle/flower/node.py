@@ -13,6 +13,8 @@ uninterrupted run would draw.
 Replay transport: the replica is a ``ServerStrategy`` (model + optimizer + schedule) that the node advances
 with the aggregated K-vectors the server sends, i.e. the very update the server made, then checks against
 the server's SHA-256 of the weights. No weights travel at all after the start.
+In ``auto`` transport a node far behind the server receives the server's training state once (``state``)
+and replays from there.
 """
 
 from __future__ import annotations
@@ -195,6 +197,14 @@ def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
 
 
 _REPLICAS: OrderedDict[str, tuple[ServerStrategy, dict]] = OrderedDict()
+# (replica key, round, weights digest) -> (replica state bytes, weights) a node of this process reached by replay:
+# every node replays the same server updates, so in a process that serves many nodes (the simulation) the
+# first node of a round does the reconstruction and the optimizer step and the others reuse them
+_REPLAYED: OrderedDict[tuple[str, int, bytes], tuple[bytes, dict]] = OrderedDict()
+
+
+def replica_key(cfg: Config, train: Dataset) -> str:
+    return json.dumps({"cfg": cfg.to_dict(), "input": list(train.x.shape[1:]), "classes": int(train.num_classes)}, sort_keys=True)
 
 
 def shared_replica(cfg: Config, train: Dataset) -> tuple[ServerStrategy, dict]:
@@ -203,7 +213,7 @@ def shared_replica(cfg: Config, train: Dataset) -> tuple[ServerStrategy, dict]:
     Every message loads the node's own replica state into it (``load_state_dict`` replaces the model, the
     optimizer's moments and its schedule position: nothing else in a ``ServerStrategy`` changes after it
     is built), so building a model and an optimizer per message is not needed."""
-    key = json.dumps({"cfg": cfg.to_dict(), "input": list(train.x.shape[1:]), "classes": int(train.num_classes)}, sort_keys=True)
+    key = replica_key(cfg, train)
     if key in _REPLICAS:
         _REPLICAS.move_to_end(key)
     else:
@@ -279,6 +289,8 @@ class Node:
             self.state.pop("replica-round", None)
         elif transport == "replay":
             self._replay(round_idx, int(c["replay-from"]), bytes(c["weights-sha256"]), a)
+        elif transport == "state":
+            self._adopt_state(round_idx, bytes(c["weights-sha256"]), a)
         else:
             raise MessageError(f"unknown transport {transport!r}")
         upload = self.client.step(plan)
@@ -314,6 +326,10 @@ class Node:
         from baffle.flower.server_core import weights_digest
 
         replica, initial = shared_replica(self.cfg, self.train)
+        key = (replica_key(self.cfg, self.train), round_idx, digest)
+        if key in _REPLAYED:  # another node of this process already reached this very state: same bytes, same weights
+            self._store_replica(round_idx, *_REPLAYED[key])
+            return
         at = 0
         if "replica" in self.state:
             replica.load_state_dict(torch.load(io.BytesIO(self.state["replica"]), weights_only=True))
@@ -327,15 +343,40 @@ class Node:
         for r in range(at, round_idx):
             if r in skipped:
                 continue
-            key = f"h/{r}"
-            if key not in arrays:
+            key_r = f"h/{r}"
+            if key_r not in arrays:
                 raise MessageError(f"replica mismatch: replay history lacks round {r}")
-            replica.apply_loss_diffs(r, np.asarray(arrays[key], dtype=np.float32))
+            replica.apply_loss_diffs(r, np.asarray(arrays[key_r], dtype=np.float32))
         if weights_digest(replica.model.state_dict()) != digest:
             self.state.pop("replica", None)
             raise MessageError(f"replica mismatch: weights after replaying to round {round_idx} differ from the server's")
         buf = io.BytesIO()
         torch.save(replica.state_dict(), buf)
-        self.state["replica"] = buf.getvalue()
+        weights = {k: v.clone() for k, v in replica.model.state_dict().items()}
+        _REPLAYED[key] = (buf.getvalue(), weights)
+        while len(_REPLAYED) > 8:
+            _REPLAYED.popitem(last=False)
+        self._store_replica(round_idx, buf.getvalue(), weights)
+
+    def _adopt_state(self, round_idx: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:
+        """``auto`` transport for a node far behind: the server's training state becomes this node's replica."""
+        from baffle.flower.server_core import weights_digest
+
+        if "state" not in arrays:
+            raise MessageError("plan lacks the server state (transport 'state')")
+        blob = np.asarray(arrays["state"], dtype=np.uint8).tobytes()
+        replica, _ = shared_replica(self.cfg, self.train)
+        try:  # weights_only: tensors and plain containers, never code
+            replica.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
+        except Exception as e:
+            raise MessageError(f"server state does not load into this node's replica: {e}") from None
+        if weights_digest(replica.model.state_dict()) != digest:
+            raise MessageError(f"replica mismatch: the server state of round {round_idx} does not hash to its weights")
+        buf = io.BytesIO()
+        torch.save(replica.state_dict(), buf)
+        self._store_replica(round_idx, buf.getvalue(), replica.model.state_dict())
+
+    def _store_replica(self, round_idx: int, blob: bytes, weights: Mapping[str, torch.Tensor]) -> None:
+        self.state["replica"] = blob
         self.state["replica-round"] = round_idx
-        load_weights(self.model, replica.model.state_dict())
+        load_weights(self.model, weights)

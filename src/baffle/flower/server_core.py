@@ -10,6 +10,8 @@ Transports. ``weights``: every plan carries the global weights. ``replay`` (DeCo
 replica of the server (model + optimizer) in its Flower node state, so the plan carries only the
 aggregated K-vectors of the rounds the replica has not applied yet, plus a SHA-256 of the weights the
 replica must reach. A node whose replica disagrees answers with an error and gets weights from then on.
+``auto`` (the default): replay, except that a node whose replica lags by more K-vectors than the server
+state weighs (a late joiner, a node rarely sampled) gets that state once (``state``) and replays from it.
 
 Run dir and resume (``baffle.flower.resume``): checkpoints every ``run.checkpoint_every`` rounds and at the
 end, in ``baffle run``'s format; ``resume = true`` restores the server state, the round history and each
@@ -20,6 +22,7 @@ the run really is (``server_app.ResumableStrategy`` adds it).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -55,7 +58,8 @@ from baffle.sim.sampling import sample_clients
 
 log = logging.getLogger("baffle")
 
-NODE_INFO = "baffle.node"  # MetricRecord a node answers a query with
+NODE_INFO = "baffle.node"
+REPLAY_STATE_RATIO = 1.0  # auto transport: replay while the missing K-vectors weigh <= this x the server state  # MetricRecord a node answers a query with
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> bytes:
@@ -77,6 +81,9 @@ class Traffic:
     down_msgs: int = 0
     up_msgs: int = 0
     failures: int = 0
+    plans_weights: int = 0  # plans by what they carried (auto transport mixes them)
+    plans_replay: int = 0
+    plans_state: int = 0
 
 
 @dataclass
@@ -119,6 +126,7 @@ class ServerCore:
         self.ledger: PrivacyLedger | None = None  # made once the number of partitions is known
         self.wall0 = 0.0  # wall time of the run before a resume
         self._weights: tuple[int, dict, dict] | None = None  # (round, plan arrays, their Flower encoding)
+        self._state: tuple[int, np.ndarray] | None = None  # (round, the training state as bytes): auto transport
         # checked before waiting for nodes: a run dir that cannot be used fails at once
         self.out = rundir.prepare_out(self.opts.result_dir, self.opts.resume, self.opts.overwrite)
 
@@ -162,7 +170,7 @@ class ServerCore:
         """Continue from ``checkpoint_state``'s dict (already checked against the run config)."""
         done, f = state["round"], state[rundir.FLOWER_KEY]
         self.strategy.load_state_dict(state["server"])
-        self._weights = None
+        self._weights = self._state = None
         self.counters = Counters(**state["counters"])
         self.wall0 = self.counters.wall_s
         self.history = rundir.unpack_history(f["history"], done, self.cfg.estimator.K)
@@ -215,16 +223,21 @@ class ServerCore:
         if pid in self.resync:  # a resumed run: the node's state is new, tell it where its sampler is
             config["client-steps"] = self.client_steps.get(pid, 0)
         arrays: dict[str, np.ndarray] = {"seeds": s.seeds(round_idx).astype(np.uint64)}
-        replay = self.opts.transport == "replay" and node_id not in self.weights_only and not send_weights
-        if not replay:
+        kind = self._transport_for(round_idx, node_id, send_weights)
+        setattr(self.traffic, f"plans_{kind}", getattr(self.traffic, f"plans_{kind}") + 1)
+        if kind == "weights":
             config["transport"] = "weights"
             weights = self._round_weights(round_idx)
             arrays.update(weights[0])
             return Payload(config, arrays, dict(weights[1]))
+        config["weights-sha256"] = weights_digest(s.model.state_dict())
+        if kind == "state":
+            config["transport"] = "state"
+            arrays["state"] = self._round_state(round_idx)
+            return Payload(config, arrays)
         start = self.replica_round.get(node_id, 0)
         config["transport"] = "replay"
         config["replay-from"] = start
-        config["weights-sha256"] = weights_digest(s.model.state_dict())
         skipped = []
         for r in range(start, round_idx):
             vec = self.history[r]
@@ -234,6 +247,32 @@ class ServerCore:
                 arrays[f"h/{r}"] = vec.astype(np.float32)
         arrays["skipped"] = np.asarray(skipped, dtype=np.int64)
         return Payload(config, arrays)
+
+    def _transport_for(self, round_idx: int, node_id: int, send_weights: bool | None) -> str:
+        """weights | replay | state for one plan. ``auto`` replays while the K-vectors the node lacks are
+        fewer bytes than the server state (model + optimizer), and otherwise sends that state once, from
+        which the node's replica goes on; a node whose replica ever disagreed gets weights (as in replay)."""
+        t = self.opts.transport
+        if t == "weights" or send_weights or node_id in self.weights_only:
+            return "weights"
+        if t == "replay":
+            return "replay"
+        replay_bytes = (round_idx - self.replica_round.get(node_id, 0)) * 4 * self.cfg.estimator.K
+        bound = REPLAY_STATE_RATIO * state_nbytes(self.strategy.model)  # the weights alone bound the state from
+        if replay_bytes <= bound or replay_bytes <= REPLAY_STATE_RATIO * self._round_state(round_idx).nbytes:
+            return "replay"  # below: most plans never serialize the state
+        return "state"
+
+    def _round_state(self, round_idx: int) -> np.ndarray:
+        """The server's training state (model + optimizer, as the node replica holds it: no EMA, no trust
+        scores) as a ``torch.save`` byte array the node reads with ``weights_only=True``; once per round."""
+        if self._state is None or self._state[0] != round_idx:
+            state = self.strategy.state_dict()
+            state = {"model": state["model"], "optimizer": state["optimizer"], "ema": None}
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self._state = (round_idx, np.frombuffer(buf.getvalue(), dtype=np.uint8))
+        return self._state[1]
 
     def _round_weights(self, round_idx: int) -> tuple[dict[str, np.ndarray], dict]:
         """The global weights as plan arrays, numpy and Flower-encoded, built once per round for all nodes
@@ -301,7 +340,7 @@ class ServerCore:
                 self.cfg.data.num_clients = max(self.num_partitions, 1)
                 self.ledger = make_ledger(self.cfg)
             self.ledger.record(ids if ids is not None else list(range(min(answered, self.cfg.data.num_clients))))
-        self._weights = None  # the model may have changed
+        self._weights = self._state = None  # the model may have changed
         c = self.counters
         c.forward_passes += fp * answered
         c.forward_samples += fp * samples
@@ -340,6 +379,7 @@ class ServerCore:
             "down_bytes_per_msg": t.down_bytes / max(1, t.down_msgs),
             "up_bytes_per_msg": t.up_bytes / max(1, t.up_msgs),
             "failures": t.failures,
+            "plans": {"weights": t.plans_weights, "replay": t.plans_replay, "state": t.plans_state},
         }
         lr = self.strategy.optimizer.param_groups[0]["lr"]
         extra.update(privacy_metrics(self.ledger))
@@ -370,6 +410,7 @@ class ServerCore:
             "messages_down": t.down_msgs,
             "messages_up": t.up_msgs,
             "failures": t.failures,
+            "plans": {"weights": t.plans_weights, "replay": t.plans_replay, "state": t.plans_state},
             "rejected": self.counters.rejected,
             "skipped_rounds": self.counters.skipped_rounds,
             "weights_sha256": weights_digest(self.strategy.model.state_dict()).hex(),
