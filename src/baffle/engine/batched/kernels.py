@@ -67,20 +67,27 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def tiling_max_pool2d(t: torch.Tensor, kernel: Any) -> torch.Tensor:
-    """Max-pool with non-overlapping windows as an elementwise max of k*k strided views.
+    """Max-pool with non-overlapping windows as elementwise maxima of strided views: first over the kh rows
+    of each window (whole rows, so the reads run along contiguous memory), then over the kw columns of the
+    row maxima, which are kh times fewer.
 
-    Bit-identical to ``F.max_pool2d`` (a max is exact) and, measured on this project's CPU, over 10x
-    faster than torch's NCHW pooling kernel on the wide (B, P*C, H, W) tensors of a chunk
+    Bit-identical to ``F.max_pool2d`` (a max is exact, in any order) and, measured on this project's CPU,
+    over 10x faster than torch's NCHW pooling kernel on the wide (B, P*C, H, W) tensors of a chunk; the
+    rows-then-columns order is ~3x faster than taking the k*k views one by one
     (benchmarks/bench_client.py, docs/performance.md).
     """
     kh, kw = _pair(kernel)
     H, W = t.shape[-2] - t.shape[-2] % kh, t.shape[-1] - t.shape[-1] % kw  # floor mode drops the border
-    out: torch.Tensor | None = None
-    for i in range(kh):
-        for j in range(kw):
-            view = t[..., i:H:kh, j:W:kw]
-            out = view.clone() if out is None else torch.maximum(out, view, out=out)
-    assert out is not None
+    rows = _max_of_views([t[..., i:H:kh, :W] for i in range(kh)])
+    return _max_of_views([rows[..., j::kw] for j in range(kw)])
+
+
+def _max_of_views(views: list[torch.Tensor]) -> torch.Tensor:
+    if len(views) == 1:
+        return views[0].contiguous()
+    out = torch.maximum(views[0], views[1])
+    for v in views[2:]:
+        torch.maximum(out, v, out=out)
     return out
 
 
