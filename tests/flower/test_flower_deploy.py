@@ -74,9 +74,12 @@ TINY = ('data-name="synthetic" data-train-subset=200 data-test-subset=100 estima
 
 
 def test_loopback_deployment_trains(tmp_path):
-    res, log, took = deploy(tmp_path, 2, f"num-server-rounds=1 {TINY}", timeout=240)
-    assert res["mode"] == "message-api" and res["rounds_done"] == 1 and res["num_partitions"] == 2
-    assert res["messages_up"] == 2 and res["failures"] == 0 and res["skipped_rounds"] == 0
+    res, log, took = deploy(tmp_path, 2, f"num-server-rounds=2 {TINY}", timeout=300)
+    assert res["mode"] == "message-api" and res["rounds_done"] == 2 and res["num_partitions"] == 2
+    assert res["messages_up"] == 4 and res["failures"] == 0 and res["skipped_rounds"] == 0
+    # the default transport replays: round 2's plans carry round 1's K-vector, which each node (a fresh
+    # ClientApp process per message) applies to the replica in its SuperNode's node state
+    assert res["transport"] == "auto" and res["plans"] == {"weights": 0, "replay": 4, "state": 0}
     assert res["up_bytes_per_msg"] < 1500  # K=4 float32 + record overhead: no weights, no gradient
     assert res["final_test_acc"] is not None
     print(f"deployment took {took:.0f} s")
