@@ -244,3 +244,28 @@ def test_batchnorm_with_running_statistics():
     model.eval()  # fixed statistics: batchable, and the clients' batches may be fused
     eng = _check(model, x, y, None, "forward")
     assert eng.supports(model) and eng.can_fuse_clients(model)
+
+
+class _Branching(torch.nn.Module):
+    """An activation whose input is also read by the next node (a residual sum): it must not run in place,
+    or the sum would add the activated values."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.act1 = torch.nn.Hardswish()
+        self.act2 = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = self.act1(h) + h
+        return self.fc(self.act2(torch.flatten(h, 1)))
+
+
+def test_in_place_activations_never_overwrite_a_value_another_node_reads():
+    torch.manual_seed(5)
+    model = _Branching()
+    x, y = _batch((1, 8, 8), 12, seed=5)
+    eng = _check(model, x, y, None, "forward")
+    assert eng.supports(model)  # the batched program ran, not the loop fallback

@@ -83,8 +83,8 @@ def tiling_max_pool2d(t: torch.Tensor, kernel: Any) -> torch.Tensor:
 
 
 def _max_of_views(views: list[torch.Tensor]) -> torch.Tensor:
-    if len(views) == 1:
-        return views[0].contiguous()
+    if len(views) == 1:  # a new tensor even then: the caller may overwrite it (program._IN_PLACE)
+        return views[0].clone(memory_format=torch.contiguous_format)
     out = torch.maximum(views[0], views[1])
     for v in views[2:]:
         torch.maximum(out, v, out=out)
@@ -186,10 +186,11 @@ def batch_norm(m: nn.modules.batchnorm._BatchNorm, v: Value, P: int, weights: di
 
 
 def _affine(out: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor:
+    """The per-member affine map, in place on the norm's fresh output (the same two roundings as out * w + b)."""
     shape = (1, -1) + (1,) * (out.dim() - 2)
     if w is not None:
-        out = out * w.reshape(shape)
+        out.mul_(w.reshape(shape))
     if b is not None:
-        out = out + b.reshape(shape)
+        out.add_(b.reshape(shape))
     return out
 

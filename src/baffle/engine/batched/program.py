@@ -51,6 +51,13 @@ _BINARY_FUNCTIONS: dict[Any, Callable[[Any, Any], Any]] = {
     torch.sub: operator.sub, operator.mul: operator.mul, torch.mul: operator.mul,
 }  # fmt: skip
 _PER_CHANNEL_METHODS = frozenset({"relu", "sigmoid", "tanh", "contiguous"})
+# Activations with an in-place form that computes the same values with the same kernel: applied in place
+# to a per-member value no other node reads (one pass over the widest tensors of a chunk instead of two)
+_IN_PLACE: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: lambda m, t: F.relu(t, inplace=True), nn.ReLU6: lambda m, t: F.relu6(t, inplace=True),
+    nn.Hardswish: lambda m, t: F.hardswish(t, inplace=True), nn.Hardsigmoid: lambda m, t: F.hardsigmoid(t, inplace=True),
+    nn.SiLU: lambda m, t: F.silu(t, inplace=True),
+}  # fmt: skip
 
 
 class Program:
@@ -74,6 +81,10 @@ class Program:
                 last[a] = n
         for a, user in last.items():
             self.free_after[user].append(a)
+        # nodes whose per-member value is a new tensor (not a view of another node's): the kernels of these
+        # module types always allocate their output
+        fresh_types = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d)
+        self.fresh = {n for n in self.nodes if n.op == "call_module" and type(self.modules[n.target]) in fresh_types}
         self.batch_stats = False  # any layer whose output depends on the other samples of the batch
         for n in self.nodes:
             if n.op == "call_module":
@@ -144,12 +155,20 @@ class Program:
             return v
         if type(m) is nn.MaxPool2d and is_tiling_pool(m):
             return Value(tiling_max_pool2d(v.t, m.kernel_size), v.batched)
+        if type(m) in _IN_PLACE and v.batched and self._sole_owner(n):
+            return Value(_IN_PLACE[type(m)](m, v.t), True)
         if type(m) in _PER_CHANNEL_MODULES:
             if getattr(m, "return_indices", False):
                 raise Unsupported("pooling with return_indices")
             check_params_shared(m, weights)
             return Value(m(v.t), v.batched)
         raise Unsupported(f"module type {type(m).__name__}")
+
+    def _sole_owner(self, n: torch.fx.Node) -> bool:
+        """Whether node ``n`` may overwrite its input: the input is read by ``n`` alone and was produced by
+        an op of this program (not the caller's tensor, not a view into another node's value)."""
+        a = n.args[0]
+        return isinstance(a, torch.fx.Node) and a.op != "placeholder" and len(a.users) == 1 and a in self.fresh
 
     def _function(self, n: torch.fx.Node, env: dict, P: int) -> Value:
         fn = n.target
