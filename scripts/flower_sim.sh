@@ -50,11 +50,33 @@ setsid flower-superlink --insecure --simulation --isolation subprocess --control
   --host 127.0.0.1 --port "$HTTP_PORT" --disable-runtime-dependency-installation \
   >"$FLWR_HOME/local-superlink/superlink.log" 2>&1 &
 LINK=$!
-for _ in $(seq 1 60); do
-  "$BIN/python" -c "import httpx,sys; sys.exit(0 if httpx.get('http://127.0.0.1:$HTTP_PORT/health', timeout=0.4).is_success else 1)" 2>/dev/null && break
-  kill -0 "$LINK" 2>/dev/null || { echo "flower_sim.sh: SuperLink exited; see $FLWR_HOME/local-superlink/superlink.log" >&2; exit 1; }
-  sleep 0.5
-done
+# one Python process polls the health endpoint (not one process start per probe): 0 ready, 2 SuperLink gone,
+# 1 still not ready after 90 s (flwr run then reports what is wrong)
+set +e
+"$BIN/python" - "$HTTP_PORT" "$LINK" <<'PY' 2>/dev/null
+import os, sys, time
+import httpx
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 90
+while time.monotonic() < deadline:
+    try:
+        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.4).is_success:
+            sys.exit(0)
+    except httpx.HTTPError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(2)
+    time.sleep(0.25)
+sys.exit(1)
+PY
+ready=$?
+set -e
+if [ "$ready" = 2 ]; then
+  echo "flower_sim.sh: SuperLink exited; see $FLWR_HOME/local-superlink/superlink.log" >&2
+  exit 1
+fi
 cd "$REPO"
 FED="$("$BIN/python" -c "from baffle.flower.connections import federation_config as f; print(f($NODES))")"
 # In the background and waited for, so a SIGTERM to this script's PID alone (not its process group) runs the

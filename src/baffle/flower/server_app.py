@@ -61,8 +61,9 @@ def main(grid: Grid, context: Context) -> None:
     if start and opts.secure:
         raise ConfigError("resume=true with secure=true: the SecAgg+ workflow counts rounds from 1 and cannot continue "
                           f"a run at round {start} yet; resume it with secure=false or start a new run")
-    log(INFO, "baffle: %d nodes, %d partitions; rounds %d..%d, transport=%s, secure=%s",
-                len(core.partition_of), core.num_partitions, start + 1, cfg.run.rounds, opts.transport, opts.secure)
+    rounds = f"rounds {start + 1}..{cfg.run.rounds}" if start < cfg.run.rounds else f"all {cfg.run.rounds} rounds already done"
+    log(INFO, "baffle: %d nodes, %d partitions; %s, transport=%s, secure=%s",
+        len(core.partition_of), core.num_partitions, rounds, opts.transport, opts.secure)
     if opts.secure:
         from baffle.flower.secure import run_secure
 
