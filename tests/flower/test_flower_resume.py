@@ -72,6 +72,39 @@ def test_interrupted_flower_run_resumes_bit_identical(tmp_path, monkeypatch, ext
     assert (out / "checkpoint.pt").exists() and (out / "summary.json").exists()
 
 
+def test_a_run_killed_while_writing_its_checkpoint_resumes_bit_identical(tmp_path, monkeypatch):
+    """`flwr stop` or a kill can land while the ServerApp writes its run dir. Killed between writing the new
+    checkpoint's temporary file and renaming it (round 4), the run dir holds the round-2 checkpoint, rows 3-4
+    past it and the half-written temporary file: resume goes on from round 2, drops the debris and ends as
+    the uninterrupted run."""
+    from baffle.records import checkpoint as ckpt
+
+    full = tiny(tmp_path, "full", **SCHEDULE)
+    run_inmemory(full, 3)
+    cut = tiny(tmp_path, "cut", **SCHEDULE)
+    real, saves = ckpt.atomic_write_bytes, {"n": 0}
+
+    def killed_mid_write(path, data, mode=0o644):
+        path = Path(path)
+        if path.name == "checkpoint.pt":
+            saves["n"] += 1
+            if saves["n"] == 2:  # the round-4 checkpoint: half its bytes in the temporary file, then death
+                (path.parent / f".{path.name}.tmp-99999").write_bytes(data[: len(data) // 2])
+                raise Crash("killed while writing checkpoint.pt")
+        return real(path, data, mode)
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", killed_mid_write)
+    with pytest.raises(Crash):
+        run_inmemory(cut, 3)
+    monkeypatch.undo()
+    out = Path(cut["result-dir"])
+    assert [json.loads(ln)["round"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert list(out.glob(".checkpoint.pt.tmp-*"))
+    run_inmemory({**cut, "resume": True}, 3)
+    assert result(cut)["weights_sha256"] == result(full)["weights_sha256"] and rows(cut) == rows(full)
+    assert not list(out.glob(".*.tmp-*"))
+
+
 def test_resume_without_node_catch_up_would_diverge(tmp_path, monkeypatch):
     """The control: a resumed node that restarted its sampler from batch 0 gives other weights, so the test
     above compares something that can differ."""
