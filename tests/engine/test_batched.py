@@ -269,3 +269,22 @@ def test_in_place_activations_never_overwrite_a_value_another_node_reads():
     x, y = _batch((1, 8, 8), 12, seed=5)
     eng = _check(model, x, y, None, "forward")
     assert eng.supports(model)  # the batched program ran, not the loop fallback
+
+
+def test_chunks_of_one_call_share_the_input_im2col(monkeypatch):
+    """The first layer's im2col depends on the input alone: built once per engine call, not once per chunk,
+    with the same loss differences as the loop."""
+    torch.manual_seed(6)
+    model = build_model("lenet_small", image_size=14)
+    x, y = _batch((1, 14, 14), 16, seed=6)
+    calls = {"n": 0}
+    real = F.unfold
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "unfold", counting)
+    eng = _check(model, x, y, None, "forward", K=11, engine=BatchedEngine(64, max_chunk=4))
+    assert eng.last_chunk == 4 and eng.last_sub_batch == 16  # 12 members in 3 chunks, the batch unsplit
+    assert calls["n"] == 1

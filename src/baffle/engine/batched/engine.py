@@ -210,6 +210,9 @@ class BatchedEngine(Engine):
         self.last_chunk, self.last_sub_batch = P, sub
         losses = np.empty((total, len(batches)), dtype=np.float64)
         flats = [p.detach().reshape(-1) for p in plist]
+        # what every chunk computes alike from the input (kernels._shared_input_conv); not when the batch is
+        # split for memory, since it would keep every slice's im2col at once
+        cols_cache: dict | None = {} if sub >= x.shape[0] else None
 
         @torch.inference_mode()
         def chunk(start: int) -> None:  # members [start, start + P): independent of every other chunk
@@ -231,7 +234,7 @@ class BatchedEngine(Engine):
             del D, E
             parts = []
             for b0 in range(0, x.shape[0], sub):
-                out = prog.run(x[b0 : b0 + sub], m, weights)
+                out = prog.run(x[b0 : b0 + sub], m, weights, cols_cache)
                 parts.append(out.t if out.batched else lift(out.t, m))
             logits = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
             losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().cpu().numpy()

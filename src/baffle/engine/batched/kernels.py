@@ -95,16 +95,25 @@ def _max_of_views(views: list[torch.Tensor]) -> torch.Tensor:
 _UNFOLD_LIMIT = 64 * 2**20
 
 
-def _shared_input_conv(m: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _shared_input_conv(m: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                       cols_cache: dict | None = None) -> torch.Tensor:
     """Convolution of one shared input with P*C_out filters: im2col once, then one wide GEMM per sample.
 
     The first layer typically has very few input channels (1 or 3), where the direct convolution kernel
     is far from peak; the GEMM (P*C_out x C_in*k*k) @ (C_in*k*k x H*W) is not. Same values as
-    ``F.conv2d`` up to float32 summation order.
+    ``F.conv2d`` up to float32 summation order. The im2col matrix depends on the input alone, so every chunk
+    of one engine call reuses it through ``cols_cache`` (which holds the input, so its address stays its own).
     """
     B = x.shape[0]
     kh, kw = _pair(m.kernel_size)
-    cols = F.unfold(x, (kh, kw), dilation=m.dilation, padding=m.padding, stride=m.stride)  # (B, Cin*kh*kw, L)
+    key = (id(m), x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+    hit = cols_cache.get(key) if cols_cache is not None else None
+    if hit is not None:
+        cols = hit[1]
+    else:
+        cols = F.unfold(x, (kh, kw), dilation=m.dilation, padding=m.padding, stride=m.stride)  # (B, Cin*kh*kw, L)
+        if cols_cache is not None:
+            cols_cache[key] = (x, cols)
     Ho = (x.shape[-2] + 2 * _pair(m.padding)[0] - _pair(m.dilation)[0] * (kh - 1) - 1) // _pair(m.stride)[0] + 1
     Wo = cols.shape[-1] // Ho
     out = torch.matmul(w.reshape(-1, cols.shape[1]), cols)  # (B, P*Cout, L)
@@ -113,7 +122,7 @@ def _shared_input_conv(m: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, bias: tor
     return out.view(B, -1, Ho, Wo)
 
 
-def conv2d(m: nn.Conv2d, v: Value, P: int, weights: dict) -> Value:
+def conv2d(m: nn.Conv2d, v: Value, P: int, weights: dict, cols_cache: dict | None = None) -> Value:
     if m.padding_mode != "zeros":
         raise Unsupported(f"conv padding_mode={m.padding_mode!r}")
     w, w_pert = stacked(m.weight, P, weights)
@@ -126,7 +135,7 @@ def conv2d(m: nn.Conv2d, v: Value, P: int, weights: dict) -> Value:
         kk = math.prod(_pair(m.kernel_size))
         # the im2col GEMM pays off through its wide P*C_out rows; for a single member use the direct conv
         if P > 1 and m.groups == 1 and not isinstance(m.padding, str) and v.t.numel() * kk * 4 <= _UNFOLD_LIMIT:
-            return Value(_shared_input_conv(m, v.t, w, bias), True)
+            return Value(_shared_input_conv(m, v.t, w, bias, cols_cache), True)
         out = F.conv2d(v.t, w.reshape(-1, *m.weight.shape[1:]), bias, m.stride, m.padding, m.dilation, m.groups)
         return Value(out, True)
     if not v.batched:  # only the bias differs

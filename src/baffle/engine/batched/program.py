@@ -100,9 +100,10 @@ class Program:
         self.activation_cache: dict[tuple[int, ...], tuple[int, int]] = {}
 
     # ---- the batched forward ------------------------------------------------------------------
-    def run(self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor]) -> Value:
+    def run(self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor], cols_cache: dict | None = None) -> Value:
         """Forward of P members. ``weights`` maps id(parameter) -> (P, *shape) perturbed copies;
-        parameters absent from it are shared by all members."""
+        parameters absent from it are shared by all members. ``cols_cache``: one dict per engine call, in
+        which the chunks share what depends on the input alone (a shared-input convolution's im2col)."""
         env: dict[torch.fx.Node, Any] = {}
         result: Any = None
         for n in self.nodes:
@@ -111,7 +112,7 @@ class Program:
             elif n.op == "output":
                 result = env[n.args[0]] if isinstance(n.args[0], torch.fx.Node) else None
             elif n.op == "call_module":
-                env[n] = self._module(self.modules[n.target], n, env, P, weights)
+                env[n] = self._module(self.modules[n.target], n, env, P, weights, cols_cache)
             elif n.op == "call_function":
                 env[n] = self._function(n, env, P)
             elif n.op == "call_method":
@@ -131,12 +132,12 @@ class Program:
             raise Unsupported(f"node {n.name}: argument {i} is not a tensor produced by the model")
         return env[a]
 
-    def _module(self, m: nn.Module, n: torch.fx.Node, env: dict, P: int, weights: dict) -> Value:
+    def _module(self, m: nn.Module, n: torch.fx.Node, env: dict, P: int, weights: dict, cols_cache: dict | None = None) -> Value:
         if n.kwargs or len(n.args) != 1:
             raise Unsupported(f"module {n.target} called with extra arguments")
         v = self._arg(n, env)
         if type(m) is nn.Conv2d:
-            return conv2d(m, v, P, weights)
+            return conv2d(m, v, P, weights, cols_cache)
         if type(m) is nn.Linear:
             return linear(m, v, P, weights)
         if type(m) is nn.GroupNorm:
