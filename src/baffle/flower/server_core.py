@@ -58,8 +58,8 @@ from baffle.sim.sampling import sample_clients
 
 log = logging.getLogger("baffle")
 
-NODE_INFO = "baffle.node"
-REPLAY_STATE_RATIO = 1.0  # auto transport: replay while the missing K-vectors weigh <= this x the server state  # MetricRecord a node answers a query with
+NODE_INFO = "baffle.node"  # MetricRecord a node answers a query with
+REPLAY_STATE_RATIO = 1.0  # auto transport: replay while the missing K-vectors weigh <= this x the server state
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> bytes:
@@ -379,7 +379,6 @@ class ServerCore:
             "down_bytes_per_msg": t.down_bytes / max(1, t.down_msgs),
             "up_bytes_per_msg": t.up_bytes / max(1, t.up_msgs),
             "failures": t.failures,
-            "plans": {"weights": t.plans_weights, "replay": t.plans_replay, "state": t.plans_state},
         }
         lr = self.strategy.optimizer.param_groups[0]["lr"]
         extra.update(privacy_metrics(self.ledger))
