@@ -354,7 +354,7 @@ class Node:
         torch.save(replica.state_dict(), buf)
         weights = {k: v.clone() for k, v in replica.model.state_dict().items()}
         _REPLAYED[key] = (buf.getvalue(), weights)
-        while len(_REPLAYED) > 8:
+        while len(_REPLAYED) > 2:  # only this round's entry is useful; each holds ~4x the model
             _REPLAYED.popitem(last=False)
         self._store_replica(round_idx, buf.getvalue(), weights)
 
