@@ -115,6 +115,20 @@ def test_auto_transport_sends_the_server_state_to_nodes_far_behind(tmp_path, mon
     assert w["plans"] == {"weights": 10, "replay": 0, "state": 0}
 
 
+@pytest.mark.parametrize("extra", [{"federation-aggregator": "median"}, {"privacy-mode": "central", "privacy-clip": 0.05},
+                                   {"model-adapter": "lora", "model-trainable": "*lora_*,classifier.bias"}],
+                         ids=["median", "central-dp", "lora"])
+def test_auto_transport_is_exact_with_robust_aggregation_central_dp_and_lora(tmp_path, extra):
+    """Where the docs say replay is exact: the node applies the K-vector the server stepped with (after the
+    median, after central DP's clipping and noise; LoRA adapters as parameters), so the run ends as with weights."""
+    sched = {"num-server-rounds": 3, "fraction-train": 2, **extra}
+    rc_w, rc_a = tiny(tmp_path, "w", transport="weights", **sched), tiny(tmp_path, "a", **sched)
+    run_inmemory(rc_w, 3)
+    run_inmemory(rc_a, 3)
+    w, a = result(rc_w), result(rc_a)
+    assert a["failures"] == 0 and a["plans"]["weights"] == 0 and a["weights_sha256"] == w["weights_sha256"]
+
+
 def test_a_server_state_that_does_not_load_is_refused_and_changes_nothing(tmp_path, monkeypatch, caplog):
     """A node never executes or half-loads what a plan calls the server state: bytes that are not a
     ``torch.save`` of tensors are refused with an error naming them, and the round goes on without that node."""
