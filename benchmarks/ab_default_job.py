@@ -98,6 +98,31 @@ def section(res: dict) -> str:
     ])
 
 
+def measure(base_rev: str, rounds: int, pairs: int, log=print) -> dict:
+    """Time the default job at ``base_rev`` (a temporary worktree, removed again) and at this checkout."""
+    base = git("rev-parse", "--verify", f"{base_rev}^{{commit}}")
+    head = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    res: dict = {"rounds": rounds, "pairs": pairs, "load_before": list(os.getloadavg())}
+    with tempfile.TemporaryDirectory(prefix="baffle-ab-") as tmp:
+        tree = Path(tmp) / "base"
+        git("worktree", "add", "--detach", str(tree), base)
+        try:
+            runs: dict[str, list[dict]] = {"base": [], "head": []}
+            for i in range(pairs):
+                for name, src in (("base", tree / "src"), ("head", ROOT / "src")):
+                    runs[name].append(timed(src, rounds))
+                    log(f"pair {i + 1}/{pairs} {name}: {runs[name][-1]['rounds_s']:.2f} s")
+        finally:
+            git("worktree", "remove", "--force", str(tree))
+    for name, commit in (("base", base), ("head", head + (" + uncommitted changes" if dirty else ""))):
+        r = runs[name]
+        res[name] = {"commit": commit, "rounds_s": [x["rounds_s"] for x in r], "run_s": [x["run_s"] for x in r],
+                     "final_test_acc": r[0]["final_test_acc"], "weights_sha256": r[0]["weights_sha256"]}
+    res["load_after"] = list(os.getloadavg())
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, help="the commit to compare against (any git revision)")
@@ -107,26 +132,7 @@ def main() -> int:
     a = p.parse_args()
     if a.rounds < 1 or a.pairs < 1:
         p.error("--rounds and --pairs must be >= 1")
-    base = git("rev-parse", "--verify", f"{a.base}^{{commit}}")
-    head = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    res = {"rounds": a.rounds, "pairs": a.pairs, "load_before": list(os.getloadavg())}
-    with tempfile.TemporaryDirectory(prefix="baffle-ab-") as tmp:
-        tree = Path(tmp) / "base"
-        git("worktree", "add", "--detach", str(tree), base)
-        try:
-            runs: dict[str, list[dict]] = {"base": [], "head": []}
-            for i in range(a.pairs):
-                for name, src in (("base", tree / "src"), ("head", ROOT / "src")):
-                    runs[name].append(timed(src, a.rounds))
-                    print(f"pair {i + 1}/{a.pairs} {name}: {runs[name][-1]['rounds_s']:.2f} s", flush=True)
-        finally:
-            git("worktree", "remove", "--force", str(tree))
-    for name, commit in (("base", base), ("head", head + (" + uncommitted changes" if dirty else ""))):
-        r = runs[name]
-        res[name] = {"commit": commit, "rounds_s": [x["rounds_s"] for x in r], "run_s": [x["run_s"] for x in r],
-                     "final_test_acc": r[0]["final_test_acc"], "weights_sha256": r[0]["weights_sha256"]}
-    res["load_after"] = list(os.getloadavg())
+    res = measure(a.base, a.rounds, a.pairs, log=lambda m: print(m, flush=True))
     write_json(OUT, res, indent=2)
     text = section(res)
     if a.doc:

