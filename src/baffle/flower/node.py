@@ -207,13 +207,14 @@ def replica_key(cfg: Config, train: Dataset) -> str:
     return json.dumps({"cfg": cfg.to_dict(), "input": list(train.x.shape[1:]), "classes": int(train.num_classes)}, sort_keys=True)
 
 
-def shared_replica(cfg: Config, train: Dataset) -> tuple[ServerStrategy, dict]:
+def shared_replica(cfg: Config, train: Dataset, key: str | None = None) -> tuple[ServerStrategy, dict]:
     """One replica object (model + optimizer) per run config and process, and its initial state.
 
     Every message loads the node's own replica state into it (``load_state_dict`` replaces the model, the
     optimizer's moments and its schedule position: nothing else in a ``ServerStrategy`` changes after it
-    is built), so building a model and an optimizer per message is not needed."""
-    key = replica_key(cfg, train)
+    is built), so building a model and an optimizer per message is not needed. ``key``: ``replica_key(cfg,
+    train)`` when the caller has it already."""
+    key = key or replica_key(cfg, train)
     if key in _REPLICAS:
         _REPLICAS.move_to_end(key)
     else:
@@ -325,11 +326,12 @@ class Node:
     def _replay(self, round_idx: int, replay_from: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:
         from baffle.flower.server_core import weights_digest
 
-        replica, initial = shared_replica(self.cfg, self.train)
-        key = (replica_key(self.cfg, self.train), round_idx, digest)
+        rkey = replica_key(self.cfg, self.train)
+        key = (rkey, round_idx, digest)
         if key in _REPLAYED:  # another node of this process already reached this very state: same bytes, same weights
             self._store_replica(round_idx, *_REPLAYED[key])
             return
+        replica, initial = shared_replica(self.cfg, self.train, rkey)
         at = 0
         if "replica" in self.state:
             replica.load_state_dict(torch.load(io.BytesIO(self.state["replica"]), weights_only=True))
@@ -352,11 +354,11 @@ class Node:
             raise MessageError(f"replica mismatch: weights after replaying to round {round_idx} differ from the server's")
         buf = io.BytesIO()
         torch.save(replica.state_dict(), buf)
-        weights = {k: v.clone() for k, v in replica.model.state_dict().items()}
-        _REPLAYED[key] = (buf.getvalue(), weights)
+        blob, weights = buf.getvalue(), {k: v.clone() for k, v in replica.model.state_dict().items()}
+        _REPLAYED[key] = (blob, weights)
         while len(_REPLAYED) > 2:  # only this round's entry is useful; each holds ~4x the model
             _REPLAYED.popitem(last=False)
-        self._store_replica(round_idx, buf.getvalue(), weights)
+        self._store_replica(round_idx, blob, weights)
 
     def _adopt_state(self, round_idx: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:
         """``auto`` transport for a node far behind: the server's training state becomes this node's replica."""
@@ -372,9 +374,7 @@ class Node:
             raise MessageError(f"server state does not load into this node's replica: {e}") from None
         if weights_digest(replica.model.state_dict()) != digest:
             raise MessageError(f"replica mismatch: the server state of round {round_idx} does not hash to its weights")
-        buf = io.BytesIO()
-        torch.save(replica.state_dict(), buf)
-        self._store_replica(round_idx, buf.getvalue(), replica.model.state_dict())
+        self._store_replica(round_idx, blob, replica.model.state_dict())  # the bytes as received: they just loaded
 
     def _store_replica(self, round_idx: int, blob: bytes, weights: Mapping[str, torch.Tensor]) -> None:
         self.state["replica"] = blob
