@@ -94,6 +94,8 @@ BASE = {
     "federation.batch_size": 16,
     "federation.trim_fraction": 0.3,  # the trimmed mean is told the attacker bound (30%)
     "optim.lr": 0.05,
+    "optim.betas": [0.9, 0.99],  # baffle's defaults when these runs were made (experiments/default_optim.toml)
+    "estimator.noise": "v1",
     "run.checkpoint_every": 0,
     "run.threads": 1,
     "run.seed": 0,

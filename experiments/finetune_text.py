@@ -113,6 +113,7 @@ def federated(method: str, train: Dataset, test: Dataset, args, partition: str =
         "run.threads=1", f"run.seed={args.seed}", f"estimator.K={args.K}", f"estimator.sigma={args.sigma}",
         f"federation.batch_size={args.batch}", f"optim.lr={args.lr}", "run.checkpoint_every=0",
         f"data.eval_train_samples={min(1000, len(train))}",
+        "optim.betas=[0.9,0.99]", "estimator.noise=v1",  # baffle's defaults when these runs were made
     ])
     t0 = time.perf_counter()
     with on_features(train, test):

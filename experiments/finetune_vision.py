@@ -281,7 +281,7 @@ def federated(args, method: str, subset: str, train: Dataset, test: Dataset, lr:
         f"data.num_clients={args.clients}", f"run.rounds={rounds}", f"run.eval_every={max(1, rounds // 8)}",
         "run.threads=1", f"run.seed={args.seed}", f"estimator.K={args.K_by_subset[subset]}", f"estimator.sigma={args.sigma}",
         "estimator.engine=batched", f"estimator.noise={args.noise}", f"federation.batch_size={args.batch}", f"optim.lr={lr}", "run.checkpoint_every=0",
-        f"data.eval_train_samples={min(1000, len(train))}", *extra,
+        f"data.eval_train_samples={min(1000, len(train))}", "optim.betas=[0.9,0.99]", *extra,  # beta2: the default when these ran
     ])
     t0 = time.perf_counter()
     curve: list[list[float]] = []

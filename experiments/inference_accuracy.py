@@ -50,12 +50,15 @@ BASE = [
     "federation.batch_size=16",
     "optim.lr=0.05",
     "optim.ema_decay=0.9",
+    "optim.betas=[0.9,0.99]",  # baffle's defaults when these runs were made (experiments/default_optim.toml)
+    "estimator.noise=v1",
     "run.threads=1",
     "run.checkpoint_every=0",
 ]
 
-# the default recipe is Config() itself: only what keeps a run light is set (every run: same data, seeds, server)
-DEFAULT_BASE = ["run.threads=1", "run.checkpoint_every=0"]
+# the default recipe is Config() as it was when these runs were made (lr, betas and noise moved on 2026-12-03,
+# experiments/default_optim.toml), plus what keeps a run light (every run: same data, seeds, server)
+DEFAULT_BASE = ["optim.lr=0.01", "optim.betas=[0.9,0.99]", "estimator.noise=v1", "run.threads=1", "run.checkpoint_every=0"]
 
 RUNS: dict[str, list[str]] = {
     "torch_float": [],

@@ -27,6 +27,7 @@ SWEEPS = [
     ("multistep", "Local forward-only steps with scalar uploads at equal forward passes (issue 16)"),
     ("batch_k", "Minibatch size against K at equal forward samples (issue 16)"),
     ("robust_converged", "Aggregators against 30% hostile clients at convergence (issue 17)"),
+    ("default_optim", "Server optimizer of the default job, 3 seeds (issue 16)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),
@@ -101,7 +102,8 @@ def seed_summary(rows: list[dict], varied_keys: list[str]) -> list[str]:
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         if not r.get("error"):
-            groups.setdefault(tuple(r["varied"].get(k) for k in others), []).append(r["summary"]["final_test_acc"])
+            key = tuple(str(v) if isinstance(v, list) else v for v in (r["varied"].get(k) for k in others))  # lists: betas
+            groups.setdefault(key, []).append(r["summary"]["final_test_acc"])
     out = []
     for key, accs in groups.items():
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -135,7 +137,10 @@ def main() -> int:
         "through all forward passes (a pass of 8 samples is 4x cheaper than one of 32); BP runs count a "
         "forward+backward step as one pass. *paper recipe* = the BAFFLE code's settings (LeNet with global pooling, "
         "28x28, K=100, sigma 1e-4, batch 32, Adam lr 0.01); *fast recipe* = baffle's default (lenet_small, 14x14, "
-        "K=20, sigma 1e-3, batch 8, Adam lr 0.01 with warmup and cosine decay, EMA 0.98).",
+        "K=20, sigma 1e-3, batch 8, Adam with warmup and cosine decay, EMA 0.98). Every sweep before \"Server "
+        "optimizer of the default job\" ran the fast recipe as it was until 2026-12-03 (Adam lr 0.01, betas (0.9, "
+        "0.99), noise spec v1; each sweep file pins those keys); that section measured today's default (lr 0.005, "
+        "beta2 0.999, noise v2-gauss) against it over 3 seeds.",
         "",
     ]
     all_rows: dict[str, list[dict]] = {}

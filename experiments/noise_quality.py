@@ -17,7 +17,7 @@ With ``--runs DIR``, it also tabulates short accuracy runs of the default job fo
 ``<kind>_s<seed>/summary.json``, made by (one per kind and seed, at most two at once on a shared machine)::
 
     baffle run --set run.rounds=600 --set run.threads=1 --set estimator.noise=<kind> --set run.seed=<seed> \
-        --out DIR/<kind>_s<seed> --no-progress
+        --set optim.lr=0.01 --set "optim.betas=[0.9,0.99]" --out DIR/<kind>_s<seed> --no-progress
 
 Writes experiments/results/noise_quality.json and the "Estimator quality per noise kind" section of
 docs/performance.md.
@@ -152,7 +152,7 @@ def accuracy_section(runs: list[dict]) -> list[str]:
                          f"{np.std(accs):.2f}", ", ".join(str(r["seed"]) for r in mine)])
     rounds = {r["rounds"] for r in runs}
     full = rounds == {3000}
-    what = ("The default job to its end (`baffle run --set run.threads=1 --set estimator.noise=<kind> --set run.seed=<seed>`, "
+    what = ("The default job to its end as it was until 2026-12-03 (`baffle run --set run.threads=1 --set estimator.noise=<kind> --set run.seed=<seed> --set optim.lr=0.01 --set \"optim.betas=[0.9,0.99]\"`, "
             "3000 rounds, the whole MNIST test set; run one or two at a time on the shared machine):" if full else
             f"Short accuracy runs of the default job (`baffle run --set run.rounds={'/'.join(map(str, sorted(rounds)))} "
             "--set run.threads=1 --set estimator.noise=<kind> --set run.seed=<seed>`; the default is 3000 rounds, so "

@@ -43,6 +43,9 @@ CASES: dict[str, dict] = {
     "faults_attack_sampling": {"federation.clients_per_round": 0.75, "federation.dropout_rate": 0.2,
                                "federation.attack": "sign_flip", "federation.attack_fraction": 0.25},
     "shaping_seed_pool": {"estimator.baseline": "mean", "estimator.shaping": "rank", "estimator.seed_pool": 32},
+    # the defaults before experiments/default_optim.toml moved them (noise v1, Adam beta2 0.99): its pin is the
+    # baffle_loop pin recorded before that change, so old runs stay reproducible by setting those two keys
+    "defaults_before_2026_12": {"estimator.noise": "v1", "optim.betas": "[0.9,0.99]"},
 }
 
 

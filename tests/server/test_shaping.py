@@ -41,8 +41,9 @@ def test_strategy_rebuilds_from_the_shaped_vector():
     w0 = torch.cat([p.detach().reshape(-1) for _, p in strat.params]).clone()
     strat.apply_loss_diffs(0, d)
     step = torch.cat([p.detach().reshape(-1) for _, p in strat.params]) - w0
-    g = reconstruct(shape_diffs(d, "mean"), strat.seeds(0), cfg.estimator.sigma, strat.n)
-    g_raw = reconstruct(d, strat.seeds(0), cfg.estimator.sigma, strat.n)
+    kind = cfg.estimator.noise  # the directions the strategy used
+    g = reconstruct(shape_diffs(d, "mean"), strat.seeds(0), cfg.estimator.sigma, strat.n, noise=kind)
+    g_raw = reconstruct(d, strat.seeds(0), cfg.estimator.sigma, strat.n, noise=kind)
     # Adam's first step is -lr * sign(g) (plus weight decay): it follows the shaped estimate, not the raw one
     agree = float((torch.sign(step) == -torch.sign(torch.from_numpy(g))).float().mean())
     agree_raw = float((torch.sign(step) == -torch.sign(torch.from_numpy(g_raw))).float().mean())

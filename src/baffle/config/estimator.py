@@ -24,7 +24,7 @@ class EstimatorConfig:
     shaping: str = "none"  # server-side: none | rank (ES centered-rank fitness shaping; baffle.shaping)
     seed_pool: int = 0  # server-side: reuse a pool of this many directions (a multiple of K), K per round; 0 = fresh
     fuse_clients: bool = True  # simulator: one batched pass over all sampled clients' minibatches (same uploads)
-    noise: str = "v1"  # direction spec: v1 (numpy Philox normal) | v2-gauss | v2-rademacher (baffle.protocol.noise)
+    noise: str = "v2-gauss"  # direction spec: v2-gauss | v2-rademacher | v1 (numpy Philox normal, the default until 2026-12) (baffle.protocol.noise)
 
 
 def validate(e: EstimatorConfig, cfg: "Config") -> None:
