@@ -288,3 +288,22 @@ def test_chunks_of_one_call_share_the_input_im2col(monkeypatch):
     eng = _check(model, x, y, None, "forward", K=11, engine=BatchedEngine(64, max_chunk=4))
     assert eng.last_chunk == 4 and eng.last_sub_batch == 16  # 12 members in 3 chunks, the batch unsplit
     assert calls["n"] == 1
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2-gauss", "v2-rademacher"])
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_whole_direction_block_equals_tensor_by_tensor(monkeypatch, kind, scheme):
+    """Small models get each direction in one generator call (engine.batched.DIRECTION_BLOCK_BYTES); large ones
+    tensor by tensor. Both read the same stream, so the loss differences must be bit-identical."""
+    from baffle.engine.batched import engine as batched_engine
+
+    torch.manual_seed(7)
+    model = build_model("lenet_small", image_size=14)
+    x, y = _batch((1, 14, 14), 16, seed=7)
+    params = estimator.select_parameters(model, None)
+    seeds = noise.round_seeds(5, 2, 9)
+    block = BatchedEngine(64, max_chunk=4)(model, params, x, y, seeds, 1e-3, scheme, noise=kind)
+    monkeypatch.setattr(batched_engine, "DIRECTION_BLOCK_BYTES", 0)
+    piecewise = BatchedEngine(64, max_chunk=4)(model, params, x, y, seeds, 1e-3, scheme, noise=kind)
+    assert np.abs(block).max() > 0
+    np.testing.assert_array_equal(block, piecewise)

@@ -36,6 +36,10 @@ from baffle.engine.batched.program import Program
 from baffle.engine.loop import loss_differences
 from baffle.protocol.schemes import check_scheme
 
+#: A chunk's directions are generated whole (one generator call per direction) when they fit in this many bytes:
+#: lenet_small's 11 x 4,874 floats are 214 kB; a 22.7M-parameter model never comes near it.
+DIRECTION_BLOCK_BYTES = 4 << 20
+
 log = logging.getLogger("baffle")
 
 
@@ -221,17 +225,27 @@ class BatchedEngine(Engine):
             dirs = np.unique(c_idx[c_idx >= 0])
             local = torch.from_numpy(np.searchsorted(dirs, np.maximum(c_idx, 0)) if len(dirs) else np.zeros(m, np.int64)).to(device)
             coef = torch.tensor(c_sign * sigma, dtype=torch.float32, device=device).view(m, 1)
-            # the chunk's directions are written tensor by tensor, each straight from its seed's stream,
-            # so no (directions x n) block exists beside the (members x n) perturbed weights
             writers = [direction_writer(seeds[d], noise) for d in dirs]
-            weights = {}
-            for p, flat in zip(plist, flats):
-                D = torch.empty(len(dirs), p.numel(), device=device) if len(dirs) else torch.zeros(1, p.numel(), device=device)
+            block = None
+            if 0 < len(dirs) * n * 4 <= DIRECTION_BLOCK_BYTES:
+                # small models: each direction in ONE generator call (the same stream, so the same values as
+                # tensor by tensor); per-call overhead, not generation, is what small tensors pay
+                block = torch.empty(len(dirs), n, device=device)
                 for j, fill in enumerate(writers):
-                    fill(D[j])
+                    fill(block[j])
+            # otherwise the chunk's directions are written tensor by tensor, each straight from its seed's
+            # stream, so no (directions x n) block exists beside the (members x n) perturbed weights
+            weights = {}
+            for i, (p, flat) in enumerate(zip(plist, flats)):
+                if block is not None:
+                    D = block[:, offsets[i] : offsets[i + 1]]
+                else:
+                    D = torch.empty(len(dirs), p.numel(), device=device) if len(dirs) else torch.zeros(1, p.numel(), device=device)
+                    for j, fill in enumerate(writers):
+                        fill(D[j])
                 E = D.index_select(0, local) if len(dirs) != m or len(dirs) == 0 else D
                 weights[id(p)] = torch.addcmul(flat.unsqueeze(0), coef, E).view(m, *p.shape)
-            del D, E
+            del D, E, block
             parts = []
             for b0 in range(0, x.shape[0], sub):
                 out = prog.run(x[b0 : b0 + sub], m, weights, cols_cache)
