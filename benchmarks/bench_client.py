@@ -327,7 +327,8 @@ GroupNorm (P*G groups), BatchNorm (P*C channels), activations and pooling run un
 convolution (shared input) is one im2col + GEMM with P*C_out output rows; later convolutions are grouped
 convolutions (groups = P); linear layers are one wide GEMM (shared input) or a batched matmul. The P weight
 sets are written tensor by tensor straight from each seed's direction stream, so no block of directions
-exists beside them. The chunk is bounded by `estimator.max_memory_mb` and by a cache-sized working set. Anything the tracer or
+exists beside them, except for small models, where a chunk's directions (at most 4 MiB) are generated one call per
+direction, because each generator call there is mostly overhead. The chunk is bounded by `estimator.max_memory_mb` and by a cache-sized working set. Anything the tracer or
 interpreter does not know falls back to the reference loop (same answers, loop speed).
 
 Measured while building it (single thread, same shared machine, alternating runs):
