@@ -50,6 +50,7 @@ from typing import Any, Callable
 from baffle.methods import get_method
 from baffle.config import Config, ConfigError
 from baffle.records.results import write_json, write_text
+from baffle.records.rundir import load_run_config
 from baffle.records.tables import markdown_table, percent
 
 TOP_LEVEL_KEYS = ("out", "title", "description", "base", "grid", "runs")
@@ -228,7 +229,7 @@ def run_status(run_dir: Path, cfg: Config) -> str:
         return "fresh"
     if cfg_file.read_text() != cfg.to_toml():
         try:  # a key added to baffle after the run, absent from its file, takes today's default: not a change
-            stored = Config.load(cfg_file).to_dict()
+            stored = load_run_config(cfg_file).to_dict()
         except (ConfigError, OSError, ValueError):
             return "conflict"
         if stored != cfg.to_dict():

@@ -197,6 +197,25 @@ def test_a_key_newer_than_the_checkpoint_at_its_default_is_not_a_change():
     assert rundir.config_changes(saved, cfg) == {}
 
 
+def test_a_run_made_before_estimator_noise_existed_resumes_with_v1(tmp_path):
+    """The key came in with spec v2, when v1 was the only spec; its default is now v2-gauss. A run directory without
+    the key ran with v1: resuming it must keep v1, and a checkpoint without it must not match v2-gauss."""
+    assert Config().estimator.noise != "v1"  # otherwise this test checks nothing
+    d = tmp_path / "old"
+    d.mkdir()
+    text = tiny(2).to_toml()
+    old = "\n".join(ln for ln in text.splitlines() if not ln.startswith("noise ="))
+    assert old != text and "noise =" not in old
+    (d / "config.toml").write_text(old)
+    assert rundir.prepare_resume(d).cfg.estimator.noise == "v1"
+    saved = tiny(2).to_dict()
+    del saved["estimator"]["noise"]
+    assert rundir.config_changes(saved, tiny(2)) == {"estimator.noise": ("v1", Config().estimator.noise)}
+    v1 = tiny(2)
+    v1.estimator.noise = "v1"
+    assert rundir.config_changes(saved, v1) == {}
+
+
 def test_default_run_dirs_are_claimed_never_shared(tmp_path):
     names = [rundir.claim_new(tmp_path / "runs", "20260101-000000").name for _ in range(3)]
     assert names == ["20260101-000000", "20260101-000000-2", "20260101-000000-3"]

@@ -17,6 +17,7 @@ results that look valid and are not. The rules, checked before any work starts:
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,22 @@ SAFE_RESUME_CHANGES: dict[str, str] = {
     "run.checkpoint_every": "when checkpoints are written",
     "run.threads": "torch intra-op threads",
 }
+
+
+# Keys added to baffle after runs had been made, whose default later moved away from what those runs used: a run
+# directory (config.toml or checkpoint) without the key ran with this value, not with today's default. Without it,
+# resuming a run made before estimator.noise existed would switch it from v1 to v2-gauss in mid-run.
+KEYS_ADDED_LATER: dict[str, Any] = {"estimator.noise": "v1"}
+
+
+def load_run_config(path: Path) -> Config:
+    """A run directory's config.toml, with the value every key of :data:`KEYS_ADDED_LATER` had before it existed."""
+    cfg = Config.load(path)
+    stored = _flat(tomllib.loads(path.read_text()))
+    for key, value in KEYS_ADDED_LATER.items():
+        if key not in stored:
+            cfg.set(key, value)
+    return cfg
 
 
 class RunDirError(ConfigError):
@@ -124,7 +141,7 @@ def config_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
     a, b, default = _flat(saved), _flat(cfg.to_dict()), _flat(Config().to_dict())
     changes = {}
     for k in sorted(set(a) | set(b)):
-        was, now = a.get(k, _ABSENT), b.get(k, _ABSENT)
+        was, now = a.get(k, KEYS_ADDED_LATER.get(k, _ABSENT)), b.get(k, _ABSENT)
         if was is _ABSENT and k in default and now == default[k]:
             continue  # a key added to baffle after the checkpoint was written, left at its default
         if was != now:
@@ -170,7 +187,7 @@ def prepare_resume(out: str | Path, overrides: list[str] | None = None) -> Resum
         raise RunDirError(f"--resume {out}: {'no such directory' if not out.exists() else 'not a directory'}")
     if not (out / "config.toml").is_file():
         raise RunDirError(f"--resume {out}: no config.toml there; is it a baffle run directory?")
-    cfg = Config.load(out / "config.toml")
+    cfg = load_run_config(out / "config.toml")
     for item in overrides or []:
         key = item.split("=", 1)[0].strip()
         if key not in SAFE_RESUME_CHANGES:
