@@ -198,6 +198,10 @@ class OnnxClient:
         self.sampler.load_state_dict(state["sampler"])
 
 
+#: estimator.noise's default, restated so that this process never imports the config layer (a test keeps them equal)
+CLI_DEFAULT_NOISE = "v2-gauss"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m baffle.onnx_client``: answer one round as a plain ONNX Runtime process (no torch).
 
@@ -220,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0, help="this client's minibatch sampler seed")
     ap.add_argument("--precision", default="float", choices=PRECISIONS)
-    ap.add_argument("--noise", default="v1", choices=noise.KINDS, help="direction spec of the run (estimator.noise)")
+    ap.add_argument("--noise", default=CLI_DEFAULT_NOISE, choices=noise.KINDS,
+                    help=f"direction spec of the run (estimator.noise; default {CLI_DEFAULT_NOISE}, as baffle run's)")
     ap.add_argument("--out", required=True, help="where to write the Upload bytes")
     args = ap.parse_args(argv)
     data = np.load(args.data)

@@ -117,7 +117,8 @@ def test_onnx_client_process_never_imports_torch(lenet, tmp_path):
     up = Upload.from_bytes((tmp_path / "upload.bin").read_bytes())
     assert (up.client_id, up.round, up.num_samples) == (3, 2, 16)
     idx = BatchSampler(np.arange(40), 16, seed=5).next_batch()  # the torch client would draw this batch
-    ref = loss_differences(model, estimator.select_parameters(model), x[idx], y[idx], seeds, 1e-3)
+    ref = loss_differences(model, estimator.select_parameters(model), x[idx], y[idx], seeds, 1e-3,
+                           noise=onnx_client.CLI_DEFAULT_NOISE)  # no --noise given: the run's default spec
     np.testing.assert_allclose(up.loss_diffs, ref, rtol=0, atol=2e-5)
 
 
@@ -284,3 +285,10 @@ def test_mixed_federation_trains_mnist_lenet():
     )
     summary = Simulation(cfg.validate(), None, progress=False).run()
     assert summary["final_test_acc"] > 0.25, summary  # chance is 0.1
+
+
+def test_cli_default_noise_is_the_runs_default():
+    """The one-shot CLI answers a round of a baffle run: with no --noise it must use the spec a default run uses."""
+    from baffle.config import Config
+
+    assert onnx_client.CLI_DEFAULT_NOISE == Config().estimator.noise
