@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from baffle.config.choices import ONNX_PRECISIONS as PRECISIONS  # the one list of valid choices per key
+from baffle.config.estimator import EstimatorConfig
 from baffle.onnx_session import make_session
 from baffle.protocol import noise
 from baffle.protocol.layout import FlatLayout, select_names
@@ -198,8 +199,8 @@ class OnnxClient:
         self.sampler.load_state_dict(state["sampler"])
 
 
-#: estimator.noise's default, restated so that this process never imports the config layer (a test keeps them equal)
-CLI_DEFAULT_NOISE = "v2-gauss"
+#: the spec a default run uses (the config layer imports neither torch nor numpy, so this client may read it)
+CLI_DEFAULT_NOISE = EstimatorConfig.noise
 
 
 def main(argv: Sequence[str] | None = None) -> None:
