@@ -28,6 +28,7 @@ SWEEPS = [
     ("batch_k", "Minibatch size against K at equal forward samples (issue 16)"),
     ("robust_converged", "Aggregators against 30% hostile clients at convergence (issue 17)"),
     ("default_optim", "Server optimizer of the default job, 3 seeds (issue 16)"),
+    ("weight_decay", "Weight decay of the default job's server optimizer, 2 seeds (issue 16)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),

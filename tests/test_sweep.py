@@ -173,3 +173,15 @@ def test_a_key_added_to_baffle_after_a_run_does_not_make_it_a_different_run(tmp_
     assert "trust_decay" in text and run_status(run, cfg) == "done"
     cfg.federation.trust_decay = 0.5  # a real difference is still a conflict
     assert run_status(run, cfg) == "conflict"
+
+
+def test_set_cannot_override_a_key_the_sweep_varies(tmp_path):
+    """`--set estimator.K=9` on a grid over K would run K=9 under the names `fwd__K=2` and `fwd__K=5`
+    (and label the table with the grid's values); `--set` of a key the sweep does not vary still works."""
+    f = _write(tmp_path)
+    with pytest.raises(SweepError, match=r"--set estimator.K: the sweep varies estimator.K itself"):
+        load_sweep(f, extra=["estimator.K=9"])
+    with pytest.raises(SweepError, match=r"--set run.method: the sweep varies"):
+        load_sweep(f, extra=["run.method=baffle"])  # a [[runs]] key
+    sweep = load_sweep(f, extra=["estimator.sigma=0.02"])
+    assert [r.name for r in sweep.runs] == ["fwd__K=2", "fwd__K=5", "bp__K=2", "bp__K=5"]

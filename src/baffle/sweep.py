@@ -162,6 +162,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str]
         varied_keys += [k for k in v if k not in varied_keys]
     varied_keys += [k for k in grid if k not in varied_keys]
 
+    for item in extra or []:  # a run named `x__seed=0` that ran with seed 1 would mislabel its row
+        key = item.split("=", 1)[0].strip()
+        if key in varied_keys:
+            raise SweepError(f"--set {key}: the sweep varies {key} itself ([grid] or [[runs]]); edit {path} instead")
+
     runs: list[RunSpec] = []
     keys = list(grid)
     for vname, voverrides in variants:

@@ -307,3 +307,28 @@ def test_whole_direction_block_equals_tensor_by_tensor(monkeypatch, kind, scheme
     piecewise = BatchedEngine(64, max_chunk=4)(model, params, x, y, seeds, 1e-3, scheme, noise=kind)
     assert np.abs(block).max() > 0
     np.testing.assert_array_equal(block, piecewise)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_both_grouped_conv_layouts_match_the_loop(monkeypatch, layout):
+    """The per-member convolutions run channels-last on AVX-512 cores and NCHW elsewhere
+    (kernels.grouped_channels_last); both layouts, and every layer after them (norms, pooling views, a
+    residual add of a channels-last and an NCHW value, the flatten before the classifier), give the loop's
+    losses on any machine."""
+    from baffle.engine.batched.kernels import CONV_LAYOUT_ENV
+
+    monkeypatch.setenv(CONV_LAYOUT_ENV, layout)
+    torch.manual_seed(4)
+    _check(build_model("lenet_small", image_size=14), *_batch((1, 14, 14), 16, seed=4), None, "forward")
+    torch.manual_seed(0)
+    _check(build_model("lenet", norm="batch"), *_batch((1, 28, 28), 8), None, "central")
+    torch.manual_seed(2)
+    _check(build_model("wrn10_2", in_channels=3, image_size=16, norm="group"), *_batch((3, 16, 16), 4, seed=2), None, "forward", K=4)
+
+
+def test_bad_conv_layout_override_is_named(monkeypatch):
+    from baffle.engine.batched.kernels import CONV_LAYOUT_ENV, grouped_channels_last
+
+    monkeypatch.setenv(CONV_LAYOUT_ENV, "nhwc")
+    with pytest.raises(ValueError, match="BAFFLE_CONV_LAYOUT must be 'nchw' or 'channels_last', got 'nhwc'"):
+        grouped_channels_last()
