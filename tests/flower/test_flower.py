@@ -69,7 +69,8 @@ def test_every_baffle_run_key_is_an_app_key_or_excluded_with_a_reason():
                                         ({"estimator-k": "many"}, "estimator.K"),
                                         ({"secure": 1}, "true or false"),
                                         ({"transport": "carrier-pigeon"}, "transport"),
-                                        ({"transport": "replay", "secure": True}, "secure=true supports")])
+                                        ({"transport": "replay", "secure": True}, "secure=true supports"),
+                                        ({"run-method": "fedavg"}, "scalar-upload methods baffle, baffle_multistep only")])
 def test_bad_app_config_is_a_clear_error(bad, match):
     with pytest.raises(ConfigError, match=match):
         parse_run_config({**APP_CONFIG, **bad})
@@ -98,6 +99,35 @@ def test_flower_weights_and_replay_match_inprocess_bit_for_bit(tmp_path):
     # replay ships K-vectors instead of the ~27k-parameter model
     assert r["down_bytes_per_msg"] < w["down_bytes_per_msg"] / 20
     assert w["up_bytes_per_msg"] < 2000  # K=8 scalars + Flower record overhead, no weights
+
+
+def test_multistep_on_flower_matches_inprocess_and_lagging_replicas_catch_up(tmp_path):
+    """run-method=baffle_multistep: each node takes S local steps and uploads S x K scalars; the server steps on
+    the mean trajectory. With 2 of 3 nodes sampled per round, replay-transport nodes that missed rounds catch
+    up from the aggregated S x K vectors alone; every transport ends on `baffle run`'s weights, bit for bit."""
+    from baffle.sim.loop import Simulation
+
+    S, K = 3, 8
+    sched = {"num-server-rounds": 4, "run-eval-every": 4, "fraction-train": 2, "run-method": "baffle_multistep",
+             "federation-local-steps": S, "federation-local-lr": 0.01}
+    rcs = {t: tiny(tmp_path, t, transport=t, **sched) for t in ("weights", "replay", "auto")}
+    for rc in rcs.values():
+        run_inmemory(rc, 3)
+    res = {t: result(rc) for t, rc in rcs.items()}
+    cfg, _ = parse_run_config(rcs["weights"])
+    cfg.data.num_clients = 3
+    sim = Simulation(cfg, None, progress=False)
+    summary = sim.run()
+    inproc = server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+    for t, r in res.items():
+        assert r["failures"] == 0 and r["rounds_done"] == 4, t
+        assert r["weights_sha256"] == inproc, f"{t}: Flower multistep diverged from baffle run"
+    assert res["replay"]["plans"] == {"weights": 0, "replay": 8, "state": 0}
+    rows = [json.loads(line) for line in (Path(rcs["replay"]["result-dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["total_forward_passes"] == summary["total_forward_passes"] == 4 * 2 * S * (K + 1)
+    assert rows[-1]["total_upload_bytes"] == summary["total_upload_bytes"] == 4 * 2 * (16 + 4 * S * K)
+    # a lagging node receives every round it missed: S x K scalars per round, never the model
+    assert res["replay"]["down_bytes_per_msg"] < res["weights"]["down_bytes_per_msg"] / 20
 
 
 def test_auto_transport_sends_the_server_state_to_nodes_far_behind(tmp_path, monkeypatch):

@@ -44,7 +44,9 @@ SCHEDULE = {"num-server-rounds": 6, "run-eval-every": 1, "run-checkpoint-every":
 
 
 @pytest.mark.parametrize("extra", [{"transport": "weights"}, {"transport": "replay", "privacy-mode": "local", "privacy-clip": 0.05},
-                                   {"transport": "auto"}], ids=["weights", "replay+dp", "auto"])
+                                   {"transport": "auto"},
+                                   {"transport": "replay", "run-method": "baffle_multistep", "federation-local-steps": 2}],
+                         ids=["weights", "replay+dp", "auto", "replay+multistep"])
 def test_interrupted_flower_run_resumes_bit_identical(tmp_path, monkeypatch, extra):
     nodes = 3  # 2 of 3 sampled per round: partitions take different numbers of steps
     full = tiny(tmp_path, "full", **SCHEDULE, **extra)

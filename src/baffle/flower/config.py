@@ -28,14 +28,13 @@ from baffle.flower.datasets import PARTITIONERS  # names only: flwr-datasets is 
 # keys that keep Flower's name (what Flower users write in every Flower app)
 FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.clients_per_round": "fraction-train"}
 
+# the methods the app runs: scalar uploads only (weight-upload methods would need the model to travel up)
+APP_METHODS = ("baffle", "baffle_multistep")
 # `baffle run` keys that are not app keys, and why (delete an entry when the Flower path implements it)
 NOT_ON_FLOWER: dict[str, str] = {
-    "run.method": "the Flower app runs the scalar-upload protocol (run.method='baffle') only",
     "data.num_clients": "the number of partitions is the nodes' num-partitions (their node config)",
     "estimator.fuse_clients": "simulator-only: each Flower node computes its own upload",
-    "federation.local_steps": "local training is for run.method=baffle_local|fedavg, not run by the app",
-    "federation.local_lr": "local training is for run.method=baffle_local|fedavg, not run by the app",
-    "federation.local_optimizer": "local training is for run.method=baffle_local, not run by the app",
+    "federation.local_optimizer": "local training with weight uploads (run.method=baffle_local) is not run by the app",
     "federation.onnx_clients": "simulator-only: a Flower node runs the torch client",
     "federation.onnx_precision": "simulator-only: a Flower node runs the torch client",
     "federation.dropout_rate": "simulator-only fault: real nodes fail for real (see round-timeout-s)",
@@ -156,6 +155,9 @@ def parse_run_config(run_config: Mapping[str, Any]) -> tuple[Config, FlowerOptio
         else:
             raise _unknown_key_error(key)
     cfg.validate()
+    if cfg.run.method not in APP_METHODS:
+        raise ConfigError(f"run-method={cfg.run.method!r}: the Flower app runs the scalar-upload methods "
+                          f"{', '.join(APP_METHODS)} only (the others upload weights or gradients)")
     if cfg.run.device != "cpu":  # the app builds its models through sim.factory's CPU functions
         raise ConfigError(f"run-device (run.device={cfg.run.device!r}): the Flower app runs on the CPU only; use 'cpu'")
     if cfg.privacy.mode == "central" and opts.secure:

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from baffle import trajectory
 from baffle.client import Client, load_weights
 from baffle.config import Config
 from baffle.config.data import augments
@@ -262,6 +263,10 @@ class Node:
             self.client.generator.set_state(torch.frombuffer(bytearray(self.state["generator"]), dtype=torch.uint8))
 
     @property
+    def batches_per_plan(self) -> int:
+        return self.cfg.federation.local_steps if self.cfg.run.method == "baffle_multistep" else 1
+
+    @property
     def num_samples(self) -> int:
         return self.client.num_samples
 
@@ -294,7 +299,13 @@ class Node:
             self._adopt_state(round_idx, bytes(c["weights-sha256"]), a)
         else:
             raise MessageError(f"unknown transport {transport!r}")
-        upload = self.client.step(plan)
+        if self.cfg.run.method == "baffle_multistep":  # S local steps from the weights just loaded, S x K scalars up
+            S = self.cfg.federation.local_steps
+            if seeds.size != S * self.cfg.estimator.K:
+                raise MessageError(f"plan has {seeds.size} seeds, baffle_multistep needs local_steps x K = {S * self.cfg.estimator.K}")
+            upload = trajectory.local_round(self.client, self.cfg, seeds.reshape(S, -1), round_idx)
+        else:
+            upload = self.client.step(plan)
         p = self.cfg.privacy
         if p.mode == "local":  # what leaves the node is already clipped and noised (as in the simulator)
             from baffle.privacy import privatize_upload
@@ -302,7 +313,7 @@ class Node:
             upload = privatize_upload(upload, p.clip, p.noise_multiplier, self.cfg.run.seed)
         s = self.client.sampler.state_dict()
         self.state["sampler-epoch"], self.state["sampler-position"] = int(s["epoch"]), int(s["position"])
-        self.state["steps"] = int(self.state.get("steps", 0)) + 1
+        self.state["steps"] = int(self.state.get("steps", 0)) + self.batches_per_plan  # minibatches drawn
         self.state["generator"] = bytes(self.client.generator.get_state().numpy().tobytes())
         return upload
 

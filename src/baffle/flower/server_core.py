@@ -101,7 +101,7 @@ class ServerCore:
     traffic: Traffic = field(default_factory=Traffic)
     rows: list[dict] = field(default_factory=list)
     start_round: int = 0  # rounds done before this ServerApp started (resume)
-    client_steps: dict[int, int] = field(default_factory=dict)  # partition -> Client.step calls of its node (checkpointed)
+    client_steps: dict[int, int] = field(default_factory=dict)  # partition -> minibatches its node drew (checkpointed)
     resync: set[int] = field(default_factory=set)  # partitions whose (new) node must be told its step count
     stepping: dict[int, int] = field(default_factory=dict)  # node id -> round of the plan it was last sent
     driver_metrics: dict[str, int] = field(default_factory=dict)  # a driver's counters (SecAgg+: retries, failed nodes): every row
@@ -155,7 +155,7 @@ class ServerCore:
             "counters": self.counters.__dict__.copy(),
             "config": self.cfg.to_dict(),
             rundir.FLOWER_KEY: {
-                "history": rundir.pack_history(self.history, done, self.cfg.estimator.K),
+                "history": rundir.pack_history(self.history, done, self.strategy.upload_length),
                 "client_steps": np.asarray([self.client_steps.get(p, 0) for p in range(self.num_partitions)], dtype=np.int64),
                 "traffic": self.traffic.__dict__.copy(),
                 "ledger": None if led is None else {"rounds": led.rounds, "participations": led.participations.copy()},
@@ -173,7 +173,7 @@ class ServerCore:
         self._weights = self._state = None
         self.counters = Counters(**state["counters"])
         self.wall0 = self.counters.wall_s
-        self.history = rundir.unpack_history(f["history"], done, self.cfg.estimator.K)
+        self.history = rundir.unpack_history(f["history"], done, self.strategy.upload_length)
         self.client_steps = {p: int(n) for p, n in enumerate(np.asarray(f["client_steps"]))}
         self.resync = set(range(self.num_partitions))
         self.traffic = Traffic(**f["traffic"])
@@ -257,7 +257,7 @@ class ServerCore:
             return "weights"
         if t == "replay":
             return "replay"
-        replay_bytes = (round_idx - self.replica_round.get(node_id, 0)) * 4 * self.cfg.estimator.K
+        replay_bytes = (round_idx - self.replica_round.get(node_id, 0)) * 4 * self.strategy.upload_length
         bound = REPLAY_STATE_RATIO * state_nbytes(self.strategy.model)  # the weights alone bound the state from
         if replay_bytes <= bound or replay_bytes <= REPLAY_STATE_RATIO * self._round_state(round_idx).nbytes:
             return "replay"  # below: most plans never serialize the state
@@ -282,20 +282,25 @@ class ServerCore:
             self._weights = (round_idx, arrays, encode_arrays(arrays))
         return self._weights[1], self._weights[2]
 
+    def forward_passes_per_plan(self) -> int:
+        """Forward passes one node spends on a plan: K+1 (forward scheme) per local step."""
+        return forward_passes(self.cfg.estimator.K, self.cfg.estimator.scheme) * self.strategy.local_steps
+
     def sent(self, node_id: int, round_idx: int, nbytes: int) -> None:
-        """A train plan went out: its node takes one ``Client.step`` (one minibatch) unless it fails first."""
+        """A train plan went out: its node draws ``local_steps`` minibatches (1 unless baffle_multistep)
+        unless it fails first; ``client_steps`` counts minibatches, as the node state's ``steps``."""
         self.traffic.down_bytes += nbytes
         self.traffic.down_msgs += 1
         pid = self.partition_of.get(node_id)
         if pid is not None:
-            self.client_steps[pid] = self.client_steps.get(pid, 0) + 1
+            self.client_steps[pid] = self.client_steps.get(pid, 0) + self.strategy.local_steps
             self.stepping[node_id] = round_idx
 
     def node_failed(self, node_id: int, round_idx: int, reason: str) -> None:
         self.traffic.failures += 1
         pid = self.partition_of.get(node_id)
         if self.stepping.pop(node_id, None) == round_idx and pid is not None:  # nodes fail before their step (flower.node)
-            self.client_steps[pid] -= 1
+            self.client_steps[pid] -= self.strategy.local_steps
         log.warning("round %d: node %d (partition %s) failed: %s", round_idx, node_id, self.partition_of.get(node_id), reason)
         if "replica mismatch" in reason:
             self.weights_only.add(node_id)
@@ -308,7 +313,7 @@ class ServerCore:
         self.traffic.up_msgs += len(uploads)
         result = ingest_uploads(self.strategy, uploads, round_idx, expected)
         result.sampled = len(expected)  # the round_sampled column, as baffle run writes it
-        fp = forward_passes(self.cfg.estimator.K, self.cfg.estimator.scheme)
+        fp = self.forward_passes_per_plan()
         self._count(result, answered=len(uploads), samples=sum(u.num_samples for u in result.valid),
                     upload_bytes=sum(u.nbytes for u in uploads if isinstance(u, Upload)), fp=fp,
                     ids=[self.partition_of.get(self.node_of.get(u.client_id, -1), u.client_id) for u in uploads if isinstance(u, Upload)])
@@ -323,8 +328,8 @@ class ServerCore:
         self.traffic.up_bytes += up_bytes
         self.traffic.up_msgs += replied
         result = ingest_aggregate(self.strategy, mean, contributors, num_examples, round_idx)
-        fp = forward_passes(self.cfg.estimator.K, self.cfg.estimator.scheme)
-        self._count(result, answered=replied, samples=num_examples, upload_bytes=replied * (16 + 4 * self.cfg.estimator.K), fp=fp)
+        fp = self.forward_passes_per_plan()
+        self._count(result, answered=replied, samples=num_examples, upload_bytes=replied * (16 + 4 * self.strategy.upload_length), fp=fp)
         return result
 
     def skip_round(self, round_idx: int) -> RoundResult:

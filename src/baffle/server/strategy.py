@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from baffle import estimator
+from baffle import estimator, trajectory
 from baffle.config import Config
 from baffle.protocol.messages import RoundPlan, Upload, WeightsUpload
 from baffle.protocol import noise
@@ -55,8 +55,21 @@ class ServerStrategy:
         self.trust = trust
 
     # ---- planning -----------------------------------------------------------------------------
+    @property
+    def local_steps(self) -> int:
+        """S: the K-vectors per upload (``run.method="baffle_multistep"``'s local steps; 1 for every other method)."""
+        return self.cfg.federation.local_steps if self.cfg.run.method == "baffle_multistep" else 1
+
+    @property
+    def upload_length(self) -> int:
+        """Scalars per upload: S x K."""
+        return self.local_steps * self.cfg.estimator.K
+
     def seeds(self, round_idx: int) -> np.ndarray:
+        """The round's K seeds (baffle_multistep: its S x K step seeds, flat, step by step)."""
         e = self.cfg.estimator
+        if self.cfg.run.method == "baffle_multistep":
+            return trajectory.step_seeds(self.cfg.run.seed, round_idx, e.K, self.local_steps).reshape(-1)
         if e.seed_pool:  # reuse a fixed pool of seed_pool directions, K per round in turn (a random subspace)
             return noise.round_seeds(self.cfg.run.seed, round_idx % (e.seed_pool // e.K), e.K)
         return noise.round_seeds(self.cfg.run.seed, round_idx, e.K)
@@ -77,7 +90,7 @@ class ServerStrategy:
         self, uploads: Sequence[Upload], round_idx: int, expected: set[int] | None = None, length: int | None = None
     ) -> tuple[list[Upload], list[Rejection]]:
         """``length``: scalars per upload (K unless a method uploads more, e.g. S x K local steps)."""
-        K = self.cfg.estimator.K if length is None else length
+        K = self.upload_length if length is None else length
         return validate_uploads(uploads, round_idx, K, expected, max_samples=self.cfg.federation.batch_size)
 
     def validate_bytes(
@@ -109,8 +122,12 @@ class ServerStrategy:
         return aggregation.aggregate(vectors, weights, f.aggregator, f.trim_fraction)
 
     def apply_loss_diffs(self, round_idx: int, mean_diffs: np.ndarray) -> float:
-        """Rebuild g from the aggregated K-vector and this round's seeds, then step."""
+        """Rebuild g from the aggregated K-vector and this round's seeds, then step (baffle_multistep: step on
+        the mean trajectory the aggregated S x K vector drives, ``baffle.trajectory``)."""
         e = self.cfg.estimator
+        if self.cfg.run.method == "baffle_multistep":
+            seeds = self.seeds(round_idx).reshape(self.local_steps, e.K)
+            return self.apply_gradient(round_idx, trajectory.pseudo_gradient(trajectory.flat_weights(self.params), mean_diffs, seeds, self.cfg))
         if (e.baseline, e.shaping) != ("none", "none"):  # server-side variance reduction (baffle.shaping)
             mean_diffs = shape_diffs(mean_diffs, e.baseline, e.shaping)
         g = reconstruct_on(self.device, mean_diffs, self.seeds(round_idx), e.sigma, self.n, noise=e.noise)
