@@ -152,23 +152,29 @@ def main() -> int:
         cmd = f"baffle sweep experiments/{name}.toml --out {res}/{name}"
         if args.mode == "full":
             cmd += " --set data.test_subset=0"
+        dst = assets / name
+        if not src.exists() and (dst / "results.json").exists():
+            src = dst / "results.json"  # a checkout without the run dirs: the committed copy (and its plots) stands
         if not src.exists():
             sections += [f"Not run yet: `{cmd}`.", ""]
             continue
         data = json.loads(src.read_text())
         rows = data["runs"]
         all_rows[name] = rows
-        dst = assets / name
         dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, dst / "results.json")
+        if src != dst / "results.json":
+            shutil.copy(src, dst / "results.json")
         for png in ("acc_vs_rounds.png", "acc_vs_forward_passes.png"):
             if (res / name / png).exists():
                 shutil.copy(res / name / png, dst / png)
         if name == "finetune":
             info = Path("results/pretrain/lenet_digits04.json")  # run_all.sh writes it there in both modes
+            if not info.exists():
+                info = dst / "pretrain.json"  # the committed copy
             if info.exists():
                 i = json.loads(info.read_text())
-                shutil.copy(info, dst / "pretrain.json")
+                if info != dst / "pretrain.json":
+                    shutil.copy(info, dst / "pretrain.json")
                 sections += [
                     "Source model: `python experiments/pretrain.py --set model.name=lenet --set data.image_size=0 "
                     "--set \"data.classes=[0,1,2,3,4]\" --set data.test_subset=2000 --set run.threads=1 --steps 600 "
