@@ -229,6 +229,17 @@ def test_secagg_aggregate_equals_plain_mean_to_quantization_error(tmp_path, monk
     assert rs["failures"] == (1 if drop else 0)
 
 
+def test_secagg_sums_multistep_s_times_k_vectors(tmp_path, monkeypatch):
+    """baffle_multistep under SecAgg+: the server sees only the mean S x K vector, to quantization error."""
+    one = {"num-server-rounds": 1, "run-eval-every": 1, "secagg-bits": 16, "secagg-clip": 0.5,
+           "run-method": "baffle_multistep", "federation-local-steps": 2}
+    plain = _round0_mean(monkeypatch, tiny(tmp_path, "p", **one), 3)
+    secure = _round0_mean(monkeypatch, tiny(tmp_path, "s", secure=True, **one), 3)
+    assert plain.shape == secure.shape == (2 * 8,)
+    step = QuantSpec(0.5, 16).step
+    assert np.abs(secure - plain).max() <= step and np.abs(plain).max() > 50 * step
+
+
 def test_quantization_model_error_and_wraparound_check():
     rng = np.random.default_rng(0)
     vecs = rng.normal(0, 0.01, size=(5, 200)).astype(np.float32)

@@ -42,7 +42,7 @@ NOISE_KINDS: tuple[str, ...] = ("v1", "v2-gauss", "v2-rademacher")  # direction 
 AGGREGATORS: tuple[str, ...] = ("mean", "median", "trimmed_mean", "clipped_mean", "multi_krum", "fltrust")
 ATTACKS: tuple[str, ...] = ("none", "scale_neg10", "scale_100", "noise", "sign_flip")
 ONNX_PRECISIONS: tuple[str, ...] = ("float", "int8", "int8_weights")
-LOCAL_OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")  # baffle_local's client optimizer; sgd = FedZO's plain ZO-SGD
+LOCAL_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")  # baffle_local's client optimizer; sgd = FedZO's plain ZO-SGD
 
 # [optim]
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
