@@ -31,6 +31,7 @@ SWEEPS = [
     ("weight_decay", "Weight decay of the default job's server optimizer, 2 seeds (issue 16)"),
     ("pass_budget", "MNIST within 0.13 M forward passes per client: minibatch per pass, 3 seeds (issue 16)"),
     ("goals_v2", "Long runs at today's defaults, 3 seeds (issue 16)"),
+    ("pass_budget_98", "MNIST with 128 samples per pass at 210,000 passes per client, one seed (issue 16)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),
@@ -97,29 +98,37 @@ def goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
     return table_lines(["goal", "run", "measured (final / best)", "rounds", "met"], rows)
 
 
-ISSUE16_GOALS = [  # (goal, sweep, run name before "__seed=", threshold on the mean over seeds)
-    ("MNIST IID, forward-only: >= 97% with <= 0.13 M forward passes per client", "pass_budget", "B64", 0.97),
-    ("MNIST IID, forward-only: >= 98% at any budget up to 1.3 M passes per client", "goals_v2", "mnist_iid", 0.98),
-    ("Fashion-MNIST IID, forward-only: >= 88%", "goals_v2", "fashion_iid", 0.88),
-    ("the default job (`baffle run`): >= 96% MNIST", "default_optim", "lr0.005_b0.999_v2-gauss", 0.96),
+ISSUE16_GOALS = [  # (goal, [(sweep, run name before "__seed="), ...], threshold on the mean over seeds)
+    ("MNIST IID, forward-only: >= 97% with <= 0.13 M forward passes per client", [("pass_budget", "B64")], 0.97),
+    ("MNIST IID, forward-only: >= 98% at any budget up to 1.3 M passes per client",
+     [("goals_v2", "mnist_iid"), ("pass_budget_98", "B128_10k")], 0.98),
+    ("Fashion-MNIST IID, forward-only: >= 88%", [("goals_v2", "fashion_iid")], 0.88),
+    ("the default job (`baffle run`): >= 96% MNIST", [("default_optim", "lr0.005_b0.999_v2-gauss")], 0.96),
 ]
 
 
 def issue16_goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
-    """Issue 16's accuracy goals, each judged on the mean final accuracy over the seeds that ran."""
+    """Issue 16's accuracy goals: a row per candidate recipe that ran, judged on its mean final accuracy over seeds."""
     out = []
-    for goal, sweep, run, thr in ISSUE16_GOALS:
-        runs = [r for r in all_rows.get(sweep, []) if r["name"].startswith(run + "__seed=") and not r.get("error")]
-        if not runs:
+    for goal, candidates, thr in ISSUE16_GOALS:
+        found = [(sweep, run, [r for r in all_rows.get(sweep, []) if r["name"].startswith(run + "__seed=") and not r.get("error")])
+                 for sweep, run in candidates]
+        found = [f for f in found if f[2]]
+        if not found:
             out.append([goal, "not run", "", "", "", "no"])
-            continue
-        accs = [r["summary"]["final_test_acc"] for r in runs]
-        mean, sd = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
-        passes = {r["summary"]["rounds"] * r["client_forward_passes_per_round"] for r in runs}
-        met = "yes" if mean >= thr else f"no (gap {100 * (thr - mean):.2f} points)"
-        out.append([goal, f"`{sweep}/{run}`", f"{100 * mean:.2f} ± {100 * sd:.2f} ({len(accs)} seeds)",
-                    ", ".join(f"{p:,}" for p in sorted(passes)), ", ".join(f"{100 * a:.2f}" for a in accs), met])
+        for sweep, run, runs in found:
+            out.append(_goal_row(goal, sweep, run, runs, thr))
     return table_lines(["goal", "runs", "final acc % (mean ± sd)", "fwd passes / client", "per seed", "met"], out)
+
+
+def _goal_row(goal: str, sweep: str, run: str, runs: list[dict], thr: float) -> list:
+    accs = [r["summary"]["final_test_acc"] for r in runs]
+    mean, sd = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+    passes = {r["summary"]["rounds"] * r["client_forward_passes_per_round"] for r in runs}
+    met = "yes" if mean >= thr else f"no (gap {100 * (thr - mean):.2f} points)"
+    seeds = f"{len(accs)} seed{'s' if len(accs) > 1 else ''}"
+    return [goal, f"`{sweep}/{run}`", f"{100 * mean:.2f} ± {100 * sd:.2f} ({seeds})",
+            ", ".join(f"{p:,}" for p in sorted(passes)), ", ".join(f"{100 * a:.2f}" for a in accs), met]
 
 
 def seed_summary(rows: list[dict], varied_keys: list[str]) -> list[str]:
