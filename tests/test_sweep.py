@@ -175,13 +175,14 @@ def test_a_key_added_to_baffle_after_a_run_does_not_make_it_a_different_run(tmp_
     assert run_status(run, cfg) == "conflict"
 
 
-def test_set_cannot_override_a_key_the_sweep_varies(tmp_path):
-    """`--set estimator.K=9` on a grid over K would run K=9 under the names `fwd__K=2` and `fwd__K=5`
-    (and label the table with the grid's values); `--set` of a key the sweep does not vary still works."""
+def test_set_cannot_override_a_grid_key_and_shows_what_ran_for_a_runs_key(tmp_path):
+    """`--set estimator.K=9` on a grid over K would run K=9 under the names `fwd__K=2` and `fwd__K=5`: refused.
+    A key that [[runs]] set may be overridden for every run (a shorter smoke run), and the table's column for
+    it then shows the value that ran, not the file's."""
     f = _write(tmp_path)
-    with pytest.raises(SweepError, match=r"--set estimator.K: the sweep varies estimator.K itself"):
+    with pytest.raises(SweepError, match=r"--set estimator.K: the sweep's \[grid\] varies estimator.K"):
         load_sweep(f, extra=["estimator.K=9"])
-    with pytest.raises(SweepError, match=r"--set run.method: the sweep varies"):
-        load_sweep(f, extra=["run.method=baffle"])  # a [[runs]] key
-    sweep = load_sweep(f, extra=["estimator.sigma=0.02"])
+    sweep = load_sweep(f, extra=["run.rounds=3", "estimator.sigma=0.02"])
     assert [r.name for r in sweep.runs] == ["fwd__K=2", "fwd__K=5", "bp__K=2", "bp__K=5"]
+    bp = next(r for r in sweep.runs if r.name == "bp__K=2")
+    assert bp.varied["run.rounds"] == 3 and bp.overrides["run.rounds"] == 2

@@ -162,10 +162,10 @@ def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str]
         varied_keys += [k for k in v if k not in varied_keys]
     varied_keys += [k for k in grid if k not in varied_keys]
 
-    for item in extra or []:  # a run named `x__seed=0` that ran with seed 1 would mislabel its row
+    for item in extra or []:  # a run named `x__seed=0` that ran with seed 1 would carry a false name
         key = item.split("=", 1)[0].strip()
-        if key in varied_keys:
-            raise SweepError(f"--set {key}: the sweep varies {key} itself ([grid] or [[runs]]); edit {path} instead")
+        if key in grid:
+            raise SweepError(f"--set {key}: the sweep's [grid] varies {key} (run names carry its values); edit {path} instead")
 
     runs: list[RunSpec] = []
     keys = list(grid)
@@ -211,6 +211,8 @@ def make_config(spec: RunSpec, extra: list[str], where: str = "") -> Config:
                 options[short] = int(value)
             else:
                 cfg.apply_overrides([item])
+                if key in spec.varied:  # a [[runs]] key overridden for every run: the table shows what ran
+                    spec.varied[key] = cfg.get(key)
         method = get_method(cfg.run.method)
         if "forward_budget" in options and not method.backprop:
             per_round = method.per_round_costs(cfg, 0, 0)[1]  # forward passes per client per round
