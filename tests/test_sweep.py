@@ -186,3 +186,17 @@ def test_set_cannot_override_a_grid_key_and_shows_what_ran_for_a_runs_key(tmp_pa
     assert [r.name for r in sweep.runs] == ["fwd__K=2", "fwd__K=5", "bp__K=2", "bp__K=5"]
     bp = next(r for r in sweep.runs if r.name == "bp__K=2")
     assert bp.varied["run.rounds"] == 3 and bp.overrides["run.rounds"] == 2
+
+
+def test_dry_run_piped_into_head_ends_quietly(tmp_path):
+    """`baffle sweep FILE --dry-run | head -1` (the reader closes the pipe early): exit 0, nothing on stderr."""
+    import subprocess
+    import sys
+
+    f = _write(tmp_path, TINY.replace('"estimator.K" = [2, 5]', '"run.seed" = [' + ", ".join(map(str, range(1500))) + "]"))
+    p = subprocess.Popen([sys.executable, "-m", "baffle.cli", "sweep", str(f), "--dry-run"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().startswith(b"3000 runs")
+    p.stdout.close()  # more than a pipe buffer of lines is still to come
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0 and b"Broken pipe" not in err and err == b""

@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         return commands[args.command](args)
+    except BrokenPipeError:  # `baffle sweep FILE --dry-run | head`: the reader has what it wanted, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail again
+        return 0
     except (UsageError, ConfigError, CheckpointError, OSError, ValueError) as e:
         print(f"baffle: error: {one_line(e)}", file=sys.stderr)
         return 2
