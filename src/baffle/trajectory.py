@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from baffle.config import Config
 
 
+def steps_per_round(cfg: Config) -> int:
+    """S: the local steps (minibatches, K-vectors uploaded) of one client round; 1 for every method but baffle_multistep."""
+    return cfg.federation.local_steps if cfg.run.method == "baffle_multistep" else 1
+
+
 def step_seeds(run_seed: int, round_idx: int, K: int, steps: int) -> np.ndarray:
     """(S, K) uint64: the seeds of every local step of a round, shared by all clients.
 

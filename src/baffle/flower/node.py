@@ -263,10 +263,6 @@ class Node:
             self.client.generator.set_state(torch.frombuffer(bytearray(self.state["generator"]), dtype=torch.uint8))
 
     @property
-    def batches_per_plan(self) -> int:
-        return self.cfg.federation.local_steps if self.cfg.run.method == "baffle_multistep" else 1
-
-    @property
     def num_samples(self) -> int:
         return self.client.num_samples
 
@@ -300,7 +296,7 @@ class Node:
         else:
             raise MessageError(f"unknown transport {transport!r}")
         if self.cfg.run.method == "baffle_multistep":  # S local steps from the weights just loaded, S x K scalars up
-            S = self.cfg.federation.local_steps
+            S = trajectory.steps_per_round(self.cfg)
             if seeds.size != S * self.cfg.estimator.K:
                 raise MessageError(f"plan has {seeds.size} seeds, baffle_multistep needs local_steps x K = {S * self.cfg.estimator.K}")
             upload = trajectory.local_round(self.client, self.cfg, seeds.reshape(S, -1), round_idx)
@@ -313,7 +309,7 @@ class Node:
             upload = privatize_upload(upload, p.clip, p.noise_multiplier, self.cfg.run.seed)
         s = self.client.sampler.state_dict()
         self.state["sampler-epoch"], self.state["sampler-position"] = int(s["epoch"]), int(s["position"])
-        self.state["steps"] = int(self.state.get("steps", 0)) + self.batches_per_plan  # minibatches drawn
+        self.state["steps"] = int(self.state.get("steps", 0)) + trajectory.steps_per_round(self.cfg)  # minibatches drawn
         self.state["generator"] = bytes(self.client.generator.get_state().numpy().tobytes())
         return upload
 

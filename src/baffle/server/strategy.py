@@ -58,7 +58,7 @@ class ServerStrategy:
     @property
     def local_steps(self) -> int:
         """S: the K-vectors per upload (``run.method="baffle_multistep"``'s local steps; 1 for every other method)."""
-        return self.cfg.federation.local_steps if self.cfg.run.method == "baffle_multistep" else 1
+        return trajectory.steps_per_round(self.cfg)
 
     @property
     def upload_length(self) -> int:
