@@ -160,8 +160,8 @@ def grouped_channels_last() -> bool:
     """Whether a chunk's grouped (per-member) convolutions run channels-last on the CPU.
 
     oneDNN's channels-last grouped kernels are the fast ones on an AVX-512 core (lenet_small's conv2 for 11
-    members: 1.4 ms against 5.9 ms in NCHW; the whole default-job engine call 1.3x faster) and the slow ones
-    on an AVX2 core (1.4x slower there). The choice follows the CPU capability, never a timing, so one
+    members: 1.1 ms against 5.2 ms in NCHW; the whole default-job engine call 1.3x faster;
+    benchmarks/conv_layout.py) and the slow ones on an AVX2 core (1.4x slower there). The choice follows the CPU capability, never a timing, so one
     machine always computes the same values; later layers keep the layout (group norm, activations and the
     pooling views accept it; the flatten before a linear layer restores the logical order).
     """
