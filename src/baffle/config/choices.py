@@ -10,6 +10,8 @@ from __future__ import annotations
 
 # [run]
 METHODS: tuple[str, ...] = ("baffle", "baffle_local", "fedsgd", "fedavg", "baffle_multistep")
+#: methods whose clients upload loss-difference scalars only (K, or S x K): what DP and the attacks act on
+SCALAR_METHODS: tuple[str, ...] = ("baffle", "baffle_multistep")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")  # run.device; auto = cuda if available (config.run.resolve_device)
 
 # [data]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from baffle.config.checks import ConfigError, choice, fraction_or_count, positive
-from baffle.config.choices import AGGREGATORS, ATTACKS, LOCAL_OPTIMIZERS, ONNX_PRECISIONS
+from baffle.config.choices import AGGREGATORS, ATTACKS, LOCAL_OPTIMIZERS, ONNX_PRECISIONS, SCALAR_METHODS
 from baffle.config.data import augments
 
 if TYPE_CHECKING:
@@ -46,9 +46,6 @@ def validate(f: FederationConfig, cfg: "Config") -> None:
     if f.local_optimizer != "adam" and method != "baffle_local":
         raise ConfigError(f"federation.local_optimizer={f.local_optimizer!r} is for run.method='baffle_local', got {method!r}")
     choice("federation.aggregator", f.aggregator, AGGREGATORS)
-    if method == "baffle_multistep" and f.aggregator != "mean":
-        raise ConfigError(f"federation.aggregator={f.aggregator!r}: run.method='baffle_multistep' averages the clients' "
-                          "replayed weight deltas; only 'mean' is implemented for it")
     if not 0 <= f.trim_fraction < 0.5:
         raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {f.trim_fraction}")
     positive("federation.min_clients", f.min_clients)
@@ -65,8 +62,8 @@ def validate(f: FederationConfig, cfg: "Config") -> None:
         if not (value >= 0 and value != float("inf")):
             raise ConfigError(f"federation.{key} must be a finite number of seconds >= 0, got {value}")
     choice("federation.attack", f.attack, ATTACKS)
-    if f.attack != "none" and method != "baffle":
-        raise ConfigError(f"federation.attack={f.attack!r} corrupts scalar uploads: it needs run.method='baffle'")
+    if f.attack != "none" and method not in SCALAR_METHODS:
+        raise ConfigError(f"federation.attack={f.attack!r} corrupts scalar uploads: it needs run.method in {SCALAR_METHODS}, got {method!r}")
     # ONNX Runtime clients (docs/inference-clients.md)
     fraction_or_count("federation.onnx_clients", f.onnx_clients, num_clients, closed_at_zero=True)
     choice("federation.onnx_precision", f.onnx_precision, ONNX_PRECISIONS)

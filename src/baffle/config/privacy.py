@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from baffle.config.checks import ConfigError, choice
-from baffle.config.choices import PRIVACY_MODES
+from baffle.config.choices import PRIVACY_MODES, SCALAR_METHODS
 
 if TYPE_CHECKING:
     from baffle.config.core import Config
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 @dataclass
 class PrivacyConfig:
     mode: str = "none"  # none | local (clients clip + noise before upload) | central (server, on the sum)
-    clip: float = 0.01  # L2 bound C of each client's K-vector (||dL|| ~ sigma * |grad| * sqrt(K))
+    clip: float = 0.01  # L2 bound C of each client's upload: K scalars, S x K for baffle_multistep (||dL|| ~ sigma * |grad| * sqrt(S*K))
     noise_multiplier: float = 1.0  # z: Gaussian noise std = z * C per coordinate
     delta: float = 1e-5  # epsilon is reported at this delta
 
@@ -24,8 +24,9 @@ def validate(p: PrivacyConfig, cfg: "Config") -> None:
     choice("privacy.mode", p.mode, PRIVACY_MODES)
     if p.mode == "none":
         return
-    if cfg.run.method != "baffle":
-        raise ConfigError(f"privacy.mode={p.mode!r} privatizes scalar uploads: it needs run.method='baffle'")
+    if cfg.run.method not in SCALAR_METHODS:
+        raise ConfigError(f"privacy.mode={p.mode!r} privatizes scalar uploads: it needs run.method in {SCALAR_METHODS}, "
+                          f"got {cfg.run.method!r}")
     if not (0 < p.clip < float("inf")):
         raise ConfigError(f"privacy.clip must be a finite number > 0, got {p.clip}")
     if not (0 <= p.noise_multiplier < float("inf")):

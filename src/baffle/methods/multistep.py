@@ -38,7 +38,7 @@ class MultiStepZO:
         fed, c = runner.fed, runner.fed.counters
         cfg, e, f = fed.cfg, fed.cfg.estimator, fed.cfg.federation
         seeds = fed.strategy.seeds(round_idx).reshape(f.local_steps, e.K)
-        uploads = [client_round(fed.clients[i], cfg, runner.weights, seeds, round_idx) for i in sampled]
+        uploads = runner.postprocess([client_round(fed.clients[i], cfg, runner.weights, seeds, round_idx) for i in sampled], round_idx)
         result = ingest_uploads(fed.strategy, uploads, round_idx, set(all_sampled))
         fp = forward_passes(e.K, e.scheme) * f.local_steps
         c.forward_passes += fp * len(sampled)
