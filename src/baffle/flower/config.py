@@ -23,13 +23,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from baffle.config import Config, ConfigError
+from baffle.config.choices import SCALAR_METHODS
 from baffle.flower.datasets import PARTITIONERS  # names only: flwr-datasets is imported when a node partitions
 
 # keys that keep Flower's name (what Flower users write in every Flower app)
 FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.clients_per_round": "fraction-train"}
 
 # the methods the app runs: scalar uploads only (weight-upload methods would need the model to travel up)
-APP_METHODS = ("baffle", "baffle_multistep")
+APP_METHODS = SCALAR_METHODS  # the app runs the methods whose clients upload scalars only
 # `baffle run` keys that are not app keys, and why (delete an entry when the Flower path implements it)
 NOT_ON_FLOWER: dict[str, str] = {
     "data.num_clients": "the number of partitions is the nodes' num-partitions (their node config)",
