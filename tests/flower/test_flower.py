@@ -130,6 +130,24 @@ def test_multistep_on_flower_matches_inprocess_and_lagging_replicas_catch_up(tmp
     assert res["replay"]["down_bytes_per_msg"] < res["weights"]["down_bytes_per_msg"] / 20
 
 
+def test_multistep_with_a_robust_aggregator_and_local_dp_on_flower_matches_inprocess(tmp_path):
+    """The nodes privatize their whole S x K vector and the server takes the coordinate-wise median of them, as the
+    simulator does: the Flower run ends on `baffle run`'s weights, bit for bit."""
+    from baffle.sim.loop import Simulation
+
+    sched = {"num-server-rounds": 3, "run-eval-every": 3, "run-method": "baffle_multistep", "federation-local-steps": 2,
+             "federation-aggregator": "median", "privacy-mode": "local", "privacy-clip": 0.05}
+    rc = tiny(tmp_path, "msdp", transport="weights", **sched)
+    run_inmemory(rc, 3)
+    res = result(rc)
+    cfg, _ = parse_run_config(rc)
+    cfg.data.num_clients = 3
+    sim = Simulation(cfg, None, progress=False)
+    sim.run()
+    assert res["failures"] == 0 and res["rounds_done"] == 3
+    assert res["weights_sha256"] == server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+
+
 def test_auto_transport_sends_the_server_state_to_nodes_far_behind(tmp_path, monkeypatch):
     """auto: a node whose missing K-vectors outweigh the server state gets the state (model + Adam moments) once
     and replays from it. With the threshold at 0 every plan after round 0 is such a plan, 2 of 3 nodes sampled:
