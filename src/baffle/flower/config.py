@@ -30,7 +30,7 @@ from baffle.flower.datasets import PARTITIONERS  # names only: flwr-datasets is 
 FLOWER_NAMES: dict[str, str] = {"run.rounds": "num-server-rounds", "federation.clients_per_round": "fraction-train"}
 
 # the methods the app runs: scalar uploads only (weight-upload methods would need the model to travel up)
-APP_METHODS = SCALAR_METHODS  # the app runs the methods whose clients upload scalars only
+APP_METHODS = SCALAR_METHODS
 # `baffle run` keys that are not app keys, and why (delete an entry when the Flower path implements it)
 NOT_ON_FLOWER: dict[str, str] = {
     "data.num_clients": "the number of partitions is the nodes' num-partitions (their node config)",
