@@ -98,7 +98,7 @@ def test_attack_config_is_validated():
         tiny(**{"federation.attack": "explode"})
     with pytest.raises(ConfigError, match="attack_fraction"):
         tiny(**{"federation.attack_fraction": 1.5})
-    with pytest.raises(ConfigError, match="run.method='baffle'"):
+    with pytest.raises(ConfigError, match="run.method 'baffle' or 'baffle_multistep', got 'fedavg'"):
         tiny(**{"federation.attack": "noise", "run.method": "fedavg"})
 
 

@@ -63,7 +63,8 @@ def validate(f: FederationConfig, cfg: "Config") -> None:
             raise ConfigError(f"federation.{key} must be a finite number of seconds >= 0, got {value}")
     choice("federation.attack", f.attack, ATTACKS)
     if f.attack != "none" and method not in SCALAR_METHODS:
-        raise ConfigError(f"federation.attack={f.attack!r} corrupts scalar uploads: it needs run.method in {SCALAR_METHODS}, got {method!r}")
+        raise ConfigError(f"federation.attack={f.attack!r} corrupts scalar uploads: it needs run.method "
+                          f"{' or '.join(map(repr, SCALAR_METHODS))}, got {method!r}")
     # ONNX Runtime clients (docs/inference-clients.md)
     fraction_or_count("federation.onnx_clients", f.onnx_clients, num_clients, closed_at_zero=True)
     choice("federation.onnx_precision", f.onnx_precision, ONNX_PRECISIONS)

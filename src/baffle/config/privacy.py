@@ -25,8 +25,8 @@ def validate(p: PrivacyConfig, cfg: "Config") -> None:
     if p.mode == "none":
         return
     if cfg.run.method not in SCALAR_METHODS:
-        raise ConfigError(f"privacy.mode={p.mode!r} privatizes scalar uploads: it needs run.method in {SCALAR_METHODS}, "
-                          f"got {cfg.run.method!r}")
+        raise ConfigError(f"privacy.mode={p.mode!r} privatizes scalar uploads: it needs run.method "
+                          f"{' or '.join(map(repr, SCALAR_METHODS))}, got {cfg.run.method!r}")
     if not (0 < p.clip < float("inf")):
         raise ConfigError(f"privacy.clip must be a finite number > 0, got {p.clip}")
     if not (0 <= p.noise_multiplier < float("inf")):
