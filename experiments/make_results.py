@@ -110,12 +110,16 @@ ISSUE16_GOALS = [  # (goal, [(sweep, run name before "__seed="), ...], threshold
 ]
 
 
+def seed_runs(all_rows: dict[str, list[dict]], sweep: str, run: str) -> list[dict]:
+    """The finished runs of one recipe of a sweep over its seeds (run names ``<run>__seed=<k>``)."""
+    return [r for r in all_rows.get(sweep, []) if r["name"].startswith(run + "__seed=") and not r.get("error")]
+
+
 def issue16_goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
     """Issue 16's accuracy goals: a row per candidate recipe that ran, judged on its mean final accuracy over seeds."""
     out = []
     for goal, candidates, thr in ISSUE16_GOALS:
-        found = [(sweep, run, [r for r in all_rows.get(sweep, []) if r["name"].startswith(run + "__seed=") and not r.get("error")])
-                 for sweep, run in candidates]
+        found = [(sweep, run, seed_runs(all_rows, sweep, run)) for sweep, run in candidates]
         found = [f for f in found if f[2]]
         if not found:
             out.append([goal, "not run", "", "", "", "no"])
@@ -135,7 +139,7 @@ def paper_budget_rows(all_rows: dict[str, list[dict]]) -> list[str]:
     """Issue 16's "the best recipe reaches the paper recipe's final accuracy in <= 1/4 of its forward passes",
     against the accuracy the paper REPORTS (the paper recipe's own 20-epoch run here needs a GPU)."""
     sweep, run = PAPER_GOAL
-    runs = [r for r in all_rows.get(sweep, []) if r["name"].startswith(run + "__seed=") and not r.get("error")]
+    runs = seed_runs(all_rows, sweep, run)
     out = []
     for r in runs:
         first = first_reaching(r["history"], PAPER_REPORTED, "round")
@@ -171,8 +175,7 @@ def noniid_goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
     max_gap = NONIID_MAX_GAP
     out = []
     for dataset, budget, iid, dirichlet in NONIID_PAIRS:
-        accs = [[100 * r["summary"]["final_test_acc"] for r in all_rows.get(sweep, [])
-                 if r["name"].startswith(run + "__seed=") and not r.get("error")] for sweep, run in (iid, dirichlet)]
+        accs = [[100 * r["summary"]["final_test_acc"] for r in seed_runs(all_rows, sweep, run)] for sweep, run in (iid, dirichlet)]
         if not all(accs):
             out.append([dataset, budget, "not run", "", "", "", "no"])
             continue
