@@ -20,15 +20,15 @@ def reference(tmp_path_factory):
     return crash.reference_run(tmp_path_factory.mktemp("ref"))
 
 
-def _trial(reference, directory, seed, max_kills):
-    out, kills = crash.killed_run(directory, np.random.default_rng(seed), max_kills)
+def _trial(reference, directory, seed, max_kills, min_kills=0):
+    out, kills = crash.killed_run(directory, np.random.default_rng(seed), max_kills, min_kills=min_kills)
     same, metrics_ok, why = crash.compare(reference, out)
     assert same and metrics_ok, why
     return kills
 
 
 def test_sigkill_then_resume_gives_identical_weights_and_metrics(reference, tmp_path):
-    assert _trial(reference, tmp_path, seed=1, max_kills=1) == 1
+    assert _trial(reference, tmp_path, seed=1, max_kills=1, min_kills=1) == 1
 
 
 @pytest.mark.slow

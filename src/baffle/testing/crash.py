@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,8 +86,13 @@ def _mtime(path: Path) -> float:
         return 0
 
 
-def killed_run(directory: Path, rng: np.random.Generator, max_kills: int, timeout_s: float = 600) -> tuple[Path, int]:
-    """Run to completion through up to ``max_kills`` SIGKILLs at random moments; returns (out dir, kills)."""
+def killed_run(directory: Path, rng: np.random.Generator, max_kills: int, timeout_s: float = 600,
+               min_kills: int = 0) -> tuple[Path, int]:
+    """Run to completion through up to ``max_kills`` SIGKILLs at random moments; returns (out dir, kills).
+
+    A random strike can come after the run has finished (on a fast machine 8 tiny rounds may end within the
+    delay): with ``min_kills`` > 0 such a run is discarded and started afresh with new draws, so a test that
+    must exercise a resume always does."""
     cfg = write_config(directory)
     out = directory / "killed"
     kills = 0
@@ -116,6 +122,13 @@ def killed_run(directory: Path, rng: np.random.Generator, max_kills: int, timeou
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         if proc.returncode != 0:
             raise RuntimeError(f"baffle run exited {proc.returncode}: {log.read_text()[-2000:]}")
+        if kills < min_kills:  # finished before the strike: nothing was resumed, so try again from scratch
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no run was killed {min_kills} time(s) within {timeout_s} s")
+            shutil.rmtree(out)
+            kills = 0  # the count is the returned run's
+            proc = _start(fresh, log)
+            continue
         return out, kills
 
 
