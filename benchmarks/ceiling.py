@@ -11,7 +11,7 @@ large, well-shaped kernels (oneDNN convolutions in NCHW and channels-last, and t
 several repeats after a warm-up, on ONE torch thread. Against it:
 
 (c) the batched engine's client step on the default job (``Config()``: lenet_small on 14x14 MNIST, K=20,
-    batch 8, 10 clients fused in one ``multi_client`` call), and one whole round (``RoundRunner.run_round``);
+    batch 32, 10 clients fused in one ``multi_client`` call), and one whole round (``RoundRunner.run_round``);
 (d) the whole default run for ``--rounds`` rounds (``Simulation(cfg, None).run()``: rounds plus its
     evaluations; no run directory, so no checkpoints, metrics file or plot), counting useful forward FLOPs:
     ``count_flops`` (2 x MACs of conv/linear layers per sample) x the samples the clients pushed through a

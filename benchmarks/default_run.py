@@ -98,10 +98,12 @@ def render(results: dict, cfg: str, with_bp: bool) -> str:
         s = results[name]
         m = s["metrics"][-1]
         rows.append([name, percent(s["final_test_acc"], sign=True), percent(s["best_test_acc"], sign=True), s["rounds"],
-                     s["upload_bytes_per_client_per_round"], m["client_forward_passes"], s["total_backward_passes"],
-                     s["process_wall_s"]])
+                     s["upload_bytes_per_client_per_round"], s.get("download_bytes_per_client_per_round") or "n/a",
+                     m["client_forward_passes"], f"{m['total_forward_samples'] / 1e6:.2f} M" if m.get("total_forward_samples") else "n/a",
+                     s["total_backward_passes"], s["process_wall_s"]])
     lines += table_lines(["method", "final test acc", "best test acc", "rounds", "upload B/client/round",
-                          "client forward passes/round", "backward passes", "wall s"], rows)
+                          "download B/client/round", "client forward passes/round", "forward samples (all clients)",
+                          "backward passes", "wall s"], rows)
     if "seeds" in results:
         lines += ["", "Over seeds (`run.seed` 0, 1, ...; seed 0 is the row above; mean ± standard deviation over seeds):", ""]
         lines += table_lines(["method", "seeds", "final test acc", "best test acc", "per seed (final)", "mean wall s"],

@@ -57,8 +57,8 @@ BASE = [
 ]
 
 # the default recipe is Config() as it was when these runs were made (lr, betas and noise moved on 2026-12-03,
-# experiments/default_optim.toml), plus what keeps a run light (every run: same data, seeds, server)
-DEFAULT_BASE = ["optim.lr=0.01", "optim.betas=[0.9,0.99]", "estimator.noise=v1", "run.threads=1", "run.checkpoint_every=0"]
+# experiments/default_optim.toml; the batch on 2026-12-04, experiments/default_batch.toml), plus what keeps a run light (every run: same data, seeds, server)
+DEFAULT_BASE = ["federation.batch_size=8", "optim.lr=0.01", "optim.betas=[0.9,0.99]", "estimator.noise=v1", "run.threads=1", "run.checkpoint_every=0"]
 
 RUNS: dict[str, list[str]] = {
     "torch_float": [],

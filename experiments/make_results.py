@@ -243,7 +243,8 @@ def main() -> int:
         "through all forward passes (a pass of 8 samples is 4x cheaper than one of 32); BP runs count a "
         "forward+backward step as one pass. *paper recipe* = the BAFFLE code's settings (LeNet with global pooling, "
         "28x28, K=100, sigma 1e-4, batch 32, Adam lr 0.01); *fast recipe* = baffle's default (lenet_small, 14x14, "
-        "K=20, sigma 1e-3, batch 8, Adam with warmup and cosine decay, EMA 0.98). Every sweep before \"Server "
+        "K=20, sigma 1e-3, batch 8, Adam with warmup and cosine decay, EMA 0.98; batch 32 since 2026-12-04, \"The default "
+        "job against its minibatch per pass\"). Every sweep before \"Server "
         "optimizer of the default job\" ran the fast recipe as it was until 2026-12-03 (Adam lr 0.01, betas (0.9, "
         "0.99), noise spec v1; each sweep file pins those keys); that section measured today's default (lr 0.005, "
         "beta2 0.999, noise v2-gauss) against it over 3 seeds.",

@@ -7,7 +7,7 @@ baffle's per-node work vs an in-process client step.
 What runs: the real ServerApp and ClientApp objects on the in-memory grid (``baffle.flower.inmemory``:
 every message serialized and parsed with Flower's protobuf serde, the ClientApp called through Flower's
 ``ClientApp.__call__`` with a persistent Context per node), the app's defaults (the default recipe:
-lenet_small, 14x14 MNIST, K = 20, batch 8), every node sampled every round, ``run-threads = 1``, one process.
+lenet_small, 14x14 MNIST, K = 20, batch 32), every node sampled every round, ``run-threads = 1``, one process.
 Not included: Ray's actor scheduling (``flwr run`` simulation) and the network (deployment). Each timed
 function is wrapped (monkeypatched) in this process; the buckets:
 
@@ -246,7 +246,7 @@ def section(res: dict) -> str:
         "## Per-round time and its split (simulation, 10 / 100 / 1,000 nodes)",
         "",
         "`scripts/flower_overhead.py` (output `docs/flower/overhead.json`): the app defaults (the default recipe: "
-        "lenet_small, 14x14 MNIST, K = 20, batch 8), every node sampled every round, one process, 1 thread, on the "
+        f"lenet_small, 14x14 MNIST, K = 20, batch {run_config(1, 'weights')['federation-batch-size']}), every node sampled every round, one process, 1 thread, on the "
         "in-memory grid (Flower's serde and `ClientApp` dispatch; no Ray, no network); means over "
         f"{', '.join(str(s['rounds']) for s in res['sizes'] if s['transport'] == goal_t)} rounds per size; evaluation "
         f"left out; {res['total_s']:.0f} s in all. Load average before the run: {fmt(res['load_before'])}, after: "

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from baffle.config import Config
 from baffle.protocol import noise_kernel
 from baffle.records.results import write_section
 
@@ -36,8 +37,9 @@ def test_ceiling_quick(tmp_path: Path) -> None:
     assert all(k["gflops"] > 0 for k in c["kernels"])
     assert c["ceiling_gflops"] == max(k["gflops"] for k in c["kernels"]) >= c["gemm_gflops"] > 0
     step, e2e = res["step"], res["e2e"]
-    assert step["samples"] == 10 * 8 and step["step_flops"] == 21 * 80 * step["flops_per_sample"] > 0
-    assert e2e["train_samples"] == e2e["rounds"] * 10 * 8 * 21  # 10 clients x batch 8 x (K+1) forwards
+    B = Config().federation.batch_size  # the default job's samples per client per pass
+    assert step["samples"] == 10 * B and step["step_flops"] == 21 * 10 * B * step["flops_per_sample"] > 0
+    assert e2e["train_samples"] == e2e["rounds"] * 10 * B * 21  # 10 clients x batch x (K+1) forwards
     assert e2e["eval_flops"] > 0 and e2e["run_s"] >= e2e["rounds_s"] > 0
     assert all(r["gflops"] > 0 and 0 < r["fraction"] < 2 for r in res["rates"])
     page = tmp_path / "performance.md"

@@ -343,7 +343,7 @@ def results_table(rows: list[dict], varied_keys: list[str]) -> str:
     varied_keys = [k for k in varied_keys if k not in ("run.method", "run.rounds")]  # fixed columns already
     cols = ["run"] + [_short(k) for k in varied_keys] + [
         "method", "rounds", "final acc %", "best acc %", "fwd/client/round", "total fwd", "fwd samples", "upload B/client/round",
-        "wall s",
+        "download B/client/round", "wall s",
     ]
     table = []
     for r in rows:
@@ -361,6 +361,7 @@ def results_table(rows: list[dict], varied_keys: list[str]) -> str:
                 s["total_forward_passes"],
                 _samples(r["history"]),
                 s["upload_bytes_per_client_per_round"],
+                s.get("download_bytes_per_client_per_round") or "n/a",  # not recorded before 2026-12-04
                 f"{s['wall_s']:.0f}",
             ]
         table.append(vals)

@@ -150,7 +150,8 @@ def test_chunk_workers_only_under_the_automatic_policy_and_never_beyond_the_chun
     from baffle.engine.threads import chunk_workers
     from baffle.models import build_model
 
-    cfg = Config()  # the default job: 21 members in 2 balanced chunks of at most 16
+    cfg = Config()  # batch 8 (the default job until 2026-12-04): 21 members in 2 balanced chunks of at most 16
+    cfg.apply_overrides(["federation.batch_size=8"])
     model = build_model(cfg.model.name, image_size=cfg.data.image_size)
     engine = make_engine(cfg.estimator.engine, cfg.estimator.max_memory_mb)
     shape = (1, cfg.data.image_size, cfg.data.image_size)

@@ -37,7 +37,7 @@ from baffle.client import load_weights
 from baffle.config import Config
 from baffle.flower.config import FlowerOptions
 from baffle.flower.records import Payload, encode_arrays
-from baffle.methods import per_round_costs
+from baffle.methods import download_bytes, per_round_costs
 from baffle.protocol.messages import Upload
 from baffle.protocol.schemes import forward_passes
 from baffle.records import checkpoint
@@ -122,6 +122,7 @@ class ServerCore:
         self.train_probe = train_probe(self.cfg, train)
         self.t0 = time.perf_counter()
         self.counters = Counters()
+        self.plan_bytes = download_bytes(self.cfg, state_nbytes(self.strategy.model))  # per plan, as baffle run counts
         self.last: RoundResult | None = None
         self.ledger: PrivacyLedger | None = None  # made once the number of partitions is known
         self.wall0 = 0.0  # wall time of the run before a resume
@@ -291,6 +292,7 @@ class ServerCore:
         unless it fails first; ``client_steps`` counts minibatches, as the node state's ``steps``."""
         self.traffic.down_bytes += nbytes
         self.traffic.down_msgs += 1
+        self.counters.download_bytes += self.plan_bytes  # the cost model baffle run counts (the message itself: down_bytes)
         pid = self.partition_of.get(node_id)
         if pid is not None:
             self.client_steps[pid] = self.client_steps.get(pid, 0) + self.strategy.local_steps
@@ -388,7 +390,7 @@ class ServerCore:
         lr = self.strategy.optimizer.param_groups[0]["lr"]
         extra.update(privacy_metrics(self.ledger))
         extra.update(self.driver_metrics)
-        row = metrics_row(rounds_done, test, train_loss, costs, c, lr, self.last, extra)
+        row = metrics_row(rounds_done, test, train_loss, costs, c, lr, self.last, extra, self.plan_bytes)
         self.rows.append(row)
         append_metrics(self.out, row)
         return row

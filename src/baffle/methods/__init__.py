@@ -25,3 +25,8 @@ def get_method(name: str) -> Method:
 def per_round_costs(cfg, n_params: int, n_state_bytes: int) -> tuple[int, int]:
     """(upload bytes, forward passes) per client per round of ``cfg.run.method`` (the cost model)."""
     return get_method(cfg.run.method).per_round_costs(cfg, n_params, n_state_bytes)
+
+
+def download_bytes(cfg, n_state_bytes: int) -> int:
+    """Server -> client bytes per sampled client per round of ``cfg.run.method`` (the cost model)."""
+    return get_method(cfg.run.method).download_bytes(cfg, n_state_bytes)

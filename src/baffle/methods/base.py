@@ -24,3 +24,8 @@ class Method(Protocol):
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
         """(upload bytes per client per round, forward passes per client per round)."""
         ...
+
+    def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
+        """Server -> client bytes per sampled client per round: the round's plan with the global weights
+        (``protocol.messages.plan_nbytes``; Flower's replay transport sends K-vectors instead, docs/flower.md)."""
+        ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from baffle.config import Config
+from baffle.protocol.messages import LOCAL_PLAN_HEADER_BYTES, plan_nbytes
 from baffle.server.ingest import RoundResult
 
 if TYPE_CHECKING:
@@ -29,3 +30,6 @@ class FedAvg:
 
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
         return 12 + n_state_bytes, cfg.federation.local_steps
+
+    def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
+        return plan_nbytes(0, n_state_bytes, LOCAL_PLAN_HEADER_BYTES)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from baffle.config import Config
+from baffle.protocol.messages import plan_nbytes
 from baffle.server.ingest import RoundResult
 
 if TYPE_CHECKING:
@@ -31,3 +32,6 @@ class FedSGD:
 
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
         return 16 + 4 * n_params, 1
+
+    def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
+        return plan_nbytes(0, n_state_bytes)  # the weights and the round: no directions

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from baffle.config import Config
-from baffle.protocol.messages import LocalPlan
+from baffle.protocol.messages import LOCAL_PLAN_HEADER_BYTES, LocalPlan, plan_nbytes
 from baffle.protocol.schemes import forward_passes
 from baffle.server.ingest import RoundResult
 
@@ -37,3 +37,6 @@ class LocalZO:
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
         e, f = cfg.estimator, cfg.federation
         return 12 + n_state_bytes, forward_passes(e.K, e.scheme) * f.local_steps
+
+    def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
+        return plan_nbytes(0, n_state_bytes, LOCAL_PLAN_HEADER_BYTES)  # the client draws its own seeds from the run seed

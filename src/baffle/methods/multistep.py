@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from baffle.client import Client, load_weights
 from baffle.config import Config
-from baffle.protocol.messages import Upload
+from baffle.protocol.messages import Upload, plan_nbytes
 from baffle.protocol.schemes import forward_passes
 from baffle.server.ingest import RoundResult, ingest_uploads
 from baffle.trajectory import local_round, step_seeds  # noqa: F401 - step_seeds: part of this method's API
@@ -49,3 +49,6 @@ class MultiStepZO:
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
         e, f = cfg.estimator, cfg.federation
         return 16 + 4 * e.K * f.local_steps, forward_passes(e.K, e.scheme) * f.local_steps
+
+    def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
+        return plan_nbytes(cfg.estimator.K * cfg.federation.local_steps, n_state_bytes)  # S x K step seeds

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from baffle.config import Config
-from baffle.protocol.messages import Upload
+from baffle.protocol.messages import Upload, plan_nbytes
 from baffle.protocol.schemes import forward_passes
 from baffle.server.ingest import RoundResult, ingest_uploads
 
@@ -31,3 +31,6 @@ class ScalarZO:
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
         e = cfg.estimator
         return 16 + 4 * e.K, forward_passes(e.K, e.scheme)
+
+    def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
+        return plan_nbytes(cfg.estimator.K, n_state_bytes)

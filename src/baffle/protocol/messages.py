@@ -16,6 +16,21 @@ if TYPE_CHECKING:  # torch only for annotations: inference-only clients (ONNX Ru
     import torch
 
 UPLOAD_HEADER = struct.Struct("<IIII")  # client_id, round, num_samples, K
+# What a plan says besides its seeds and weights: round, sigma, minibatch size, scheme + noise kind (a
+# LocalPlan adds the run seed, local steps, local lr and optimizer).
+PLAN_HEADER_BYTES = 16
+LOCAL_PLAN_HEADER_BYTES = 32
+
+
+def state_bytes(weights: Mapping[str, torch.Tensor] | None) -> int:
+    """Bytes of a weights payload (every tensor of the state dict, raw)."""
+    return 0 if weights is None else sum(t.numel() * t.element_size() for t in weights.values())
+
+
+def plan_nbytes(num_seeds: int, weights_bytes: int, header: int = PLAN_HEADER_BYTES) -> int:
+    """Server -> client bytes of one plan: its header, ``num_seeds`` uint64 direction seeds and the global
+    weights when it carries them (the simulator's cost model and ``RoundPlan.nbytes``: one formula)."""
+    return header + 8 * num_seeds + weights_bytes
 
 
 class MessageError(ValueError):
@@ -41,6 +56,10 @@ class RoundPlan:
     def num_directions(self) -> int:
         return int(len(self.seeds))
 
+    @property
+    def nbytes(self) -> int:
+        return plan_nbytes(len(self.seeds), state_bytes(self.weights))
+
 
 @dataclass(frozen=True)
 class LocalPlan:
@@ -57,6 +76,10 @@ class LocalPlan:
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
     noise: str = "v1"  # direction spec of the private local-step seeds
     optimizer: str = "adam"  # the client's local optimizer: adam | sgd (plain SGD, FedZO)
+
+    @property
+    def nbytes(self) -> int:
+        return plan_nbytes(0, state_bytes(self.weights), LOCAL_PLAN_HEADER_BYTES)
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from baffle.config import Config
 ROW_KEYS = (
     "round", "test_acc", "test_loss", "train_loss", "upload_bytes_per_client", "client_forward_passes",
     "total_forward_passes", "total_forward_samples", "total_backward_passes", "total_upload_bytes",
-    "rejected_uploads", "skipped_rounds", "rejected_by_reason", "answered_uploads", "failed_clients",
+    "download_bytes_per_client", "total_download_bytes", "rejected_uploads", "skipped_rounds", "rejected_by_reason", "answered_uploads", "failed_clients",
     "timed_out_clients", "lr", "wall_s",
 )
 SUMMARY_KEYS = (
     "method", "model", "dataset", "rounds", "final_test_acc", "best_test_acc", "final_test_loss",
-    "total_upload_bytes", "upload_bytes_per_client_per_round", "total_forward_passes", "total_backward_passes",
-    "rejected_uploads", "skipped_rounds", "rejected_by_reason", "answered_uploads", "epsilon", "wall_s",
+    "total_upload_bytes", "upload_bytes_per_client_per_round", "total_download_bytes", "download_bytes_per_client_per_round",
+    "total_forward_passes", "total_backward_passes", "rejected_uploads", "skipped_rounds", "rejected_by_reason", "answered_uploads", "epsilon", "wall_s",
 )
 
 
@@ -39,6 +39,7 @@ class Counters:
     forward_samples: int = 0  # samples pushed through a forward pass, all clients
     backward_passes: int = 0
     upload_bytes: int = 0
+    download_bytes: int = 0  # server -> client plans (cost model: methods.download_bytes per sampled client)
     wall_s: float = 0.0
     rejected: int = 0
     skipped_rounds: int = 0
@@ -92,8 +93,10 @@ def metrics_row(
     lr: float,
     last: Any = None,
     extra: dict | None = None,
+    download: int | None = None,
 ) -> dict:
-    """One evaluation's row. ``costs`` = (upload bytes, forward passes) per client per round of the method."""
+    """One evaluation's row. ``costs`` = (upload bytes, forward passes) per client per round of the method;
+    ``download`` = its server -> client bytes per sampled client per round (``methods.download_bytes``)."""
     acc, loss = test
     return {
         "round": rounds_done,
@@ -106,6 +109,8 @@ def metrics_row(
         "total_forward_samples": c.forward_samples,
         "total_backward_passes": c.backward_passes,
         "total_upload_bytes": c.upload_bytes,
+        "download_bytes_per_client": download,
+        "total_download_bytes": c.download_bytes,
         "rejected_uploads": c.rejected,
         "skipped_rounds": c.skipped_rounds,
         "rejected_by_reason": dict(sorted(c.rejected_by_reason.items())),
@@ -132,6 +137,8 @@ def make_summary(cfg: Config, history: list[dict], c: Counters) -> dict:
         "final_test_loss": history[-1]["test_loss"] if history else None,
         "total_upload_bytes": c.upload_bytes,
         "upload_bytes_per_client_per_round": history[-1]["upload_bytes_per_client"] if history else None,
+        "total_download_bytes": c.download_bytes,
+        "download_bytes_per_client_per_round": history[-1].get("download_bytes_per_client") if history else None,
         "total_forward_passes": c.forward_passes,
         "total_backward_passes": c.backward_passes,
         "rejected_uploads": c.rejected,

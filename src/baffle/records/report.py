@@ -60,7 +60,8 @@ def compare(run_dirs: Sequence[str | Path], out_png: str | Path) -> str:
     """Overlay several runs (accuracy vs rounds and vs client forward passes); return a Markdown table."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    rows = ["| run | method | rounds | final acc | best acc | upload B/client/round | fwd passes | wall s |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | method | rounds | final acc | best acc | upload B/client/round | download B/client/round | fwd passes | wall s |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for d in map(Path, run_dirs):
         history, summary = read_run(d)
         if not history:
@@ -72,7 +73,8 @@ def compare(run_dirs: Sequence[str | Path], out_png: str | Path) -> str:
         best = max(h["test_acc"] for h in history)
         rows.append(
             f"| {label} | {summary.get('method', '?')} | {last['round']} | {100 * last['test_acc']:.2f} | {100 * best:.2f} | "
-            f"{last['upload_bytes_per_client']} | {last['total_forward_passes']} | {last['wall_s']:.1f} |"
+            f"{last['upload_bytes_per_client']} | {last.get('download_bytes_per_client') or 'n/a'} | "
+            f"{last['total_forward_passes']} | {last['wall_s']:.1f} |"
         )
     ax1.set_xlabel("round")
     ax2.set_xlabel("client minibatch forward passes (all clients)")

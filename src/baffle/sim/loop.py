@@ -13,6 +13,7 @@ from pathlib import Path
 from baffle.records import checkpoint
 from baffle.client import load_weights
 from baffle.config import Config
+from baffle.protocol.messages import state_bytes
 from baffle.records.metrics import (Counters, append_metrics, make_summary, metrics_row, privacy_metrics,
                                     read_metrics, truncate_metrics)
 from baffle.sim.evaluate import evaluate, probe_loss
@@ -24,7 +25,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def state_nbytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return state_bytes(model.state_dict())
 
 
 class Simulation:
@@ -92,7 +93,8 @@ class Simulation:
         train_loss = probe_loss(fed.eval_model, fed.train_probe)
         costs = self.runner.method.per_round_costs(self.cfg, fed.strategy.n, state_nbytes(fed.strategy.model))
         lr = fed.strategy.optimizer.param_groups[0]["lr"]
-        return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last, privacy_metrics(self.runner.ledger))
+        return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last,
+                           privacy_metrics(self.runner.ledger), self.runner.plan_bytes)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> dict:

@@ -10,7 +10,7 @@ import logging
 from baffle import privacy
 from baffle.client import load_weights
 from baffle.methods import get_method
-from baffle.protocol.messages import Upload
+from baffle.protocol.messages import Upload, state_bytes
 from baffle.server.ingest import RoundResult
 from baffle.sim import attacks, faults
 from baffle.sim.factory import Federation
@@ -35,6 +35,7 @@ class RoundRunner:
         self.ledger = make_ledger(cfg)
         self.last: RoundResult | None = None
         self.weights: dict = {}  # the round's global weights (what every client starts from)
+        self.plan_bytes = self.method.download_bytes(cfg, state_bytes(fed.strategy.model.state_dict()))  # per sampled client
 
     def availability(self, sampled: list[int], round_idx: int) -> faults.Availability:
         """Which sampled clients answer this round: decided before any upload is computed."""
@@ -86,6 +87,7 @@ class RoundRunner:
         result.sampled, result.answered = len(all_sampled), len(sampled)
         result.failed, result.timed_out, result.round_time_s = len(avail.failed), len(avail.timed_out), avail.round_time_s
         c.add_round(result)
+        c.download_bytes += len(all_sampled) * self.plan_bytes  # every sampled client got the plan, answering or not
         c.sim_time_s += avail.round_time_s
         self.last = result
         return result

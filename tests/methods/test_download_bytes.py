@@ -1,0 +1,58 @@
+"""Bytes down: every method's plan to a sampled client is counted, by the same formula as the plan it sends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from baffle.methods import download_bytes
+from baffle.protocol.messages import LOCAL_PLAN_HEADER_BYTES, PLAN_HEADER_BYTES, LocalPlan, RoundPlan, state_bytes
+from baffle.sim.loop import Simulation
+from baffle.testing import tiny
+
+
+@pytest.mark.parametrize(
+    "extra, seeds_per_plan",
+    [
+        ({}, "K"),  # baffle: the round's K direction seeds and the weights
+        ({"run.method": "baffle_multistep", "federation.local_steps": 3}, "SK"),  # S x K step seeds
+        ({"run.method": "fedsgd"}, "none"),  # the weights only
+    ],
+)
+def test_rows_and_summary_count_one_plan_per_sampled_client_per_round(extra, seeds_per_plan):
+    cfg = tiny(3, **{"federation.clients_per_round": 0.5, **extra})  # half the clients per round
+    sim = Simulation(cfg, None, progress=False)
+    summary = sim.run()
+    weights = state_bytes(sim.fed.strategy.model.state_dict())
+    seeds = {"K": cfg.estimator.K, "SK": cfg.estimator.K * 3, "none": 0}[seeds_per_plan]
+    per_plan = PLAN_HEADER_BYTES + 8 * seeds + weights
+    sampled = 3 * max(1, int(0.5 * cfg.data.num_clients))
+    assert summary["download_bytes_per_client_per_round"] == per_plan
+    assert summary["total_download_bytes"] == sampled * per_plan
+
+
+def test_the_cost_model_is_the_size_of_the_plan_the_server_builds():
+    cfg = tiny(1)
+    sim = Simulation(cfg, None, progress=False)
+    plan = sim.fed.strategy.plan(0, send_weights=True)
+    assert plan.nbytes == download_bytes(cfg, state_bytes(sim.fed.strategy.model.state_dict()))
+    assert RoundPlan(0, np.zeros(5, np.uint64), 1e-3, "forward", 8).nbytes == PLAN_HEADER_BYTES + 40  # no weights
+
+
+def test_a_dropped_client_still_got_the_plan():
+    """Downloads count sampled clients, answering or not: the plan went out before the client dropped."""
+    cfg = tiny(4, **{"federation.dropout_rate": 0.5})
+    sim = Simulation(cfg, None, progress=False)
+    summary = sim.run()
+    per_plan = summary["download_bytes_per_client_per_round"]
+    assert summary["answered_uploads"] < 4 * cfg.data.num_clients
+    assert summary["total_download_bytes"] == 4 * cfg.data.num_clients * per_plan
+
+
+def test_epoch_level_methods_count_the_plan_they_send():
+    cfg = tiny(1, **{"run.method": "baffle_local", "federation.local_steps": 2})
+    sim = Simulation(cfg, None, progress=False)
+    state = sim.fed.strategy.model.state_dict()
+    plan = LocalPlan(0, 0, 4, 1e-3, "forward", 8, 2, 0.01, state)
+    assert plan.nbytes == LOCAL_PLAN_HEADER_BYTES + state_bytes(state)
+    assert sim.run()["download_bytes_per_client_per_round"] == plan.nbytes
