@@ -35,6 +35,7 @@ from baffle.config import Config
 from baffle.engine.threads import chunk_workers, flops_per_layer, free_cores, intra_op_threads, usable_cores
 from baffle.estimator import num_elements, select_parameters
 from baffle.methods import get_method
+from baffle.protocol.schemes import forward_passes
 from baffle.records.results import results_dir, write_json, write_section
 from baffle.records.tables import table_lines
 from baffle.sim.factory import build
@@ -87,7 +88,8 @@ def main() -> None:
         "load_start": list(os.getloadavg()), "conditions": {},
         "call": {"members": members, "samples": samples, "flops_per_layer": flops_per_layer(model, shape, samples, members),
                  "chunks": engine.chunks(model, n, cfg.federation.batch_size * clients_per_round(cfg), shape,
-                                         cfg.estimator.K, cfg.estimator.scheme)},
+                                         cfg.estimator.K, cfg.estimator.scheme),
+                 "members_total": forward_passes(cfg.estimator.K, cfg.estimator.scheme)},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }  # fmt: skip
     t_start = time.perf_counter()
@@ -167,7 +169,7 @@ def section(result: dict) -> str:
         "",
         "Coarse parallelism: when the rule gives one intra-op thread and cores are free, the batched engine",
         "evaluates its independent chunks of perturbed members on `chunk_workers` threads (at most the usable",
-        f"cores, at most one per chunk; the default job has {cfg.estimator.K + 1} members in {result['call']['chunks']} chunks). "
+        f"cores, at most one per chunk; the default job has {result['call']['members_total']} members in {result['call']['chunks']} chunks). "
         "Chunk sizes never",
         "depend on the worker count, so the losses are identical (tested); `run.threads = N` means one worker.",
         "",

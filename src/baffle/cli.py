@@ -117,11 +117,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"{summary['method']}: final test accuracy {100 * acc:.2f}% (best {100 * summary['best_test_acc']:.2f}%) "
         f"after {summary['rounds']} rounds, {summary['wall_s']:.0f} s of training; "
-        f"{summary['upload_bytes_per_client_per_round']} bytes uploaded per client per round; outputs in {out}/"
+        f"{_bytes(summary['upload_bytes_per_client_per_round'])} bytes uploaded and "
+        f"{_bytes(summary['download_bytes_per_client_per_round'])} downloaded per client per round; outputs in {out}/"
     )
     if summary.get("epsilon") is not None:
         print(f"privacy ({cfg.privacy.mode} DP): epsilon {summary['epsilon']:.3g} at delta {cfg.privacy.delta:g}")
     return 0
+
+
+def _bytes(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,}"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
