@@ -30,12 +30,13 @@ SWEEPS = [
     ("default_optim", "Server optimizer of the default job, 3 seeds (issue 16)"),
     ("weight_decay", "Weight decay of the default job's server optimizer, 2 seeds (issue 16)"),
     ("pass_budget", "MNIST within 0.13 M forward passes per client: minibatch per pass, 3 seeds (issue 16)"),
-    ("goals_v2", "Long runs at today's defaults, 3 seeds (issue 16)"),
+    ("goals_v2", "Long runs at the defaults of 2026-12-03 (batch 8), 3 seeds (issue 16)"),
     ("pass_budget_98", "MNIST with 128 samples per pass at 210,000 passes per client, 3 seeds (issue 16)"),
     ("fashion_pass_budget", "Fashion-MNIST within 0.13 M forward passes per client: minibatch per pass, 3 seeds (issue 16)"),
     ("noniid_v2", "IID vs Dirichlet(0.1) at the default job, 3 seeds (issue 16)"),
     ("noniid_b64", "Dirichlet(0.1) with 64 samples per pass, 3 seeds (issue 16)"),
     ("default_batch", "The default job against its minibatch per pass, 3 seeds (issue 16)"),
+    ("noniid_b32", "IID vs Dirichlet(0.1) at the default job with 32 samples per pass, 3 seeds (issue 16)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),
@@ -167,6 +168,8 @@ NONIID_MAX_GAP = 1.5
 NONIID_PAIRS = [  # (dataset, budget, (sweep, IID run), (sweep, Dirichlet(0.1) run))
     ("MNIST", "batch 8, 3,000 rounds (the default job until 2026-12-04)", ("noniid_v2", "mnist_iid"), ("noniid_v2", "mnist_dir0.1")),
     ("Fashion-MNIST", "batch 8, 3,000 rounds (the default job until 2026-12-04)", ("noniid_v2", "fashion_iid"), ("noniid_v2", "fashion_dir0.1")),
+    ("MNIST", "batch 32, 3,000 rounds (the default job)", ("default_batch", "B32"), ("noniid_b32", "mnist_dir0.1")),
+    ("Fashion-MNIST", "batch 32, 3,000 rounds (the default job)", ("noniid_b32", "fashion_iid"), ("noniid_b32", "fashion_dir0.1")),
     ("MNIST", "batch 64, 6,000 rounds", ("pass_budget", "B64"), ("noniid_b64", "mnist_dir0.1")),
     ("Fashion-MNIST", "batch 64, 6,000 rounds", ("fashion_pass_budget", "B64"), ("noniid_b64", "fashion_dir0.1")),
 ]

@@ -60,7 +60,7 @@ def test_flower_run_dir_has_the_simulator_schema_and_compare_reads_it(tmp_path, 
     s_rows = [json.loads(ln) for ln in (sim / "metrics.jsonl").read_text().splitlines()]
     assert all(r["train_loss"] is not None for r in f_rows)  # data-eval-train-samples: the same probe as baffle run
     same = ("round", "test_acc", "test_loss", "train_loss", "total_forward_passes", "total_forward_samples", "total_upload_bytes",
-            "upload_bytes_per_client", "client_forward_passes", "answered_uploads", "rejected_uploads", "lr", "round_sampled")
+            "upload_bytes_per_client", "total_download_bytes", "download_bytes_per_client", "client_forward_passes", "answered_uploads", "rejected_uploads", "lr", "round_sampled")
     assert [{k: r[k] for k in same} for r in f_rows] == [{k: r[k] for k in same} for r in s_rows]
     assert cli.main(["compare", str(sim), str(flower), "--out", str(tmp_path / "cmp.png")]) == 0
     out = capsys.readouterr().out

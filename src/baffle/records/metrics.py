@@ -20,13 +20,14 @@ from baffle.config import Config
 ROW_KEYS = (
     "round", "test_acc", "test_loss", "train_loss", "upload_bytes_per_client", "client_forward_passes",
     "total_forward_passes", "total_forward_samples", "total_backward_passes", "total_upload_bytes",
-    "download_bytes_per_client", "total_download_bytes", "rejected_uploads", "skipped_rounds", "rejected_by_reason", "answered_uploads", "failed_clients",
-    "timed_out_clients", "lr", "wall_s",
+    "download_bytes_per_client", "total_download_bytes", "rejected_uploads", "skipped_rounds", "rejected_by_reason",
+    "answered_uploads", "failed_clients", "timed_out_clients", "lr", "wall_s",
 )
 SUMMARY_KEYS = (
     "method", "model", "dataset", "rounds", "final_test_acc", "best_test_acc", "final_test_loss",
-    "total_upload_bytes", "upload_bytes_per_client_per_round", "total_download_bytes", "download_bytes_per_client_per_round",
-    "total_forward_passes", "total_backward_passes", "rejected_uploads", "skipped_rounds", "rejected_by_reason", "answered_uploads", "epsilon", "wall_s",
+    "total_upload_bytes", "upload_bytes_per_client_per_round", "total_download_bytes",
+    "download_bytes_per_client_per_round", "total_forward_passes", "total_backward_passes", "rejected_uploads",
+    "skipped_rounds", "rejected_by_reason", "answered_uploads", "epsilon", "wall_s",
 )
 
 
