@@ -1,4 +1,4 @@
-"""SCREEN (issue 16 item 2, "K and batch schedules"): a growing minibatch per pass at the default job's budget.
+"""SCREEN (issue 16 item 2, "K and batch schedules"): a minibatch or a K that changes along the default job's budget.
 
 Why it might win: the estimate's error is about n|g_B|^2/K, and |g_B|^2 = |g|^2 + tr(Sigma)/B. Early in training the
 true gradient dominates and a small minibatch costs nothing; near convergence the minibatch noise dominates and a larger
@@ -11,8 +11,14 @@ Real forward-only runs (the simulator's own rounds, `baffle.sim.rounds.RoundRunn
 schedules all average 8 samples per pass, so every run pushes the same forward samples through the same passes (the
 script prints and records both). Not a product feature: the server's plan and the Flower app keep one batch size.
 
+K schedules (the ``K...`` rows, at the default job since 2026-12-04: 32 samples per pass) set the server's K before each
+round (the plan's seeds, the clients' perturbations and the upload validation all follow it); they all average K + 1 = 21
+forward passes per round, so again equal passes and samples. Why one might win: the direction term of the error,
+n |g_B|^2 / K, is largest early, when |g|^2 is large (experiments/estimate_error.py), so more directions early and fewer
+late could buy a better start for free; or the reverse, since late steps set the final accuracy.
+
     python experiments/batch_schedule.py                       # every schedule, seeds 0 1 2
-    python experiments/batch_schedule.py --schedules step --seeds 1
+    python experiments/batch_schedule.py --schedules K30to10 --seeds 1
 Results: experiments/results/batch_schedule/<schedule>_seed<k>.json, and a table
 (experiments/results/batch_schedule.md) from every JSON there.
 """
@@ -34,6 +40,14 @@ SCHEDULES = {
     "linear4to12": lambda t: 4 + int(9 * t),  # 4, 5, ..., 12 in nine equal stretches
     "linear2to14": lambda t: 2 + int(13 * t),  # 2, ..., 14 in thirteen equal stretches
 }
+#: K for progress t at batch 32; each averages K = 20 over 3,000 rounds
+K_SCHEDULES = {
+    "K20": lambda t: 20,  # the default job itself: checks the harness against its real runs (default_batch.toml B32)
+    "K10to30": lambda t: 10 if t < 0.5 else 30,
+    "K30to10": lambda t: 30 if t < 0.5 else 10,
+    "K10to30linear": lambda t: 10 + int(21 * t),  # 10, ..., 30 in 21 equal stretches
+}
+K_BATCH = 32
 OUT = Path("experiments/results/batch_schedule")
 
 
@@ -42,6 +56,8 @@ def run(schedule: str, seed: int, rounds: int) -> dict:
     from baffle.records.metrics import make_summary
     from baffle.sim.loop import Simulation
 
+    if schedule in K_SCHEDULES:
+        return run_k(schedule, seed, rounds)
     size = SCHEDULES[schedule]
     top = max(size(r / rounds) for r in range(rounds))
     cfg = Config()
@@ -66,27 +82,55 @@ def run(schedule: str, seed: int, rounds: int) -> dict:
             "mean_batch": sum(size(r / rounds) for r in range(rounds)) / rounds, "train_wall_s": round(wall, 1)}
 
 
+def run_k(schedule: str, seed: int, rounds: int) -> dict:
+    from baffle.config import Config
+    from baffle.records.metrics import make_summary
+    from baffle.sim.loop import Simulation
+
+    k_of = K_SCHEDULES[schedule]
+    cfg = Config()
+    cfg.apply_overrides([f"run.seed={seed}", f"run.rounds={rounds}", "run.threads=1", "run.checkpoint_every=0",
+                         "data.test_subset=0", f"federation.batch_size={K_BATCH}"])
+    cfg.validate()
+    torch.set_num_threads(1)
+    sim = Simulation(cfg, None, progress=False)
+    assert sim.fed.strategy.cfg is sim.fed.cfg  # one config: the plan, the validation and the costs read its K
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        sim.fed.cfg.estimator.K = k_of(r / rounds)
+        sim.runner.run_round(r)
+    wall = time.perf_counter() - t0
+    row = sim.evaluate(rounds)
+    summary = make_summary(cfg, [row], sim.fed.counters)
+    return {"schedule": schedule, "seed": seed, "rounds": rounds, "final_test_acc": summary["final_test_acc"],
+            "forward_passes": sim.fed.counters.forward_passes, "forward_samples": sim.fed.counters.forward_samples,
+            "mean_batch": K_BATCH, "mean_K": sum(k_of(r / rounds) for r in range(rounds)) / rounds,
+            "train_wall_s": round(wall, 1)}
+
+
 def table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["schedule"], []).append(r)
-    lines = ["| schedule | seeds | final acc % (mean ± sd) | per seed | mean batch | forward passes | forward samples |",
-             "|---|---:|---|---|---:|---:|---:|"]
-    for name in SCHEDULES:
+    lines = ["| schedule | seeds | final acc % (mean ± sd) | per seed | mean batch | mean K | forward passes | forward samples |",
+             "|---|---:|---|---|---:|---:|---:|---:|"]
+    for name in [*SCHEDULES, *K_SCHEDULES]:
         rs = sorted(by.get(name, []), key=lambda r: r["seed"])
         if not rs:
             continue
         accs = [100 * r["final_test_acc"] for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         lines.append(f"| {name} | {len(rs)} | {statistics.mean(accs):.2f} ± {sd:.2f} | {', '.join(f'{a:.2f}' for a in accs)} | "
-                     f"{rs[0]['mean_batch']:.2f} | {rs[0]['forward_passes']:,} | {rs[0]['forward_samples']:,} |")
+                     f"{rs[0]['mean_batch']:.2f} | {rs[0].get('mean_K', 20):.2f} | {rs[0]['forward_passes']:,} | "
+                     f"{rs[0]['forward_samples']:,} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=[*SCHEDULES, *K_SCHEDULES],
+                    help="default: the batch schedules (the K schedules are named: K20 K10to30 K30to10 K10to30linear)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=3000)
     args = ap.parse_args()
@@ -100,9 +144,10 @@ def main() -> None:
             res = run(name, seed, args.rounds)
             path.write_text(json.dumps(res, indent=1) + "\n")
             print(json.dumps(res), flush=True)
-    text = ("# Batch-size schedules at the default job's budget (screen)\n\nGenerated by `python experiments/batch_schedule.py` "
+    text = ("# Batch-size and K schedules at the default job's budget (screen)\n\nGenerated by `python experiments/batch_schedule.py` "
             "(see its docstring). The default job (3,000 rounds, whole MNIST test set), every client's minibatch per pass "
-            "set by the schedule before each round; equal forward passes and samples in every row.\n\n" + table() + "\n")
+            f"(batch rows, at K=20) or the round's K (K rows, at batch {K_BATCH}) set by the schedule before each round; "
+            "equal forward passes and samples within each group of rows.\n\n" + table() + "\n")
     (OUT.parent / "batch_schedule.md").write_text(text)
     print(text)
 

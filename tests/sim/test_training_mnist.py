@@ -8,8 +8,8 @@ from baffle.sim.loop import Simulation
 
 
 def test_default_recipe_learns_real_mnist_forward_only(tmp_path):
-    """The shipped default recipe (lenet_small, 14x14, K=20, Adam lr 0.01), shortened to 300 rounds on a 6k-image
-    subset: 81.5% on the machine that wrote this (chance is 10%); no backward pass anywhere."""
+    """The shipped default recipe (lenet_small, 14x14, K=20, batch 32, Adam), shortened to 300 rounds on a 6k-image
+    subset (chance is 10%); no backward pass anywhere."""
     cfg = Config()
     cfg.apply_overrides(
         [
@@ -30,4 +30,4 @@ def test_default_recipe_learns_real_mnist_forward_only(tmp_path):
 @pytest.mark.slow
 def test_default_job_reaches_its_documented_accuracy(tmp_path):
     summary = Simulation(Config().validate(), tmp_path, progress=False).run()
-    assert summary["final_test_acc"] > 0.92, summary  # docs/default-run.md: 94.16%
+    assert summary["final_test_acc"] > 0.955, summary  # docs/default-run.md: 96.10% (seeds 0-2: 96.13% +- 0.12)
