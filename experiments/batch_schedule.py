@@ -110,18 +110,16 @@ def run_k(schedule: str, seed: int, rounds: int) -> dict:
 
 def table() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
-    by: dict[str, list[dict]] = {}
+    by: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
-        by.setdefault(r["schedule"], []).append(r)
-    lines = ["| schedule | seeds | final acc % (mean ± sd) | per seed | mean batch | mean K | forward passes | forward samples |",
-             "|---|---:|---|---|---:|---:|---:|---:|"]
-    for name in [*SCHEDULES, *K_SCHEDULES]:
-        rs = sorted(by.get(name, []), key=lambda r: r["seed"])
-        if not rs:
-            continue
+        by.setdefault((r["schedule"], r["rounds"]), []).append(r)
+    lines = ["| schedule | rounds | seeds | final acc % (mean ± sd) | per seed | mean batch | mean K | forward passes | forward samples |",
+             "|---|---:|---:|---|---|---:|---:|---:|---:|"]
+    for name, rounds in sorted(by, key=lambda k: (k[1], [*SCHEDULES, *K_SCHEDULES].index(k[0]))):
+        rs = sorted(by[(name, rounds)], key=lambda r: r["seed"])
         accs = [100 * r["final_test_acc"] for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"| {name} | {len(rs)} | {statistics.mean(accs):.2f} ± {sd:.2f} | {', '.join(f'{a:.2f}' for a in accs)} | "
+        lines.append(f"| {name} | {rounds:,} | {len(rs)} | {statistics.mean(accs):.2f} ± {sd:.2f} | {', '.join(f'{a:.2f}' for a in accs)} | "
                      f"{rs[0]['mean_batch']:.2f} | {rs[0].get('mean_K', 20):.2f} | {rs[0]['forward_passes']:,} | "
                      f"{rs[0]['forward_samples']:,} |")
     return "\n".join(lines)
@@ -137,7 +135,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for name in args.schedules:
-            path = OUT / f"{name}_seed{seed}.json"
+            path = OUT / (f"{name}_seed{seed}.json" if args.rounds == 3000 else f"{name}_seed{seed}_r{args.rounds}.json")
             if path.exists() and json.loads(path.read_text())["rounds"] == args.rounds:
                 print(f"{path} exists, kept")
                 continue
