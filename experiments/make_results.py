@@ -243,7 +243,9 @@ def main() -> int:
         "time. One seed per run: differences of a point or two between runs are within seed noise.",
         "",
         "Vocabulary: a *forward pass* is one minibatch forward of one client; *fwd samples* counts the images pushed "
-        "through all forward passes (a pass of 8 samples is 4x cheaper than one of 32); BP runs count a "
+        "through all forward passes (a pass of 8 samples is 4x cheaper than one of 32); *download B/client/round* is the "
+        "round's plan with the global weights, per sampled client (recorded since 2026-12-04: n/a in runs made before); "
+        "BP runs count a "
         "forward+backward step as one pass. *paper recipe* = the BAFFLE code's settings (LeNet with global pooling, "
         "28x28, K=100, sigma 1e-4, batch 32, Adam lr 0.01); *fast recipe* = baffle's default (lenet_small, 14x14, "
         "K=20, sigma 1e-3, batch 8, Adam with warmup and cosine decay, EMA 0.98; batch 32 since 2026-12-04, \"The default "
