@@ -172,12 +172,15 @@ class ServerCore:
         done, f = state["round"], state[rundir.FLOWER_KEY]
         self.strategy.load_state_dict(state["server"])
         self._weights = self._state = None
-        self.counters = Counters(**state["counters"])
-        self.wall0 = self.counters.wall_s
+        counters = dict(state["counters"])
+        self.wall0 = counters["wall_s"]
         self.history = rundir.unpack_history(f["history"], done, self.strategy.upload_length)
         self.client_steps = {p: int(n) for p, n in enumerate(np.asarray(f["client_steps"]))}
         self.resync = set(range(self.num_partitions))
         self.traffic = Traffic(**f["traffic"])
+        if "download_bytes" not in counters:  # written before bytes down were counted: one plan per train message sent
+            counters["download_bytes"] = self.plan_bytes * self.traffic.down_msgs
+        self.counters = Counters(**counters)
         if f["ledger"] is not None:
             self.ledger = make_ledger(self.cfg)
             self.ledger.rounds = int(f["ledger"]["rounds"])

@@ -59,7 +59,11 @@ class Simulation:
             raise checkpoint.CheckpointError("checkpoint has a different number of clients than the config")
         for cl, st in zip(self.fed.clients, state["clients"]):
             cl.load_state_dict(st)
-        self.fed.counters = Counters(**state["counters"])
+        counters = dict(state["counters"])
+        if "download_bytes" not in counters:  # written before bytes down were counted: rebuild them (sampling is pure)
+            counters["download_bytes"] = self.runner.plan_bytes * sum(
+                len(sample_clients(self.cfg, r)) for r in range(state["round"]))
+        self.fed.counters = Counters(**counters)
         self.start_round = state["round"]
         self._replay_ledger()
         truncate_metrics(self.out, self.start_round)
