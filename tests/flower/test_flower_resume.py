@@ -212,3 +212,24 @@ def test_a_restarted_node_taking_its_partition_over_continues_its_batches(tmp_pa
     assert run(tiny(tmp_path, "restart", **sched), restart=True) == plain
     monkeypatch.setattr(flower_node.Node, "_catch_up", lambda self, steps: None)
     assert run(tiny(tmp_path, "no-catch-up", **sched), restart=True) != plain
+
+
+def test_resuming_a_checkpoint_from_before_bytes_down_rebuilds_them(tmp_path, monkeypatch):
+    """A Flower checkpoint written before bytes down were counted has no ``download_bytes``: the resumed run
+    rebuilds them from the train messages it had sent, so its rows equal an uninterrupted run's."""
+    from baffle.records import checkpoint
+
+    nodes = 3
+    full = tiny(tmp_path, "full", **SCHEDULE)
+    run_inmemory(full, nodes)
+    cut = tiny(tmp_path, "cut", **SCHEDULE)
+    crash_at(monkeypatch, 4)
+    with pytest.raises(Crash):
+        run_inmemory(cut, nodes)
+    monkeypatch.undo()
+    path = Path(cut["result-dir"]) / "checkpoint.pt"
+    state = checkpoint.load(path)
+    del state["counters"]["download_bytes"]  # what a checkpoint of an older baffle holds
+    checkpoint.save(path, state)
+    run_inmemory({**cut, "resume": True}, nodes)
+    assert rows(cut) == rows(full) and rows(cut)[-1]["total_download_bytes"] > 0
