@@ -52,59 +52,47 @@ OUT = Path("experiments/results/batch_schedule")
 
 
 def run(schedule: str, seed: int, rounds: int) -> dict:
-    from baffle.config import Config
-    from baffle.records.metrics import make_summary
-    from baffle.sim.loop import Simulation
-
+    """One real run of the default job with the schedule applied before every round."""
     if schedule in K_SCHEDULES:
-        return run_k(schedule, seed, rounds)
+        k_of = K_SCHEDULES[schedule]
+
+        def before_round(sim, t: float) -> None:  # one config: the plan, the validation and the costs read its K
+            sim.fed.cfg.estimator.K = k_of(t)
+
+        res = schedule_run(seed, rounds, K_BATCH, before_round)
+        return {"schedule": schedule, **res, "mean_batch": K_BATCH, "mean_K": sum(k_of(r / rounds) for r in range(rounds)) / rounds}
     size = SCHEDULES[schedule]
-    top = max(size(r / rounds) for r in range(rounds))
-    cfg = Config()
-    # the default job, with the server's per-upload sample bound raised to the schedule's largest batch
-    cfg.apply_overrides([f"run.seed={seed}", f"run.rounds={rounds}", "run.threads=1", "run.checkpoint_every=0",
-                         "data.test_subset=0", f"federation.batch_size={top}"])
-    cfg.validate()
-    torch.set_num_threads(1)
-    sim = Simulation(cfg, None, progress=False)
-    t0 = time.perf_counter()
-    for r in range(rounds):
-        b = size(r / rounds)
+
+    def set_batch(sim, t: float) -> None:
         for c in sim.fed.clients:
-            c.sampler.batch_size = b
-        sim.runner.run_round(r)
-    wall = time.perf_counter() - t0
-    row = sim.evaluate(rounds)
-    summary = make_summary(cfg, [row], sim.fed.counters)
-    passes = sim.fed.counters.forward_passes
-    return {"schedule": schedule, "seed": seed, "rounds": rounds, "final_test_acc": summary["final_test_acc"],
-            "forward_passes": passes, "forward_samples": sim.fed.counters.forward_samples,
-            "mean_batch": sum(size(r / rounds) for r in range(rounds)) / rounds, "train_wall_s": round(wall, 1)}
+            c.sampler.batch_size = size(t)
+
+    # the server's per-upload sample bound raised to the schedule's largest batch
+    res = schedule_run(seed, rounds, max(size(r / rounds) for r in range(rounds)), set_batch)
+    return {"schedule": schedule, **res, "mean_batch": sum(size(r / rounds) for r in range(rounds)) / rounds}
 
 
-def run_k(schedule: str, seed: int, rounds: int) -> dict:
+def schedule_run(seed: int, rounds: int, batch: int, before_round) -> dict:
+    """The default job at ``federation.batch_size=batch``, ``before_round(sim, round / rounds)`` before each round."""
     from baffle.config import Config
     from baffle.records.metrics import make_summary
     from baffle.sim.loop import Simulation
 
-    k_of = K_SCHEDULES[schedule]
     cfg = Config()
     cfg.apply_overrides([f"run.seed={seed}", f"run.rounds={rounds}", "run.threads=1", "run.checkpoint_every=0",
-                         "data.test_subset=0", f"federation.batch_size={K_BATCH}"])
+                         "data.test_subset=0", f"federation.batch_size={batch}"])
     cfg.validate()
     torch.set_num_threads(1)
     sim = Simulation(cfg, None, progress=False)
-    assert sim.fed.strategy.cfg is sim.fed.cfg  # one config: the plan, the validation and the costs read its K
+    assert sim.fed.strategy.cfg is sim.fed.cfg
     t0 = time.perf_counter()
     for r in range(rounds):
-        sim.fed.cfg.estimator.K = k_of(r / rounds)
+        before_round(sim, r / rounds)
         sim.runner.run_round(r)
     wall = time.perf_counter() - t0
-    row = sim.evaluate(rounds)
-    summary = make_summary(cfg, [row], sim.fed.counters)
-    return {"schedule": schedule, "seed": seed, "rounds": rounds, "final_test_acc": summary["final_test_acc"],
+    summary = make_summary(cfg, [sim.evaluate(rounds)], sim.fed.counters)
+    return {"seed": seed, "rounds": rounds, "final_test_acc": summary["final_test_acc"],
             "forward_passes": sim.fed.counters.forward_passes, "forward_samples": sim.fed.counters.forward_samples,
-            "mean_batch": K_BATCH, "mean_K": sum(k_of(r / rounds) for r in range(rounds)) / rounds,
             "train_wall_s": round(wall, 1)}
 
 
