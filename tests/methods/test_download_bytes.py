@@ -58,27 +58,17 @@ def test_epoch_level_methods_count_the_plan_they_send():
     assert sim.run()["download_bytes_per_client_per_round"] == plan.nbytes
 
 
-def test_resuming_a_checkpoint_from_before_bytes_down_rebuilds_them(tmp_path, monkeypatch):
+def test_resuming_a_checkpoint_from_before_bytes_down_rebuilds_them(tmp_path):
     """A checkpoint written before bytes down were counted has no ``download_bytes``: the resumed run rebuilds them
     from the sampling (a pure function of the round), so its records equal an uninterrupted run's."""
     from baffle.config import Config
     from baffle.records import checkpoint
-    from baffle.sim.rounds import RoundRunner
+    from baffle.testing.crash import interrupted_run
 
     cfg = tiny(6, **{"federation.clients_per_round": 0.5})
     full = Simulation(cfg, tmp_path / "full", progress=False).run()
     part = tmp_path / "part"
-    real = RoundRunner.run_round
-
-    def crash_at_4(self, r):
-        if r == 4:
-            raise KeyboardInterrupt
-        return real(self, r)
-
-    monkeypatch.setattr(RoundRunner, "run_round", crash_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        Simulation(cfg, part, progress=False).run()
-    monkeypatch.setattr(RoundRunner, "run_round", real)
+    interrupted_run(cfg, part, at_round=4)
     state = checkpoint.load(part / "checkpoint.pt")
     del state["counters"]["download_bytes"]  # what a checkpoint of an older baffle holds
     checkpoint.save(part / "checkpoint.pt", state)

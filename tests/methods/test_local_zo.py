@@ -11,8 +11,8 @@ from baffle.config import Config
 from baffle.records import checkpoint
 from baffle.server.optim import EMA
 from baffle.sim.loop import Simulation
-from baffle.sim.rounds import RoundRunner
 from baffle.testing import tiny
+from baffle.testing.crash import interrupted_run
 
 
 def _flat(state: dict) -> np.ndarray:
@@ -65,20 +65,10 @@ def test_ema_warmup_follows_torch_ema():
     assert restored.num_updates == 30 and restored.current_decay() == ema.current_decay()
 
 
-def test_ema_warmup_resumes_exactly(tmp_path, monkeypatch):
+def test_ema_warmup_resumes_exactly(tmp_path):
     cfg = tiny(4, **{"optim.ema_warmup": True, "optim.ema_decay": 0.995})
     Simulation(cfg, tmp_path / "full", progress=False).run()
-    real = RoundRunner.run_round
-
-    def crash_at_3(self, r):
-        if r == 2:
-            raise KeyboardInterrupt
-        return real(self, r)
-
-    monkeypatch.setattr(RoundRunner, "run_round", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        Simulation(cfg, tmp_path / "part", progress=False).run()
-    monkeypatch.setattr(RoundRunner, "run_round", real)
+    interrupted_run(cfg, tmp_path / "part", at_round=2)
     sim = Simulation(Config.load(tmp_path / "part" / "config.toml"), tmp_path / "part", progress=False)
     sim.resume()
     sim.run()

@@ -8,9 +8,9 @@ import torch
 
 from baffle.records import checkpoint
 from baffle.config import Config
-from baffle.sim.rounds import RoundRunner
 from baffle.sim.loop import Simulation
 from baffle.sim.sampling import sample_clients
+from baffle.testing.crash import interrupted_run
 
 
 def tiny(method="baffle", rounds=6, **extra):
@@ -74,23 +74,13 @@ def test_forward_only_training_learns_synthetic_data(tmp_path):
     assert summary["final_test_acc"] > 0.5, summary  # chance is 0.1
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     cfg = tiny(rounds=6, **{"data.partition": "dirichlet"})
     full = tmp_path / "full"
     Simulation(cfg, full, progress=False).run()
 
     part = tmp_path / "part"
-    real = RoundRunner.run_round
-
-    def crash_at_5(self, r):
-        if r == 4:
-            raise KeyboardInterrupt
-        return real(self, r)
-
-    monkeypatch.setattr(RoundRunner, "run_round", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        Simulation(cfg, part, progress=False).run()
-    monkeypatch.setattr(RoundRunner, "run_round", real)
+    interrupted_run(cfg, part, at_round=4)
     assert checkpoint.load(part / "checkpoint.pt")["round"] == 4
 
     sim = Simulation(Config.load(part / "config.toml"), part, progress=False)

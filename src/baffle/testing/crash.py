@@ -8,6 +8,9 @@ checkpoint, mid-round, mid-save), restarts it with ``--resume`` (or from scratch
 anything), and at the end compares with an uninterrupted in-process run: the final checkpoint's model,
 optimizer and EMA must be bit-identical and metrics.jsonl must hold each evaluation exactly once with the
 same values.
+
+``interrupted_run`` is the in-process twin: a run stopped by KeyboardInterrupt at a chosen round, for the tests
+that resume it (tests/sim/test_server.py, tests/methods/).
 """
 
 from __future__ import annotations
@@ -177,3 +180,24 @@ def run_trials(directory: Path, trials: int, max_kills: int, seed: int = 0) -> d
             result["failures"].append({"trial": t, "kills": kills, "why": why})
         print(f"trial {t}: {kills} kills, identical={same}, metrics_ok={metrics_ok} {why}", flush=True)
     return result
+
+
+def interrupted_run(cfg: Config, out: Path, at_round: int) -> None:
+    """Run ``cfg`` in-process into ``out`` and stop it with KeyboardInterrupt as round ``at_round`` begins: what
+    Ctrl-C leaves behind (the checkpoints written so far), for tests that resume it and compare with a whole run."""
+    from baffle.sim.loop import Simulation
+
+    sim = Simulation(cfg, out, progress=False)
+    real = sim.runner.run_round
+
+    def stop(r: int):
+        if r == at_round:
+            raise KeyboardInterrupt
+        return real(r)
+
+    sim.runner.run_round = stop
+    try:
+        sim.run()
+    except KeyboardInterrupt:
+        return
+    raise AssertionError(f"the run ended before round {at_round}: nothing was interrupted")
