@@ -4,10 +4,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from baffle import estimator
 from baffle.protocol import noise
 from baffle.engine import BatchedEngine
+from baffle.engine.batched.engine import chunk_spans
 from baffle.engine.loop import loss_differences
 from baffle.models import build_model
 
@@ -97,6 +101,19 @@ def test_chunking_by_memory_budget_gives_the_same_answer():
     assert chunks[0] < chunks[1] < chunks[2], chunks  # the budget really sets the chunk size
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], rtol=0, atol=ATOL)
+
+
+@given(total=st.integers(1, 200), most=st.integers(1, 64), central=st.booleans())
+@hyp_settings(max_examples=300, deadline=None)
+def test_chunk_spans_cover_every_member_once_in_near_equal_chunks(total, most, central):
+    unit = 2 if central else 1
+    total *= unit
+    spans = chunk_spans(total, most, unit)
+    assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == total  # contiguous cover
+    sizes = [b - a for a, b in spans]
+    assert max(sizes) - min(sizes) <= unit and all(s % unit == 0 for s in sizes)  # no lone remainder chunk
+    assert max(sizes) <= max(most - most % unit, unit)  # never over the planner's chunk
+    assert len(spans) == -(-total // max(most - most % unit, unit))  # and no more chunks than that needs
 
 
 def test_central_chunks_keep_pairs_together():

@@ -1,0 +1,97 @@
+"""How the batched engine splits a call's perturbed members into chunks: equal chunks against "full chunks
+and a remainder", on the default job's fused client call, with one and with two chunk workers.
+
+    .venv/bin/python benchmarks/chunk_split.py [--calls 40]
+
+Why: the default job's 21 members (K=20 forward differences) at most 4 per chunk used to run as 4+4+4+4+4+1; with two
+chunk workers (the automatic thread policy on a 2-core machine) the last chunk decides when the call ends, and a
+one-member chunk pays every per-call cost for a sixth of the work. ``chunk_spans`` now splits 4+4+4+3+3+3. Both rules
+are timed in ONE process, alternated call by call (medians after 5 warm-up calls), and the losses of both are hashed:
+the split must not change a value. Writes benchmarks/results/chunk_split.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import baffle.engine.batched.engine as batched  # noqa: E402
+from baffle import estimator  # noqa: E402
+from baffle.config import Config  # noqa: E402
+from baffle.protocol import noise  # noqa: E402
+from baffle.records.results import results_dir, write_json  # noqa: E402
+from baffle.sim.factory import build  # noqa: E402
+
+OUT = results_dir(__file__) / "chunk_split.json"
+WARMUP = 5
+
+
+def remainder_spans(total: int, most: int, unit: int = 1) -> list[tuple[int, int]]:
+    """The rule before 2026-12-04: full chunks, then whatever is left."""
+    step = max(unit, most - most % unit)
+    return [(a, min(a + step, total)) for a in range(0, total, step)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calls", type=int, default=40)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = Config()
+    cfg.run.threads = 1
+    fed = build(cfg)
+    e = cfg.estimator
+    key = fed.clients[0].fusion_key()
+    params = estimator.select_parameters(key.model, list(key.trainable))
+    batches = [c.next_batch() for c in fed.clients]
+    seeds = noise.round_seeds(cfg.run.seed, 0, e.K)
+    engine = batched.BatchedEngine()
+    rules = {"equal (chunk_spans)": batched.chunk_spans, "remainder": remainder_spans}
+    rows = []
+    try:
+        for workers in (1, 2):
+            engine.workers = workers
+            times: dict[str, list[float]] = {name: [] for name in rules}
+            digest: dict[str, str] = {}
+            for _ in range(WARMUP + args.calls):
+                for name, rule in rules.items():
+                    batched.chunk_spans = rule
+                    t0 = time.perf_counter()
+                    out = engine.multi_client(key.model, params, batches, seeds, e.sigma, e.scheme, key.loss_fn, noise=e.noise)
+                    times[name].append(time.perf_counter() - t0)
+                    digest[name] = hashlib.sha256(np.concatenate(out).tobytes()).hexdigest()[:12]
+            for name in rules:
+                spans = rules[name](e.K + 1, engine.last_chunk)
+                rows.append({"workers": workers, "rule": name, "chunks": [b - a for a, b in spans],
+                             "median_ms": 1e3 * statistics.median(times[name][WARMUP:]),
+                             "best_ms": 1e3 * min(times[name][WARMUP:]), "losses_sha256": digest[name]})
+    finally:
+        batched.chunk_spans = rules["equal (chunk_spans)"]
+    print(f"{'workers':>7} {'rule':20} {'chunks':22} {'median ms':>9} {'best ms':>8}  losses")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['rule']:20} {'+'.join(map(str, r['chunks'])):22} {r['median_ms']:9.1f} {r['best_ms']:8.1f}  {r['losses_sha256']}")
+    for w in (1, 2):
+        eq, rem = [r for r in rows if r["workers"] == w]
+        print(f"workers {w}: equal chunks take {eq['median_ms'] / rem['median_ms']:.3f}x the remainder rule's time; "
+              f"losses {'identical' if eq['losses_sha256'] == rem['losses_sha256'] else 'DIFFERENT'}")
+    write_json(OUT, {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average": os.getloadavg(),
+                     "job": "default Config(): lenet_small mnist 14x14, K=20, batch 32, 10 clients fused",
+                     "calls": args.calls, "rows": rows})
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
