@@ -244,7 +244,9 @@ def vs_backprop_summary(rows: list[dict]) -> list[str]:
     if not groups:
         return []
     out = []
-    for (dataset, part), by_method in groups.items():
+    datasets = list(dict.fromkeys(d for d, _ in groups))  # first-seen order: the sweep's grid order
+    parts = list(dict.fromkeys(p for _, p in groups))
+    for (dataset, part), by_method in sorted(groups.items(), key=lambda g: (datasets.index(g[0][0]), parts.index(g[0][1]))):
         cells, means = [], {}
         for m in METHODS:
             runs = by_method.get(m, [])
