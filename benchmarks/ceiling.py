@@ -116,27 +116,36 @@ def default_config(overrides: list[str]):
     return cfg.validate()
 
 
-def client_step(overrides: list[str], reps: int, rounds: int) -> dict:
-    """(c) the default job's fused client step (one ``multi_client`` call over every client's minibatch,
-    the engine the simulator uses) and a whole round, each with its forward FLOPs."""
+def fused_client_call(cfg):
+    """(federation, fusion key, batches, call): one round's fused client call of ``cfg``'s job, as the simulator makes
+    it (every client's next minibatch in one ``multi_client`` call of the clients' shared engine, round 0's seeds).
+    ``call()`` returns the per-client loss differences; benchmarks that time the engine share it."""
     from baffle import estimator
-    from baffle.models import count_flops
     from baffle.protocol import noise
-    from baffle.protocol.schemes import forward_passes
     from baffle.sim.factory import build
-    from baffle.sim.rounds import RoundRunner
 
-    cfg = default_config(overrides)
     fed = build(cfg)
     e = cfg.estimator
     key = fed.clients[0].fusion_key()
     params = estimator.select_parameters(key.model, list(key.trainable))
-    shape = tuple(fed.train.x.shape[1:])
-    per_sample = count_flops(key.model, shape)
     batches = [c.next_batch() for c in fed.clients]
-    samples = sum(len(y) for _, y in batches)
     seeds = noise.round_seeds(cfg.run.seed, 0, e.K)
     call = lambda: key.engine.multi_client(key.model, params, batches, seeds, e.sigma, e.scheme, key.loss_fn, noise=e.noise)  # noqa: E731
+    return fed, key, batches, call
+
+
+def client_step(overrides: list[str], reps: int, rounds: int) -> dict:
+    """(c) the default job's fused client step (one ``multi_client`` call over every client's minibatch,
+    the engine the simulator uses) and a whole round, each with its forward FLOPs."""
+    from baffle.models import count_flops
+    from baffle.protocol.schemes import forward_passes
+    from baffle.sim.rounds import RoundRunner
+
+    cfg = default_config(overrides)
+    e = cfg.estimator
+    fed, key, batches, call = fused_client_call(cfg)
+    per_sample = count_flops(key.model, tuple(fed.train.x.shape[1:]))
+    samples = sum(len(y) for _, y in batches)
     for _ in range(3):  # warm-up: the fx trace, buffers, page faults
         call()
     times = []

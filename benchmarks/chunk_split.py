@@ -27,12 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
 import baffle.engine.batched.engine as batched  # noqa: E402
-from baffle import estimator  # noqa: E402
-from baffle.config import Config  # noqa: E402
-from baffle.protocol import noise  # noqa: E402
 from baffle.records.results import results_dir, write_json  # noqa: E402
-from baffle.sim.factory import build  # noqa: E402
+from ceiling import default_config, fused_client_call  # noqa: E402
 
 OUT = results_dir(__file__) / "chunk_split.json"
 WARMUP = 5
@@ -49,15 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=40)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = Config()
-    cfg.run.threads = 1
-    fed = build(cfg)
-    e = cfg.estimator
-    key = fed.clients[0].fusion_key()
-    params = estimator.select_parameters(key.model, list(key.trainable))
-    batches = [c.next_batch() for c in fed.clients]
-    seeds = noise.round_seeds(cfg.run.seed, 0, e.K)
-    engine = batched.BatchedEngine()
+    cfg = default_config([])
+    _, key, _, call = fused_client_call(cfg)
+    engine = key.engine
+    if not isinstance(engine, batched.BatchedEngine):
+        raise SystemExit(f"the default job's engine is {type(engine).__name__}, not the batched engine this measures")
     rules = {"equal (chunk_spans)": batched.chunk_spans, "remainder": remainder_spans}
     rows = []
     try:
@@ -69,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
                 for name, rule in rules.items():
                     batched.chunk_spans = rule
                     t0 = time.perf_counter()
-                    out = engine.multi_client(key.model, params, batches, seeds, e.sigma, e.scheme, key.loss_fn, noise=e.noise)
+                    out = call()
                     times[name].append(time.perf_counter() - t0)
                     digest[name] = hashlib.sha256(np.concatenate(out).tobytes()).hexdigest()[:12]
             for name in rules:
-                spans = rules[name](e.K + 1, engine.last_chunk)
+                spans = rules[name](cfg.estimator.K + 1, engine.last_chunk)
                 rows.append({"workers": workers, "rule": name, "chunks": [b - a for a, b in spans],
                              "median_ms": 1e3 * statistics.median(times[name][WARMUP:]),
                              "best_ms": 1e3 * min(times[name][WARMUP:]), "losses_sha256": digest[name]})

@@ -53,19 +53,10 @@ def main() -> None:
 
     import baffle.engine.batched.kernels as K
     import baffle.engine.batched.program as PR
-    from baffle import estimator
-    from baffle.protocol import noise
-    from baffle.sim.factory import build
-    from ceiling import default_config
+    from ceiling import default_config, fused_client_call
 
     cfg = default_config([])
-    fed = build(cfg)
-    e = cfg.estimator
-    key = fed.clients[0].fusion_key()
-    params = estimator.select_parameters(key.model, list(key.trainable))
-    batches = [c.next_batch() for c in fed.clients]
-    seeds = noise.round_seeds(cfg.run.seed, 0, e.K)
-    call = lambda: key.engine.multi_client(key.model, params, batches, seeds, e.sigma, e.scheme, key.loss_fn, noise=e.noise)  # noqa: E731
+    _, _, _, call = fused_client_call(cfg)
     conv = K.conv2d
 
     def back_to_nchw(m, v, P, weights, cols_cache=None):
