@@ -2,8 +2,8 @@
 # Regenerate every experiment behind docs/results.md, then the document itself.
 #   experiments/run_all.sh          quick budget: phase 1 (the one-seed sweeps, about 2 hours on 2 CPU cores: up to six
 #                                   single-threaded processes at once), then phase 2 (the sweeps of issue 16, most over 3 seeds, which
-#                                   pin the whole test set themselves: about 12 hours of single-threaded runs, two at a
-#                                   time, so about 6 hours on 2 cores; the sum of their recorded wall times)
+#                                   pin the whole test set themselves: about 15 hours of single-threaded runs, two at a
+#                                   time, so about 8 hours on 2 cores; the sum of their recorded wall times)
 #   experiments/run_all.sh --full   the same runs scored on the whole 10,000-image test set (into results_full/)
 #   PHASES=1 experiments/run_all.sh  phase 1 only
 # Finished runs are reused and interrupted ones resume, so it can be stopped and restarted at any time.
@@ -44,7 +44,7 @@ wait $LANE1 $LANE2 "${GOAL_LANES[@]}"
 sweep goals  # all finished: rewrite the goals table with every run
 if [[ ${PHASES:-2} != 1 ]]; then
   # Phase 2: the sweeps of issue 16 (most over 3 seeds), in two lanes of about equal length.
-  ( for name in default_optim pass_budget pass_budget_98 noniid_v2 noniid_b32 weight_decay multistep; do sweep "$name"; done ) > "$RES/lane3.log" 2>&1 &
+  ( for name in default_optim pass_budget pass_budget_98 fashion_b128 noniid_v2 noniid_b32 weight_decay multistep; do sweep "$name"; done ) > "$RES/lane3.log" 2>&1 &
   LANE3=$!
   ( for name in robust_converged goals_v2 fashion_pass_budget noniid_b64 default_batch main_table_b32 batch_k; do sweep "$name"; done ) > "$RES/lane4.log" 2>&1 &
   LANE4=$!
