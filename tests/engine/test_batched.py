@@ -106,14 +106,15 @@ def test_chunking_by_memory_budget_gives_the_same_answer():
 @given(total=st.integers(1, 200), most=st.integers(1, 64), central=st.booleans())
 @hyp_settings(max_examples=300, deadline=None)
 def test_chunk_spans_cover_every_member_once_in_near_equal_chunks(total, most, central):
-    unit = 2 if central else 1
-    total *= unit
-    spans = chunk_spans(total, most, unit)
+    total *= 2 if central else 1
+    spans = chunk_spans(total, most, 2 if central else 1)
+    unit = 2 if central and most >= 2 else 1  # a pair stays together unless one member per chunk is all memory allows
     assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == total  # contiguous cover
     sizes = [b - a for a, b in spans]
     assert max(sizes) - min(sizes) <= unit and all(s % unit == 0 for s in sizes)  # no lone remainder chunk
-    assert max(sizes) <= max(most - most % unit, unit)  # never over the planner's chunk
-    assert len(spans) == -(-total // max(most - most % unit, unit))  # and no more chunks than that needs
+    step = most - most % unit
+    assert max(sizes) <= step  # never over the planner's chunk
+    assert len(spans) == -(-total // step)  # and no more chunks than that needs
 
 
 def test_central_chunks_keep_pairs_together():
