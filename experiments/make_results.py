@@ -116,6 +116,10 @@ ISSUE16_GOALS = [  # (goal, [(sweep, run name before "__seed="), ...], threshold
 ]
 
 
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def seed_runs(all_rows: dict[str, list[dict]], sweep: str, run: str) -> list[dict]:
     """The finished runs of one recipe of a sweep over its seeds (run names ``<run>__seed=<k>``)."""
     return [r for r in all_rows.get(sweep, []) if r["name"].startswith(run + "__seed=") and not r.get("error")]
@@ -187,7 +191,7 @@ def noniid_goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
         if not all(accs):
             out.append([dataset, budget, "not run", "", "", "", "no"])
             continue
-        (mi, si), (md, sd) = [(statistics.mean(a), statistics.stdev(a) if len(a) > 1 else 0.0) for a in accs]
+        (mi, si), (md, sd) = [_mean_sd(a) for a in accs]
         gap = mi - md
         met = "yes" if gap <= max_gap else f"no ({gap - max_gap:.2f} points over)"
         out.append([dataset, budget, f"`{iid[0]}/{iid[1]}`, `{dirichlet[0]}/{dirichlet[1]}`", f"{mi:.2f} ± {si:.2f} ({len(accs[0])})",
@@ -198,7 +202,7 @@ def noniid_goal_rows(all_rows: dict[str, list[dict]]) -> list[str]:
 
 def _goal_row(goal: str, sweep: str, run: str, runs: list[dict], thr: float) -> list:
     accs = [r["summary"]["final_test_acc"] for r in runs]
-    mean, sd = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+    mean, sd = _mean_sd(accs)
     passes = {r["summary"]["rounds"] * r["client_forward_passes_per_round"] for r in runs}
     met = "yes" if mean >= thr else f"no (gap {100 * (thr - mean):.2f} points)"
     seeds = f"{len(accs)} seed{'s' if len(accs) > 1 else ''}"
@@ -226,10 +230,6 @@ def seed_summary(rows: list[dict], varied_keys: list[str]) -> list[str]:
 
 
 METHODS = ("baffle", "fedsgd", "fedavg")
-
-
-def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def vs_backprop_summary(rows: list[dict]) -> list[str]:
