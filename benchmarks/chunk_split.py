@@ -1,7 +1,7 @@
 """How the batched engine splits a call's perturbed members into chunks: equal chunks against "full chunks
 and a remainder", on the default job's fused client call, with one and with two chunk workers.
 
-    .venv/bin/python benchmarks/chunk_split.py [--calls 40]
+    .venv/bin/python benchmarks/chunk_split.py [--calls 40] [--out benchmarks/results/chunk_split.json]
 
 Why: the default job's 21 members (K=20 forward differences) at most 4 per chunk used to run as 4+4+4+4+4+1; with two
 chunk workers (the automatic thread policy on a 2-core machine) the last chunk decides when the call ends, and a
@@ -46,6 +46,7 @@ def remainder_spans(total: int, most: int, unit: int = 1) -> list[tuple[int, int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = default_config([])
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         eq, rem = [r for r in rows if r["workers"] == w]
         print(f"workers {w}: equal chunks take {eq['median_ms'] / rem['median_ms']:.3f}x the remainder rule's time; "
               f"losses {'identical' if eq['losses_sha256'] == rem['losses_sha256'] else 'DIFFERENT'}")
-    write_json(OUT, {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average": os.getloadavg(),
+    write_json(args.out, {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average": os.getloadavg(),
                      "job": "default Config(): lenet_small mnist 14x14, K=20, batch 32, 10 clients fused",
                      "calls": args.calls, "rows": rows})
-    print(f"wrote {OUT}")
+    print(f"wrote {args.out}")
     return 0
 
 
