@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    if args.calls < 1:
+        ap.error(f"--calls must be >= 1, got {args.calls}")
     torch.set_num_threads(1)
     cfg = default_config([])
     _, key, _, call = fused_client_call(cfg)
