@@ -26,8 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # ceiling.py: the default job's fused call
 
 import baffle.engine.batched.engine as batched  # noqa: E402
 from baffle.records.results import results_dir, write_json  # noqa: E402

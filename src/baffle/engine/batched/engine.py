@@ -94,6 +94,11 @@ def chunk_spans(total: int, most: int, unit: int = 1) -> list[tuple[int, int]]:
     return spans
 
 
+def _unit(scheme: str) -> int:
+    """Members that must share a chunk: a central difference's +/- pair (one direction, generated once)."""
+    return 2 if scheme == "central" else 1
+
+
 class BatchedEngine(Engine):
     """``estimator.engine = "batched"``; see the module docstring."""
 
@@ -192,7 +197,7 @@ class BatchedEngine(Engine):
         if not isinstance(prog, Program):
             return 1
         total = K + 1 if scheme == "forward" else 2 * K
-        return -(-total // self._plan(prog, n, samples, sample_shape, K, scheme)[0])
+        return len(chunk_spans(total, self._plan(prog, n, samples, sample_shape, K, scheme)[0], _unit(scheme)))
 
     def _map(self, work, items: list) -> None:
         """work(item) for every item, on ``workers`` threads when there is more than one item."""
@@ -275,7 +280,7 @@ class BatchedEngine(Engine):
             logits = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
             losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().cpu().numpy()
 
-        self._map(chunk, chunk_spans(total, P, 2 if scheme == "central" else 1))
+        self._map(chunk, chunk_spans(total, P, _unit(scheme)))
         if scheme == "forward":
             diffs = losses[1:] - losses[0:1]
         else:
