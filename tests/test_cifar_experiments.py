@@ -70,3 +70,54 @@ def test_cifar10_sweep_smoke_run_on_fixture(tmp_path, monkeypatch):
     assert done["iid_fedsgd"]["total_backward_passes"] > 0
     names = [r["name"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]]
     assert set(names) == set(done)
+
+
+def test_samples_sweep_differs_from_iid_baffle_only_in_recipe_and_keeps_samples_equal():
+    """cifar10_samples.toml compares samples per pass at EQUAL minibatch images per client, on iid_baffle's model,
+    data and estimator; only the optimizer/noise defaults of 2026-12-04, the batch and the rounds differ."""
+    old = make_config(_spec("iid_baffle"), []).to_dict()
+    sweep = load_sweep(EXP / "cifar10_samples.toml", out=Path("unused"))
+    cfgs = [make_config(s, []) for s in sweep.runs]
+    assert len({c.federation.batch_size * c.run.rounds for c in cfgs}) == 1 and len(cfgs) >= 2
+    recipe = {"federation.batch_size", "run.rounds", "run.eval_every", "run.checkpoint_every", "optim.lr", "optim.betas", "estimator.noise"}
+    for c in cfgs:
+        new = c.to_dict()
+        changed = {f"{sec}.{k}" for sec in new for k in new[sec] if new[sec][k] != old[sec][k]}
+        assert changed <= recipe, changed - recipe
+
+
+def _report():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cifar_report", EXP / "cifar_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_report_keeps_rows_of_runs_not_on_this_machine_and_rereads_present_ones(tmp_path, monkeypatch):
+    """Regenerating docs/cifar.md after one new run must not drop the hours-long runs made in another checkout,
+    and a run directory present here replaces its old row."""
+    report = _report()
+    monkeypatch.setenv("BAFFLE_CACHE", str(tmp_path / "cache"))
+    root = write_imagefolder_fixture(tmp_path / "cifar.tar.gz", classes=CIFAR10_CLASSES, n_train=4, n_test=1, size=32, top="cifar10")
+    extra = [f"data.root={root}", "run.rounds=1", "run.eval_every=1", "estimator.K=2", "data.num_clients=2",
+             "federation.batch_size=4", "data.test_subset=10", "data.eval_train_samples=10", "run.threads=1"]
+    old_row = {"name": "iid_B32_20k", "method": "baffle", "model": "cnn_cifar_small", "partition": "iid", "alpha": 0.5,
+               "batch": 32, "K": 20, "planned_rounds": 20000, "rounds": 100, "finished": False, "final_test_acc": 0.2,
+               "best_test_acc": 0.2, "forward_passes_per_client": 1.0, "samples_per_client": 1.0,
+               "upload_bytes_per_client_per_round": 96, "client_step_peak_mib": None, "wall_s": 1.0,
+               "history": [{"round": 100, "test_acc": 0.2, "client_forward_passes": 1.0, "wall_s": 1.0}]}
+    previous = {("experiments/cifar10.toml", "iid_fedsgd"): {**old_row, "name": "iid_fedsgd", "method": "fedsgd", "best_test_acc": 0.6},
+                ("experiments/cifar10_samples.toml", "iid_B32_20k"): old_row}
+    rows = report.collect(tmp_path / "none", previous)
+    assert [(r["sweep"], r["name"], r["kept"]) for r in rows] == [
+        ("experiments/cifar10.toml", "iid_fedsgd", True), ("experiments/cifar10_samples.toml", "iid_B32_20k", True)]
+    assert report.goals(rows)[0][1] == "20.00%"  # the best IID forward-only run, whichever file it came from
+    # a run made here replaces its kept row (configs with the tiny-run overrides, as `baffle sweep --set` would make them)
+    monkeypatch.setattr(report, "make_config", lambda spec, _extra: make_config(spec, extra))
+    monkeypatch.setattr(report, "load_sweep", lambda path, out=None: load_sweep(path, out=out, extra=extra))
+    sweep = report.load_sweep(EXP / "cifar10_samples.toml", out=tmp_path / "results" / "cifar10_samples")
+    run_sweep(sweep, extra, progress=False, only="^iid_B32_20k$")
+    rows = report.collect(tmp_path, previous)
+    assert [(r["name"], r.get("kept", False)) for r in rows] == [("iid_fedsgd", True), ("iid_B32_20k", False)]
+    assert rows[1]["rounds"] == 1 and rows[1]["finished"] and rows[1]["batch"] == 4
