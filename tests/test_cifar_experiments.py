@@ -77,13 +77,18 @@ def test_samples_sweep_differs_from_iid_baffle_only_in_recipe_and_keeps_samples_
     data and estimator; only the optimizer/noise defaults of 2026-12-04, the batch and the rounds differ."""
     old = make_config(_spec("iid_baffle"), []).to_dict()
     sweep = load_sweep(EXP / "cifar10_samples.toml", out=Path("unused"))
-    cfgs = [make_config(s, []) for s in sweep.runs]
-    assert len({c.federation.batch_size * c.run.rounds for c in cfgs}) == 1 and len(cfgs) >= 2
+    cfgs = {s.name: make_config(s, []) for s in sweep.runs}
+    fo = [c for c in cfgs.values() if c.run.method == "baffle"]
+    assert len({c.federation.batch_size * c.run.rounds for c in fo}) == 1 and len(fo) >= 2
     recipe = {"federation.batch_size", "run.rounds", "run.eval_every", "run.checkpoint_every", "optim.lr", "optim.betas", "estimator.noise"}
-    for c in cfgs:
+    for c in fo:
         new = c.to_dict()
         changed = {f"{sec}.{k}" for sec in new for k in new[sec] if new[sec][k] != old[sec][k]}
         assert changed <= recipe, changed - recipe
+    # the backprop twins share the batch and the server optimizer with the forward-only run at 32 samples per pass
+    for twin in ("iid_fedsgd_B32", "iid_fedavg_B32"):
+        for key in ("federation.batch_size", "optim.name", "optim.lr", "optim.betas", "optim.clip", "data.partition", "model.name"):
+            assert cfgs[twin].get(key) == cfgs["iid_B32_20k"].get(key), (twin, key)
 
 
 def _report():
