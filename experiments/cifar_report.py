@@ -118,7 +118,7 @@ def best_iid_forward_only(rows: list[dict]) -> dict | None:
 def goals(rows: list[dict]) -> list[list[str]]:
     by = {r["name"]: r for r in rows}
     out = []
-    best, iid, dirichlet = best_iid_forward_only(rows), by.get("iid_baffle"), by.get("dir0.5_baffle")
+    best = best_iid_forward_only(rows)
 
     def state(r: dict) -> str:
         return f"`{r['name']}`, {r['rounds']:,} of {r['planned_rounds']:,} rounds" + ("" if r["finished"] else " (cut short)")
@@ -128,19 +128,22 @@ def goals(rows: list[dict]) -> list[list[str]]:
                     "yes" if best["best_test_acc"] >= GOAL_IID else f"**no** (gap {100 * (GOAL_IID - best['best_test_acc']):.1f} points)"])
     else:
         out.append(["forward-only, 10 IID clients: >= 65%", "not run", "", "**no**"])
-    # the Dirichlet twin is judged against the IID run of ITS recipe (experiments/cifar10.toml's iid_baffle)
-    if iid and dirichlet and dirichlet["finished"]:
-        gap = iid["best_test_acc"] - dirichlet["best_test_acc"]
-        out.append(["Dirichlet(0.5) within 3 points of IID (same recipe)", f"{100 * gap:+.1f} points", f"{state(dirichlet)} vs `{iid['name']}`",
-                    "yes" if gap <= GOAL_DIR_GAP else "**no**"])
-    elif iid and dirichlet:  # cut short: compare with IID's best up to the same round, and do not judge the goal
-        upto = dirichlet["rounds"]
-        iid_then = max(h["test_acc"] for h in iid["history"] if h["round"] <= upto)
-        gap = iid_then - dirichlet["best_test_acc"]
-        out.append(["Dirichlet(0.5) within 3 points of IID (same recipe)",
-                    f"{100 * gap:+.1f} points at round {upto:,} (best so far: IID {_pct(iid_then)}, Dirichlet "
-                    f"{_pct(dirichlet['best_test_acc'])})", state(dirichlet), "**no** (not judged: cut short)"])
-    else:
+    # each Dirichlet forward-only run is judged against the IID run of ITS recipe: dir0.5_<recipe> vs iid_<recipe>
+    pairs = [(by[f"iid_{r['name'].removeprefix('dir0.5_')}"], r) for r in rows
+             if r["method"] == "baffle" and r["name"].startswith("dir0.5_") and f"iid_{r['name'].removeprefix('dir0.5_')}" in by]
+    for iid, dirichlet in pairs:
+        label = "Dirichlet(0.5) within 3 points of IID (same recipe)"
+        if dirichlet["finished"]:
+            gap = iid["best_test_acc"] - dirichlet["best_test_acc"]
+            out.append([label, f"{100 * gap:+.1f} points", f"{state(dirichlet)} vs `{iid['name']}`",
+                        "yes" if gap <= GOAL_DIR_GAP else "**no**"])
+        else:  # cut short: compare with IID's best up to the same round, and do not judge the goal
+            upto = dirichlet["rounds"]
+            iid_then = max(h["test_acc"] for h in iid["history"] if h["round"] <= upto)
+            gap = iid_then - dirichlet["best_test_acc"]
+            out.append([label, f"{100 * gap:+.1f} points at round {upto:,} (best so far: IID {_pct(iid_then)}, Dirichlet "
+                        f"{_pct(dirichlet['best_test_acc'])})", state(dirichlet), "**no** (not judged: cut short)"])
+    if not pairs:
         out.append(["Dirichlet(0.5) within 3 points of IID (same recipe)", "not run", "", "**no**"])
     return out
 
