@@ -81,10 +81,12 @@ def test_samples_sweep_differs_from_iid_baffle_only_in_recipe_and_keeps_samples_
     fo = [c for c in cfgs.values() if c.run.method == "baffle"]
     assert len({c.federation.batch_size * c.run.rounds for c in fo}) == 1 and len(fo) >= 2
     recipe = {"federation.batch_size", "run.rounds", "run.eval_every", "run.checkpoint_every", "optim.lr", "optim.betas", "estimator.noise"}
+    assert {(c.data.partition, c.data.alpha) for c in fo} == {("iid", 0.5), ("dirichlet", 0.5)}
     for c in fo:
+        allowed = recipe | ({"data.partition"} if c.data.partition == "dirichlet" else set())
         new = c.to_dict()
         changed = {f"{sec}.{k}" for sec in new for k in new[sec] if new[sec][k] != old[sec][k]}
-        assert changed <= recipe, changed - recipe
+        assert changed <= allowed, changed - allowed
     # the backprop twins share the batch and the server optimizer with the forward-only run at 32 samples per pass
     for twin in ("iid_fedsgd_B32", "iid_fedavg_B32"):
         for key in ("federation.batch_size", "optim.name", "optim.lr", "optim.betas", "optim.clip", "data.partition", "model.name"):
