@@ -1,6 +1,6 @@
 """The CIFAR-10 experiment files: experiments/cifar10.toml (the sweep) loads with its nine runs and runs a 1-round
 smoke test of each CPU method on a tiny CIFAR-10-shaped ImageFolder archive, and experiments/cifar10_run.toml
-(the one-``--config`` default run) is exactly the sweep's iid_baffle run."""
+(the one-``--config`` default run) is exactly cifar10_samples.toml's iid_B32_20k run."""
 
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ def test_sweep_has_the_issue_14_grid():
             assert fo.get(key) == sgd.get(key), key
 
 
-def test_run_config_is_the_sweeps_iid_baffle_run():
-    """`baffle run --config experiments/cifar10_run.toml` trains exactly what the sweep calls iid_baffle."""
-    assert Config.load(RUN).to_dict() == make_config(_spec("iid_baffle"), []).to_dict()
+def test_run_config_is_the_best_measured_forward_only_run():
+    """`baffle run --config experiments/cifar10_run.toml` trains exactly what cifar10_samples.toml calls iid_B32_20k."""
+    spec = next(s for s in load_sweep(EXP / "cifar10_samples.toml", out=Path("unused")).runs if s.name == "iid_B32_20k")
+    assert Config.load(RUN).to_dict() == make_config(spec, []).to_dict()
 
 
 def test_cifar10_sweep_smoke_run_on_fixture(tmp_path, monkeypatch):
