@@ -136,16 +136,16 @@ def write_doc(res: dict) -> None:
         "",
         "Goal: forward-only step peak <= 0.5x the BP client's at the same batch (verdict on the cold step).",
         "",
-        "Why the whole-batch forward misses it for the compact CNN while WRN-10-2 meets it at batch 32 and 64: "
+        "Why the whole-batch forward misses it for the compact CNN while WRN-10-2's batched engine meets it from batch 32 on: "
         "backprop stores every layer's "
         "activations, a forward holds about one layer's input, output and convolution workspace at a time. "
         "WRN-10-2 has ten similar-sized convolutions, so one layer is a small part of the sum; `cnn_cifar_small` "
         "spends most of its activation memory in its first stage (full 32x32 resolution), and that stage's forward "
         "alone (input, 27 x 1024 im2col workspace per image, output) already needs most of what backprop keeps. The batched engine holds several perturbed members at once "
         "(it trades memory for speed, bounded by `estimator.max_memory_mb`); for a small model that is more than "
-        "one backprop step, so `estimator.engine=loop` is the low-memory choice. At the configs' batch of 8 every "
-        "step needs tens of MiB against a process of ~250 MiB (torch itself), so the whole client's peak differs "
-        "by a few percent between the kinds (`process peak`). Slicing the forward (`estimator.forward_slice`) removes "
+        "one backprop step, so `estimator.engine=loop` is the low-memory choice. At the configs' batches (8 to 128) every "
+        "cnn_cifar_small step needs tens of MiB against a process of ~250 MiB (torch itself), so the whole client's peak differs "
+        "between the kinds by a few percent at batch 8 and by at most about a fifth at 128 (`process peak`). Slicing the forward (`estimator.forward_slice`) removes "
         "the batch from the forward-only step's activation memory: what is left is the model, the Perturber's copy "
         "of the original weights and one image's activations, which backprop cannot do without storing the batch "
         "(or, with gradient accumulation, one slice plus a gradient buffer).",
