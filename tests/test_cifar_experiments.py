@@ -79,7 +79,7 @@ def test_samples_sweep_differs_from_iid_baffle_only_in_recipe_and_keeps_samples_
     old = make_config(_spec("iid_baffle"), []).to_dict()
     sweep = load_sweep(EXP / "cifar10_samples.toml", out=Path("unused"))
     cfgs = {s.name: make_config(s, []) for s in sweep.runs}
-    fo = [c for c in cfgs.values() if c.run.method == "baffle"]
+    fo = [c for n, c in cfgs.items() if c.run.method == "baffle" and not n.startswith("screen_")]
     assert len({c.federation.batch_size * c.run.rounds for c in fo}) == 1 and len(fo) >= 2
     recipe = {"federation.batch_size", "run.rounds", "run.eval_every", "run.checkpoint_every", "optim.lr", "optim.betas", "estimator.noise"}
     assert {(c.data.partition, c.data.alpha) for c in fo} == {("iid", 0.5), ("dirichlet", 0.5)}
@@ -88,6 +88,9 @@ def test_samples_sweep_differs_from_iid_baffle_only_in_recipe_and_keeps_samples_
         new = c.to_dict()
         changed = {f"{sec}.{k}" for sec in new for k in new[sec] if new[sec][k] != old[sec][k]}
         assert changed <= allowed, changed - allowed
+    # the augmentation screen: two equal short runs that differ in data.augment alone
+    on, off = cfgs["screen_aug_B128_1250"].to_dict(), cfgs["screen_noaug_B128_1250"].to_dict()
+    assert {f"{sec}.{k}" for sec in on for k in on[sec] if on[sec][k] != off[sec][k]} == {"data.augment"}
     # the backprop twins share the batch and the server optimizer with the forward-only run at 32 samples per pass
     for twin in ("iid_fedsgd_B32", "iid_fedavg_B32"):
         for key in ("federation.batch_size", "optim.name", "optim.lr", "optim.betas", "optim.clip", "data.partition", "model.name"):
@@ -116,16 +119,20 @@ def test_report_keeps_rows_of_runs_not_on_this_machine_and_rereads_present_ones(
                "upload_bytes_per_client_per_round": 96, "client_step_peak_mib": None, "wall_s": 1.0,
                "history": [{"round": 100, "test_acc": 0.2, "client_forward_passes": 1.0, "wall_s": 1.0}]}
     previous = {("experiments/cifar10.toml", "iid_fedsgd"): {**old_row, "name": "iid_fedsgd", "method": "fedsgd", "best_test_acc": 0.6},
-                ("experiments/cifar10_samples.toml", "iid_B32_20k"): old_row}
+                ("experiments/cifar10_samples.toml", "iid_B32_20k"): old_row,
+                ("experiments/cifar10_samples.toml", "screen_noaug_B128_1250"): {**old_row, "name": "screen_noaug_B128_1250",
+                                                                                 "augment": "none", "best_test_acc": 0.9}}
     rows = report.collect(tmp_path / "none", previous)
     assert [(r["sweep"], r["name"], r["kept"]) for r in rows] == [
-        ("experiments/cifar10.toml", "iid_fedsgd", True), ("experiments/cifar10_samples.toml", "iid_B32_20k", True)]
-    assert report.goals(rows)[0][1] == "20.00%"  # the best IID forward-only run, whichever file it came from
+        ("experiments/cifar10.toml", "iid_fedsgd", True), ("experiments/cifar10_samples.toml", "iid_B32_20k", True),
+        ("experiments/cifar10_samples.toml", "screen_noaug_B128_1250", True)]
+    # the goal row: the best IID forward-only run with the paper's augmentation, whichever file it came from
+    assert report.goals(rows)[0][1] == "20.00%"
     # a run made here replaces its kept row (configs with the tiny-run overrides, as `baffle sweep --set` would make them)
     monkeypatch.setattr(report, "make_config", lambda spec, _extra: make_config(spec, extra))
     monkeypatch.setattr(report, "load_sweep", lambda path, out=None: load_sweep(path, out=out, extra=extra))
     sweep = report.load_sweep(EXP / "cifar10_samples.toml", out=tmp_path / "results" / "cifar10_samples")
     run_sweep(sweep, extra, progress=False, only="^iid_B32_20k$")
     rows = report.collect(tmp_path, previous)
-    assert [(r["name"], r.get("kept", False)) for r in rows] == [("iid_fedsgd", True), ("iid_B32_20k", False)]
+    assert [(r["name"], r.get("kept", False)) for r in rows] == [("iid_fedsgd", True), ("iid_B32_20k", False), ("screen_noaug_B128_1250", True)]
     assert rows[1]["rounds"] == 1 and rows[1]["finished"] and rows[1]["batch"] == 4
