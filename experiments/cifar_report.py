@@ -25,7 +25,7 @@ from pathlib import Path
 from baffle.records.report import plot_accuracy, read_run
 from baffle.records.results import write_json, write_section
 from baffle.records.tables import table_lines
-from baffle.sweep import load_sweep, make_config, run_status
+from baffle.sweep import Sweep, load_sweep, make_config, run_status
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = (ROOT / "experiments" / "cifar10.toml", ROOT / "experiments" / "cifar10_samples.toml")
@@ -67,16 +67,15 @@ def collect(results_root: Path, previous: dict[tuple[str, str], dict] | None = N
     for sweep_file in SWEEPS:
         rel = sweep_file.relative_to(ROOT).as_posix()
         sweep = load_sweep(sweep_file)
-        rows += [r | {"sweep": rel} for r in collect_sweep(sweep_file, results_root / sweep.out)]
+        rows += [r | {"sweep": rel} for r in collect_sweep(sweep, results_root / sweep.out)]
         have = {r["name"] for r in rows if r["sweep"] == rel}
         rows += [previous[(rel, spec.name)] | {"sweep": rel, "kept": True, "lr": make_config(spec, []).optim.lr}
                  for spec in sweep.runs if spec.name not in have and (rel, spec.name) in previous]
     return rows
 
 
-def collect_sweep(sweep_file: Path, results: Path) -> list[dict]:
+def collect_sweep(sweep: Sweep, results: Path) -> list[dict]:
     """One row per run of the sweep with at least one evaluation under ``results`` and the sweep's config."""
-    sweep = load_sweep(sweep_file, out=results)
     rows = []
     for spec in sweep.runs:
         cfg = make_config(spec, [])

@@ -26,8 +26,8 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-def _spec(name: str):
-    sweep = load_sweep(SWEEP, out=Path("unused"))
+def _spec(name: str, sweep_file: Path = SWEEP):
+    sweep = load_sweep(sweep_file, out=Path("unused"))
     return next(s for s in sweep.runs if s.name == name)
 
 
@@ -51,8 +51,7 @@ def test_sweep_has_the_issue_14_grid():
 
 def test_run_config_is_the_best_measured_forward_only_run():
     """`baffle run --config experiments/cifar10_run.toml` trains exactly what cifar10_samples.toml calls iid_B32_20k."""
-    spec = next(s for s in load_sweep(EXP / "cifar10_samples.toml", out=Path("unused")).runs if s.name == "iid_B32_20k")
-    assert Config.load(RUN).to_dict() == make_config(spec, []).to_dict()
+    assert Config.load(RUN).to_dict() == make_config(_spec("iid_B32_20k", EXP / "cifar10_samples.toml"), []).to_dict()
 
 
 def test_cifar10_sweep_smoke_run_on_fixture(tmp_path, monkeypatch):
