@@ -17,8 +17,9 @@ What runs:
    per client per round) and ``run.method=fedsgd`` (its backprop twin), each with the four domain clients
    (``data.partition=domain``) and with 20 Dirichlet(0.5) clients, same rounds, batch size and optimizer.
 
-Not measured here (needs prefix caching per minibatch or far more compute): LayerNorm/bias, top-block and LoRA
-subsets, client memory. Usage: python experiments/finetune_text.py [--rounds 400]
+Not measured here: the LayerNorm/bias, LoRA and top-block subsets (experiments/text_subsets.toml, through the
+simulator's per-minibatch prefix cache) and client memory (experiments/text_memory.py).
+Usage: python experiments/finetune_text.py [--rounds 400]
 Writes experiments/results/finetune_text.json and finetune_text.md.
 """
 

@@ -23,13 +23,16 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 4), ("lr_sweep", 4), ("cifar10_wrn", 2)])
+@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 4), ("lr_sweep", 4), ("cifar10_wrn", 2), ("text_subsets", 9)])
 def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
     extra = []
     if name == "finetune":  # model.init must exist: a LeNet state_dict for the 5-way task
         ckpt = tmp_path / "init.pt"
         torch.save(build_model("lenet", num_classes=5).state_dict(), ckpt)
         extra = [f"model.init={ckpt}"]
+    if name == "text_subsets":  # model.init is written by experiments/text_subsets.py init; validation needs a file
+        (tmp_path / "probe_init.safetensors").write_bytes(b"")
+        extra = [f"model.init={tmp_path / 'probe_init.safetensors'}"]
     sweep = load_sweep(EXP / f"{name}.toml", out=tmp_path / "out", extra=extra)
     assert len(sweep.runs) == n_runs
     if name in ("k_sweep", "beyond_paper"):  # equal forward passes per client, whatever K and scheme
@@ -39,6 +42,11 @@ def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
             per_round = cfg.estimator.K + 1 if cfg.estimator.scheme == "forward" else 2 * cfg.estimator.K
             budgets.append(cfg.run.rounds * per_round)
         assert max(budgets) / min(budgets) < 1.15, budgets
+    if name == "text_subsets":  # each forward-only run has a backprop twin differing only in the method
+        cfgs = {s.name: make_config(s, extra).to_dict() for s in sweep.runs}
+        for fo in (n for n in cfgs if n.startswith("fo_")):
+            twin = dict(cfgs["bp_" + fo[3:]], run=dict(cfgs["bp_" + fo[3:]]["run"], method="baffle"))
+            assert twin == cfgs[fo], fo
 
 
 def test_cifar10_wrn_config_smoke_run_on_fixture(tmp_path):

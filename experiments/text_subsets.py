@@ -1,0 +1,190 @@
+"""MiniLM-L6 on VADER beyond the head (issue 15 item 4): the linear probe that every subset run starts from, and the
+report of experiments/text_subsets.toml.
+
+Fine-tuning after a linear probe (LP-FT) is the usual way to adapt a pretrained encoder: a randomly initialised head
+would first have to be learnt through the encoder's noise. So this script
+
+1. ``init``: loads exactly the data the sweep's runs see (``baffle.sim.factory.load_data`` with the sweep's
+   ``[base]``: the seeded 2,000-sentence training subset and 1,000-sentence test subset), computes each sentence's
+   pretrained embedding once, trains the head on them centrally by backprop (full-batch Adam, 500 steps: the linear
+   probe), scores it on the test subset and writes the whole model with that head as
+   ``results/text_subsets/probe_init.safetensors``, the ``model.init`` of every run of the sweep;
+2. ``report``: reads the sweep's results and writes experiments/results/text_subsets.{json,md}: each subset's
+   forward-only run next to its backprop twin and the probe.
+
+Usage:
+    python experiments/text_subsets.py init
+    baffle sweep experiments/text_subsets.toml        # resumable; --only REGEX for parallel lanes
+    python experiments/text_subsets.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from baffle.nlp.bert import split_input
+from baffle.records.checkpoint import save_weights
+from baffle.records.results import results_dir, write_json, write_section, write_text
+from baffle.records.tables import markdown_table, percent
+from baffle.sim.factory import build_model_for, load_data
+from baffle.sweep import load_sweep, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "experiments" / "text_subsets.toml"
+OUT = results_dir(__file__)
+PNG = OUT / "text_subsets_acc_vs_rounds.png"
+DOC = ROOT / "docs" / "finetune-text.md"
+BEGIN, END = "<!-- text_subsets:begin -->", "<!-- text_subsets:end -->"
+
+
+@torch.no_grad()
+def embeddings(model, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The scaled sentence embeddings the head reads (TextClassifier.forward without the head), by length."""
+    order = torch.argsort(x[:, 1, 0].sum(1))
+    out = torch.empty(len(x), model.classifier.in_features)
+    for i in range(0, len(x), batch):
+        idx = order[i : i + batch]
+        out[idx] = model.bert.sentence_embedding(*split_input(x[idx])) * model.scale
+    return out
+
+
+def init(steps: int = 500) -> None:
+    spec = load_sweep(SWEEP, extra=["model.init="]).runs[0]  # validated without the file it names
+    path = ROOT / spec.overrides["model.init"]  # the file this writes: the base config without it
+    cfg = make_config(spec, ["model.init=", "model.adapter=none", "model.trainable=[]"])
+    torch.set_num_threads(max(1, cfg.run.threads))
+    train, test = load_data(cfg)
+    model = build_model_for(cfg, train).eval()
+    t0 = time.perf_counter()
+    e_train, e_test = embeddings(model, train.x), embeddings(model, test.x)
+    embed_s = time.perf_counter() - t0
+    head = model.classifier
+    opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(e_train), train.y).backward()
+        opt.step()
+    with torch.no_grad():
+        probe = {"test_acc": float((head(e_test).argmax(1) == test.y).float().mean()),
+                 "train_acc": float((head(e_train).argmax(1) == train.y).float().mean()),
+                 "test_loss": float(F.cross_entropy(head(e_test), test.y))}
+        full = float((model(test.x[:16]) - head(e_test[:16])).abs().max())  # the head on embeddings == the model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(path, model.state_dict())
+    record = {"probe": probe, "steps": steps, "optimizer": "Adam lr 0.01, weight decay 1e-4, full batch",
+              "train_sentences": len(train), "test_sentences": len(test), "embed_s": embed_s,
+              "model_vs_head_max_abs_logit_diff": full, "init": str(path.relative_to(ROOT))}
+    write_json(OUT / "text_subsets_probe.json", record)
+    print(json.dumps(record, indent=1))
+
+
+SUBSETS = {  # name -> what the runs named fo_<name> / bp_<name> train
+    "head": "classifier only",
+    "lnbias": "block 5's LayerNorm weights/biases and linear biases + head",
+    "lora": "rank-4 LoRA on block 5's linear weights + head",
+    "top1": "every parameter of block 5 + head",
+    "all": "every parameter",
+}
+
+
+def trainable_count(cfg) -> int:
+    from baffle.estimator import num_elements, select_parameters
+
+    train, _ = load_data(cfg)
+    return num_elements(select_parameters(build_model_for(cfg, train), cfg.model.trainable or None))
+
+
+def report() -> None:
+    import os
+
+    from baffle.records.report import plot_accuracy
+    from baffle.sweep import collect
+
+    probe = json.loads((OUT / "text_subsets_probe.json").read_text())
+    sweep = load_sweep(SWEEP)
+    rows = {r["name"]: r for r in collect(sweep) if "summary" in r}
+    specs = {s.name: s for s in sweep.runs}
+    runs = {}
+    for name, r in rows.items():
+        cfg = make_config(specs[name], [])
+        s = r["summary"]
+        runs[name] = {
+            "method": s["method"], "rounds": s["rounds"], "lr": cfg.optim.lr, "trainable": trainable_count(cfg),
+            "final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],
+            "forward_passes_per_client": s["total_forward_passes"] / cfg.data.num_clients,
+            "backward_passes_per_client": s["total_backward_passes"] / cfg.data.num_clients,
+            "upload_bytes_per_client_per_round": s["upload_bytes_per_client_per_round"], "wall_s": s["wall_s"],
+            "history": r["history"],
+        }
+    p = probe["probe"]["test_acc"]
+    table, goals = [], []
+    for sub, what in SUBSETS.items():
+        fo, bp = runs.get(f"fo_{sub}"), runs.get(f"bp_{sub}")
+        if not fo and not bp:
+            continue
+        n = (fo or bp)["trainable"]
+        cell = lambda r: f"{percent(r['final_test_acc'])} ({percent(r['best_test_acc'])})" if r else "not run"
+        gap = f"{100 * (fo['final_test_acc'] - bp['final_test_acc']):+.2f}" if fo and bp else "n/a"
+        gain = f"{100 * (fo['final_test_acc'] - p):+.2f}" if fo else "n/a"
+        wall = " / ".join(f"{r['wall_s']:,.0f}" if r else "-" for r in (fo, bp))
+        table.append([f"`{sub}`", what, f"{n:,}", f"{(fo or bp)['lr']:g}", cell(fo), cell(bp), gain, gap,
+                      f"{fo['forward_passes_per_client']:,.0f}" if fo else "-",
+                      f"{fo['upload_bytes_per_client_per_round']:,}" if fo else "-",
+                      f"{bp['upload_bytes_per_client_per_round']:,}" if bp else "-", wall])
+        if fo:
+            goals.append([f"`fo_{sub}` >= probe + 8", percent(fo["final_test_acc"]), percent(p + 0.08),
+                          "yes" if fo["final_test_acc"] >= p + 0.08 else f"no (gap {100 * (p + 0.08 - fo['final_test_acc']):.2f})"])
+        if fo and bp:
+            goals.append([f"`fo_{sub}` within 3 points of `bp_{sub}`", percent(fo["final_test_acc"]), f">= {percent(bp['final_test_acc'] - 0.03)}",
+                          "yes" if fo["final_test_acc"] >= bp["final_test_acc"] - 0.03 else
+                          f"no (gap {100 * (bp['final_test_acc'] - 0.03 - fo['final_test_acc']):.2f})"])
+    curves = {name: r["history"] for name, r in runs.items()}
+    if curves:
+        plot_accuracy(curves, PNG, "round", "round")
+    load = os.getloadavg()[0]
+    write_json(OUT / "text_subsets.json", {"probe": probe, "runs": runs, "loadavg_at_report": load})
+    title = "MiniLM-L6 on VADER: forward-only vs backprop fine-tuning of top-block subsets, from the linear probe"
+    body = "\n".join([
+        "Generated by `python experiments/text_subsets.py report` from `baffle sweep experiments/text_subsets.toml` (one "
+        "seed; single-threaded runs, two side by side on 2 cores). Data: the seeded subsets of `data.train_subset` = "
+        f"{probe['train_sentences']:,} training and {probe['test_sentences']:,} test sentences, 4 domain clients (movie, "
+        "tweets, NYT, Amazon), batch 32. Every run starts from the linear probe (`python experiments/text_subsets.py init`: "
+        f"{probe['optimizer']}, {probe['steps']} steps on the pretrained embeddings): **{percent(p)}** test accuracy. "
+        "Forward-only = `baffle` (K=20, sigma 1e-3, uploads K loss differences); backprop = `fedsgd` with the same server "
+        "optimizer (Adam, no weight decay, warm-up + cosine, EMA 0.98), rounds and minibatches. Accuracy: final (best) "
+        "on the EMA weights, every 50 rounds. `FO vs probe` and `FO - BP` in points, on the final accuracy. Wall s = "
+        "forward-only / backprop, side by side with another run: compare forward passes, not wall time.",
+        "",
+        markdown_table(["subset", "trains", "trainable params", "lr", "forward-only final (best)", "backprop final (best)",
+                        "FO vs probe", "FO - BP", "FO fwd passes / client", "FO upload B / client / round",
+                        "BP upload B / client / round", "wall s FO / BP"], table,
+                       ["left", "left"] + ["right"] * 10),
+        "",
+        "Goals (issue 15, judged on this short task):",
+        "",
+        markdown_table(["goal", "measured", "target", "met"], goals, ["left", "right", "right", "left"]),
+        "",
+        "![accuracy vs rounds]({png})",
+        "",
+    ])
+    write_text(OUT / "text_subsets.md", f"# {title}\n\n" + body.replace("{png}", PNG.name))
+    section = f"{BEGIN}\n## {title}\n\n" + body.replace("{png}", "../" + PNG.relative_to(ROOT).as_posix()) + END
+    write_section(DOC, BEGIN, END, section, title="# all-MiniLM-L6-v2 on VADER\n")
+    print(body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=("init", "report"))
+    args = ap.parse_args()
+    init() if args.what == "init" else report()
+
+
+if __name__ == "__main__":
+    main()
