@@ -123,6 +123,7 @@ def report() -> None:
             "history": r["history"],
         }
     p = probe["probe"]["test_acc"]
+    K = make_config(sweep.runs[0], []).estimator.K
     table, goals = [], []
     for sub, what in SUBSETS.items():
         fo, bp = runs.get(f"fo_{sub}"), runs.get(f"bp_{sub}")
@@ -133,15 +134,17 @@ def report() -> None:
         gap = f"{100 * (fo['final_test_acc'] - bp['final_test_acc']):+.2f}" if fo and bp else "n/a"
         gain = f"{100 * (fo['final_test_acc'] - p):+.2f}" if fo else "n/a"
         wall = " / ".join(f"{r['wall_s']:,.0f}" if r else "-" for r in (fo, bp))
-        table.append([f"`{sub}`", what, f"{n:,}", f"{(fo or bp)['lr']:g}", cell(fo), cell(bp), gain, gap,
+        # ZO-SGD's expected descent per round is about K / (n + K) of a gradient step's (Gaussian directions):
+        equiv = f"{fo['rounds'] * K / (n + K):,.2f}" if fo else "-"
+        table.append([f"`{sub}`", what, f"{n:,}", f"{(fo or bp)['lr']:g}", cell(fo), cell(bp), gain, gap, equiv,
                       f"{fo['forward_passes_per_client']:,.0f}" if fo else "-",
                       f"{fo['upload_bytes_per_client_per_round']:,}" if fo else "-",
                       f"{bp['upload_bytes_per_client_per_round']:,}" if bp else "-", wall])
         if fo:
-            goals.append([f"`fo_{sub}` >= probe + 8", percent(fo["final_test_acc"]), percent(p + 0.08),
+            goals.append([f"`fo_{sub}` >= probe + 8", percent(fo["final_test_acc"]) + "%", percent(p + 0.08) + "%",
                           "yes" if fo["final_test_acc"] >= p + 0.08 else f"no (gap {100 * (p + 0.08 - fo['final_test_acc']):.2f})"])
         if fo and bp:
-            goals.append([f"`fo_{sub}` within 3 points of `bp_{sub}`", percent(fo["final_test_acc"]), f">= {percent(bp['final_test_acc'] - 0.03)}",
+            goals.append([f"`fo_{sub}` within 3 points of `bp_{sub}`", percent(fo["final_test_acc"]) + "%", f">= {percent(bp['final_test_acc'] - 0.03)}%",
                           "yes" if fo["final_test_acc"] >= bp["final_test_acc"] - 0.03 else
                           f"no (gap {100 * (bp['final_test_acc'] - 0.03 - fo['final_test_acc']):.2f})"])
     curves = {name: r["history"] for name, r in runs.items()}
@@ -155,16 +158,20 @@ def report() -> None:
         "seed; single-threaded runs, two side by side on 2 cores). Data: the seeded subsets of `data.train_subset` = "
         f"{probe['train_sentences']:,} training and {probe['test_sentences']:,} test sentences, 4 domain clients (movie, "
         "tweets, NYT, Amazon), batch 32. Every run starts from the linear probe (`python experiments/text_subsets.py init`: "
-        f"{probe['optimizer']}, {probe['steps']} steps on the pretrained embeddings): **{percent(p)}** test accuracy. "
+        f"{probe['optimizer']}, {probe['steps']} steps on the pretrained embeddings): **{percent(p)}%** test accuracy. "
         "Forward-only = `baffle` (K=20, sigma 1e-3, uploads K loss differences); backprop = `fedsgd` with the same server "
         "optimizer (Adam, no weight decay, warm-up + cosine, EMA 0.98), rounds and minibatches. Accuracy: final (best) "
         "on the EMA weights, every 50 rounds. `FO vs probe` and `FO - BP` in points, on the final accuracy. Wall s = "
-        "forward-only / backprop, side by side with another run: compare forward passes, not wall time.",
+        "forward-only / backprop, side by side with another run: compare forward passes, not wall time. "
+        "`FO rounds x K/(n+K)`: with K Gaussian directions over n parameters a forward-only round descends, in "
+        "expectation and at its best learning rate, about K/(n+K) as far as one gradient step (the estimate's "
+        "cosine with the gradient is about sqrt(K/(n+K))), so this column is the run's budget in gradient-step "
+        "equivalents: the backprop twin took one gradient step per round.",
         "",
-        markdown_table(["subset", "trains", "trainable params", "lr", "forward-only final (best)", "backprop final (best)",
-                        "FO vs probe", "FO - BP", "FO fwd passes / client", "FO upload B / client / round",
+        markdown_table(["subset", "trains", "trainable params", "lr", "forward-only final (best) %", "backprop final (best) %",
+                        "FO vs probe", "FO - BP", "FO rounds x K/(n+K)", "FO fwd passes / client", "FO upload B / client / round",
                         "BP upload B / client / round", "wall s FO / BP"], table,
-                       ["left", "left"] + ["right"] * 10),
+                       ["left", "left"] + ["right"] * 11),
         "",
         "Goals (issue 15, judged on this short task):",
         "",
@@ -173,10 +180,11 @@ def report() -> None:
         "![accuracy vs rounds]({png})",
         "",
     ])
-    write_text(OUT / "text_subsets.md", f"# {title}\n\n" + body.replace("{png}", PNG.name))
+    md = f"# {title}\n\n" + body.replace("{png}", PNG.name)
+    write_text(OUT / "text_subsets.md", md)
     section = f"{BEGIN}\n## {title}\n\n" + body.replace("{png}", "../" + PNG.relative_to(ROOT).as_posix()) + END
     write_section(DOC, BEGIN, END, section, title="# all-MiniLM-L6-v2 on VADER\n")
-    print(body)
+    print(md)
 
 
 def main() -> None:
