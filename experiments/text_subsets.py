@@ -87,7 +87,7 @@ def init(steps: int = 500) -> None:
 SUBSETS = {  # name -> what the runs named fo_<name> / bp_<name> train
     "head": "classifier only",
     "lnbias": "block 5's LayerNorm weights/biases and linear biases + head",
-    "lora": "rank-4 LoRA on block 5's linear weights + head",
+    "lora": "rank-4 LoRA on block 5's linear weights + head (its weight, bias and own rank-2 adapter)",
     "top1": "every parameter of block 5 + head",
     "all": "every parameter",
 }
@@ -135,7 +135,7 @@ def report() -> None:
         gain = f"{100 * (fo['final_test_acc'] - p):+.2f}" if fo else "n/a"
         wall = " / ".join(f"{r['wall_s']:,.0f}" if r else "-" for r in (fo, bp))
         # ZO-SGD's expected descent per round is about K / (n + K) of a gradient step's (Gaussian directions):
-        equiv = f"{fo['rounds'] * K / (n + K):,.2f}" if fo else "-"
+        equiv = f"{fo['rounds'] * K / (n + K):,.3g}" if fo else "-"
         table.append([f"`{sub}`", what, f"{n:,}", f"{(fo or bp)['lr']:g}", cell(fo), cell(bp), gain, gap, equiv,
                       f"{fo['forward_passes_per_client']:,.0f}" if fo else "-",
                       f"{fo['upload_bytes_per_client_per_round']:,}" if fo else "-",
@@ -166,7 +166,8 @@ def report() -> None:
         "`FO rounds x K/(n+K)`: with K Gaussian directions over n parameters a forward-only round descends, in "
         "expectation and at its best learning rate, about K/(n+K) as far as one gradient step (the estimate's "
         "cosine with the gradient is about sqrt(K/(n+K))), so this column is the run's budget in gradient-step "
-        "equivalents: the backprop twin took one gradient step per round.",
+        "equivalents: the backprop twin took one gradient step per round. The test subset's sampling error: about "
+        f"{100 * (p * (1 - p) / probe['test_sentences']) ** 0.5:.1f} points (one standard error at the probe's accuracy).",
         "",
         markdown_table(["subset", "trains", "trainable params", "lr", "forward-only final (best) %", "backprop final (best) %",
                         "FO vs probe", "FO - BP", "FO rounds x K/(n+K)", "FO fwd passes / client", "FO upload B / client / round",
