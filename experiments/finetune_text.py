@@ -39,7 +39,6 @@ import baffle.sim.factory as factory
 from baffle.config import Config
 from baffle.data.dataset import Dataset
 from baffle.data.registry import load_dataset
-from baffle.nlp.bert import split_input
 from baffle.nlp.pretrained import build_text_model
 from baffle.records.results import results_dir, write_json, write_text
 from baffle.records.tables import markdown_table, percent
@@ -57,17 +56,6 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x.flatten(1))
-
-
-@torch.no_grad()  # not inference_mode: the backprop runs train on these tensors
-def embed(model, data: Dataset, batch: int = 64) -> torch.Tensor:
-    """Scaled sentence embeddings (what TextClassifier feeds its head), sentences batched by length."""
-    order = torch.argsort(data.x[:, 1, 0].sum(1))
-    out = torch.empty(len(data), model.classifier.in_features)
-    for i in range(0, len(data), batch):
-        idx = order[i : i + batch]
-        out[idx] = model.bert.sentence_embedding(*split_input(data.x[idx])) * model.scale
-    return out
 
 
 def features(ds: Dataset, emb: torch.Tensor) -> Dataset:
@@ -144,7 +132,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = build_text_model("minilm", 2).eval()
     t0 = time.perf_counter()
-    ftrain, ftest = features(train, embed(model, train)), features(test, embed(model, test))
+    ftrain, ftest = features(train, model.head_inputs(train.x)), features(test, model.head_inputs(test.x))
     embed_s = time.perf_counter() - t0
 
     # the head on cached embeddings is the full model's head: same logits on real sentences

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from baffle.nlp.bert import split_input
 from baffle.records.checkpoint import save_weights
 from baffle.records.results import results_dir, write_json, write_section, write_text
 from baffle.records.tables import markdown_table, percent
@@ -43,17 +42,6 @@ DOC = ROOT / "docs" / "finetune-text.md"
 BEGIN, END = "<!-- text_subsets:begin -->", "<!-- text_subsets:end -->"
 
 
-@torch.no_grad()
-def embeddings(model, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """The scaled sentence embeddings the head reads (TextClassifier.forward without the head), by length."""
-    order = torch.argsort(x[:, 1, 0].sum(1))
-    out = torch.empty(len(x), model.classifier.in_features)
-    for i in range(0, len(x), batch):
-        idx = order[i : i + batch]
-        out[idx] = model.bert.sentence_embedding(*split_input(x[idx])) * model.scale
-    return out
-
-
 def init(steps: int = 500) -> None:
     spec = load_sweep(SWEEP, extra=["model.init="]).runs[0]  # validated without the file it names
     path = ROOT / spec.overrides["model.init"]  # the file this writes: the base config without it
@@ -62,7 +50,7 @@ def init(steps: int = 500) -> None:
     train, test = load_data(cfg)
     model = build_model_for(cfg, train).eval()
     t0 = time.perf_counter()
-    e_train, e_test = embeddings(model, train.x), embeddings(model, test.x)
+    e_train, e_test = model.head_inputs(train.x), model.head_inputs(test.x)
     embed_s = time.perf_counter() - t0
     head = model.classifier
     opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=1e-4)

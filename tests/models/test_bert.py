@@ -140,6 +140,21 @@ def test_padding_and_trimming_do_not_change_the_logits():
     assert torch.allclose(alone, short[:1], atol=1e-5)
 
 
+def test_head_inputs_are_what_the_head_reads_in_the_callers_order():
+    """Linear probes and head-only runs train on head_inputs: the head on them must give the model's logits for
+    every sentence, in the caller's order, although they are computed in batches sorted by length."""
+    torch.manual_seed(2)
+    model = build_model("bert_tiny", num_classes=3).eval()
+    lengths = torch.tensor([9, 2, 7, 4, 12, 3, 12, 5, 1, 8])
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(1000, 2000, (10, 12)) * mask
+    x = _x(ids, mask)
+    feats = model.head_inputs(x, batch=3)
+    assert feats.shape == (10, model.classifier.in_features) and not feats.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(model.classifier(feats), model(x), atol=1e-5)
+
+
 @pytest.mark.parametrize("patterns, expected", [
     (["classifier.*"], {"classifier.weight", "classifier.bias"}),
     (["classifier.*", "*norm.*", "*.bias"], None),

@@ -195,6 +195,18 @@ class TextClassifier(nn.Module):
             "bert.embeddings.token_type.weight": torch.zeros(1, dtype=torch.int64),
         }
 
+    @torch.no_grad()  # not inference_mode: the results feed backprop-trained probes
+    def head_inputs(self, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """What the head reads for each sentence of ``x`` [N, 2, 1, L]: the scaled sentence embeddings (N, hidden),
+        computed once so a frozen encoder's work is not repeated (linear probes, head-only runs). Sentences go in
+        batches of similar length: a batch is cut to its longest sentence, and attention costs O(L^2)."""
+        order = torch.argsort(x[:, 1, 0].sum(1))
+        out = torch.empty(len(x), self.classifier.in_features)
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            out[idx] = self.bert.sentence_embedding(*split_input(x[idx])) * self.scale
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of the text dataset batch ``x`` [B, 2, 1, L]."""
         if self.prefix_cache is not None and cache_applies(x):
