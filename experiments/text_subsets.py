@@ -81,10 +81,10 @@ SUBSETS = {  # name -> what the runs named fo_<name> / bp_<name> train
 }
 
 
-def trainable_count(cfg) -> int:
+def trainable_count(cfg, train) -> int:
+    """Parameters the run perturbs or trains (``train`` only sizes the model: every run reads the same data)."""
     from baffle.estimator import num_elements, select_parameters
 
-    train, _ = load_data(cfg)
     return num_elements(select_parameters(build_model_for(cfg, train), cfg.model.trainable or None))
 
 
@@ -98,12 +98,14 @@ def report() -> None:
     sweep = load_sweep(SWEEP)
     rows = {r["name"]: r for r in collect(sweep) if "summary" in r}
     specs = {s.name: s for s in sweep.runs}
+    base = make_config(sweep.runs[0], [])
+    train, _ = load_data(base)  # loaded once: the runs differ in what trains, not in their data
     runs = {}
     for name, r in rows.items():
         cfg = make_config(specs[name], [])
         s = r["summary"]
         runs[name] = {
-            "method": s["method"], "rounds": s["rounds"], "lr": cfg.optim.lr, "trainable": trainable_count(cfg),
+            "method": s["method"], "rounds": s["rounds"], "lr": cfg.optim.lr, "trainable": trainable_count(cfg, train),
             "final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],
             "forward_passes_per_client": s["total_forward_passes"] / cfg.data.num_clients,
             "backward_passes_per_client": s["total_backward_passes"] / cfg.data.num_clients,
@@ -111,7 +113,7 @@ def report() -> None:
             "history": r["history"],
         }
     p = probe["probe"]["test_acc"]
-    K = make_config(sweep.runs[0], []).estimator.K
+    K = base.estimator.K
     table, goals = [], []
     for sub, what in SUBSETS.items():
         fo, bp = runs.get(f"fo_{sub}"), runs.get(f"bp_{sub}")
@@ -147,7 +149,7 @@ def report() -> None:
         f"{probe['train_sentences']:,} training and {probe['test_sentences']:,} test sentences, 4 domain clients (movie, "
         "tweets, NYT, Amazon), batch 32. Every run starts from the linear probe (`python experiments/text_subsets.py init`: "
         f"{probe['optimizer']}, {probe['steps']} steps on the pretrained embeddings): **{percent(p)}%** test accuracy. "
-        "Forward-only = `baffle` (K=20, sigma 1e-3, uploads K loss differences); backprop = `fedsgd` with the same server "
+        f"Forward-only = `baffle` (K={K}, sigma {base.estimator.sigma:g}, uploads K loss differences); backprop = `fedsgd` with the same server "
         "optimizer (Adam, no weight decay, warm-up + cosine, EMA 0.98), rounds and minibatches. Accuracy: final (best) "
         "on the EMA weights, every 50 rounds. `FO vs probe` and `FO - BP` in points, on the final accuracy. Wall s = "
         "forward-only / backprop, side by side with another run: compare forward passes, not wall time. "
