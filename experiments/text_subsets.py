@@ -9,13 +9,17 @@ would first have to be learnt through the encoder's noise. So this script
    pretrained embedding once, trains the head on them centrally by backprop (full-batch Adam, 500 steps: the linear
    probe), scores it on the test subset and writes the whole model with that head as
    ``results/text_subsets/probe_init.safetensors``, the ``model.init`` of every run of the sweep;
-2. ``report``: reads the sweep's results and writes experiments/results/text_subsets.{json,md}: each subset's
-   forward-only run next to its backprop twin and the probe.
+2. ``report``: reads a sweep's results and writes experiments/results/<sweep>.{json,md,png} and its section of
+   docs/finetune-text.md: each subset's forward-only run next to its backprop twin and the probe. ``--sweep``
+   picks the sweep: text_subsets.toml (4 domain clients, the default) or text_subsets_dirichlet.toml (20
+   Dirichlet(0.5) clients, 4 per round; its report also sets each run beside the domain run of the same name).
 
 Usage:
     python experiments/text_subsets.py init
     baffle sweep experiments/text_subsets.toml        # resumable; --only REGEX for parallel lanes
     python experiments/text_subsets.py report
+    baffle sweep experiments/text_subsets_dirichlet.toml
+    python experiments/text_subsets.py report --sweep experiments/text_subsets_dirichlet.toml
 """
 
 from __future__ import annotations
@@ -37,9 +41,7 @@ from baffle.sweep import load_sweep, make_config
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "experiments" / "text_subsets.toml"
 OUT = results_dir(__file__)
-PNG = OUT / "text_subsets_acc_vs_rounds.png"
 DOC = ROOT / "docs" / "finetune-text.md"
-BEGIN, END = "<!-- text_subsets:begin -->", "<!-- text_subsets:end -->"
 
 
 def init(steps: int = 500) -> None:
@@ -88,14 +90,29 @@ def trainable_count(cfg, train) -> int:
     return num_elements(select_parameters(build_model_for(cfg, train), cfg.model.trainable or None))
 
 
-def report() -> None:
+def federation(cfg) -> str:
+    """The sweep's clients in words, for the report."""
+    d, f = cfg.data, cfg.federation
+    if d.partition == "domain":
+        return f"{d.num_clients} domain clients (movie, tweets, NYT, Amazon)"
+    per_round = f.clients_per_round if f.clients_per_round > 1 else round(f.clients_per_round * d.num_clients)
+    split = f"Dirichlet({d.alpha:g}) over the labels" if d.partition == "dirichlet" else d.partition
+    return f"{d.num_clients} clients, {split}, {int(per_round)} sampled per round"
+
+
+def report(sweep_path: Path = SWEEP) -> None:
     import os
 
     from baffle.records.report import plot_accuracy
     from baffle.sweep import collect
 
+    stem = sweep_path.stem
+    png = OUT / f"{stem}_acc_vs_rounds.png"
+    begin, end = f"<!-- {stem}:begin -->", f"<!-- {stem}:end -->"
     probe = json.loads((OUT / "text_subsets_probe.json").read_text())
-    sweep = load_sweep(SWEEP)
+    # the domain federation's results, to set beside another federation's runs of the same name
+    domain = json.loads((OUT / "text_subsets.json").read_text())["runs"] if stem != SWEEP.stem and (OUT / "text_subsets.json").exists() else None
+    sweep = load_sweep(sweep_path)
     rows = {r["name"]: r for r in collect(sweep) if "summary" in r}
     specs = {s.name: s for s in sweep.runs}
     base = make_config(sweep.runs[0], [])
@@ -107,7 +124,7 @@ def report() -> None:
         runs[name] = {
             "method": s["method"], "rounds": s["rounds"], "lr": cfg.optim.lr, "trainable": trainable_count(cfg, train),
             "final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],
-            "forward_passes_per_client": s["total_forward_passes"] / cfg.data.num_clients,
+            "forward_passes_per_client": s["total_forward_passes"] / cfg.data.num_clients,  # averaged over every client
             "backward_passes_per_client": s["total_backward_passes"] / cfg.data.num_clients,
             "upload_bytes_per_client_per_round": s["upload_bytes_per_client_per_round"], "wall_s": s["wall_s"],
             "history": r["history"],
@@ -126,10 +143,13 @@ def report() -> None:
         wall = " / ".join(f"{r['wall_s']:,.0f}" if r else "-" for r in (fo, bp))
         # ZO-SGD's expected descent per round is about K / (n + K) of a gradient step's (Gaussian directions):
         equiv = f"{fo['rounds'] * K / (n + K):,.3g}" if fo else "-"
-        table.append([f"`{sub}`", what, f"{n:,}", f"{(fo or bp)['lr']:g}", cell(fo), cell(bp), gain, gap, equiv,
-                      f"{fo['forward_passes_per_client']:,.0f}" if fo else "-",
-                      f"{fo['upload_bytes_per_client_per_round']:,}" if fo else "-",
-                      f"{bp['upload_bytes_per_client_per_round']:,}" if bp else "-", wall])
+        row = [f"`{sub}`", what, f"{n:,}", f"{(fo or bp)['lr']:g}", cell(fo), cell(bp), gain, gap, equiv,
+               f"{fo['forward_passes_per_client']:,.0f}" if fo else "-",
+               f"{fo['upload_bytes_per_client_per_round']:,}" if fo else "-",
+               f"{bp['upload_bytes_per_client_per_round']:,}" if bp else "-", wall]
+        if domain is not None:  # the same runs on the 4 domain clients: what this federation costs
+            row.insert(6, " / ".join(percent(domain[f"{m}_{sub}"]["final_test_acc"]) if f"{m}_{sub}" in domain else "-" for m in ("fo", "bp")))
+        table.append(row)
         if fo:
             goals.append([f"`fo_{sub}` >= probe + 8", percent(fo["final_test_acc"]) + "%", percent(p + 0.08) + "%",
                           "yes" if fo["final_test_acc"] >= p + 0.08 else f"no (gap {100 * (p + 0.08 - fo['final_test_acc']):.2f})"])
@@ -139,15 +159,21 @@ def report() -> None:
                           f"no (gap {100 * (bp['final_test_acc'] - 0.03 - fo['final_test_acc']):.2f})"])
     curves = {name: r["history"] for name, r in runs.items()}
     if curves:
-        plot_accuracy(curves, PNG, "round", "round")
+        plot_accuracy(curves, png, "round", "round")
     load = os.getloadavg()[0]
-    write_json(OUT / "text_subsets.json", {"probe": probe, "runs": runs, "loadavg_at_report": load})
-    title = "MiniLM-L6 on VADER: forward-only vs backprop fine-tuning of top-block subsets, from the linear probe"
+    write_json(OUT / f"{stem}.json", {"probe": probe, "runs": runs, "loadavg_at_report": load})
+    title = sweep.title
+    command = "report" if stem == SWEEP.stem else f"report --sweep {sweep_path.relative_to(ROOT).as_posix()}"
+    columns = ["subset", "trains", "trainable params", "lr", "forward-only final (best) %", "backprop final (best) %",
+               "FO vs probe", "FO - BP", "FO rounds x K/(n+K)", "FO fwd passes / client", "FO upload B / client / round",
+               "BP upload B / client / round", "wall s FO / BP"]
+    if domain is not None:
+        columns.insert(6, "4 domain clients: FO / BP final %")
     body = "\n".join([
-        "Generated by `python experiments/text_subsets.py report` from `baffle sweep experiments/text_subsets.toml` (one "
+        f"Generated by `python experiments/text_subsets.py {command}` from `baffle sweep {sweep_path.relative_to(ROOT).as_posix()}` (one "
         "seed; single-threaded runs, two side by side on 2 cores). Data: the seeded subsets of `data.train_subset` = "
-        f"{probe['train_sentences']:,} training and {probe['test_sentences']:,} test sentences, 4 domain clients (movie, "
-        "tweets, NYT, Amazon), batch 32. Every run starts from the linear probe (`python experiments/text_subsets.py init`: "
+        f"{probe['train_sentences']:,} training and {probe['test_sentences']:,} test sentences, {federation(base)}, "
+        "batch 32. Every run starts from the linear probe (`python experiments/text_subsets.py init`: "
         f"{probe['optimizer']}, {probe['steps']} steps on the pretrained embeddings): **{percent(p)}%** test accuracy. "
         f"Forward-only = `baffle` (K={K}, sigma {base.estimator.sigma:g}, uploads K loss differences); backprop = `fedsgd` with the same server "
         "optimizer (Adam, no weight decay, warm-up + cosine, EMA 0.98), rounds and minibatches. Accuracy: final (best) "
@@ -159,10 +185,7 @@ def report() -> None:
         "equivalents: the backprop twin took one gradient step per round. The test subset's sampling error: about "
         f"{100 * (p * (1 - p) / probe['test_sentences']) ** 0.5:.1f} points (one standard error at the probe's accuracy).",
         "",
-        markdown_table(["subset", "trains", "trainable params", "lr", "forward-only final (best) %", "backprop final (best) %",
-                        "FO vs probe", "FO - BP", "FO rounds x K/(n+K)", "FO fwd passes / client", "FO upload B / client / round",
-                        "BP upload B / client / round", "wall s FO / BP"], table,
-                       ["left", "left"] + ["right"] * 11),
+        markdown_table(columns, table, ["left", "left"] + ["right"] * (len(columns) - 2)),
         "",
         "Goals (issue 15, judged on this short task):",
         "",
@@ -171,18 +194,22 @@ def report() -> None:
         "![accuracy vs rounds]({png})",
         "",
     ])
-    md = f"# {title}\n\n" + body.replace("{png}", PNG.name)
-    write_text(OUT / "text_subsets.md", md)
-    section = f"{BEGIN}\n## {title}\n\n" + body.replace("{png}", "../" + PNG.relative_to(ROOT).as_posix()) + END
-    write_section(DOC, BEGIN, END, section, title="# all-MiniLM-L6-v2 on VADER\n")
+    md = f"# {title}\n\n" + body.replace("{png}", png.name)
+    write_text(OUT / f"{stem}.md", md)
+    section = f"{begin}\n## {title}\n\n" + body.replace("{png}", "../" + png.relative_to(ROOT).as_posix()) + end
+    write_section(DOC, begin, end, section, title="# all-MiniLM-L6-v2 on VADER\n")
     print(md)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("init", "report"))
+    ap.add_argument("--sweep", type=Path, default=SWEEP, help="the sweep to report (default: experiments/text_subsets.toml)")
     args = ap.parse_args()
-    init() if args.what == "init" else report()
+    if args.what == "init":
+        init()
+    else:
+        report(args.sweep.resolve())
 
 
 if __name__ == "__main__":

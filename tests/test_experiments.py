@@ -23,14 +23,15 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 4), ("lr_sweep", 4), ("cifar10_wrn", 2), ("text_subsets", 9)])
+@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 4), ("lr_sweep", 4), ("cifar10_wrn", 2), ("text_subsets", 9),
+                                          ("text_subsets_dirichlet", 7)])
 def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
     extra = []
     if name == "finetune":  # model.init must exist: a LeNet state_dict for the 5-way task
         ckpt = tmp_path / "init.pt"
         torch.save(build_model("lenet", num_classes=5).state_dict(), ckpt)
         extra = [f"model.init={ckpt}"]
-    if name == "text_subsets":  # model.init is written by experiments/text_subsets.py init; validation needs a file
+    if name.startswith("text_subsets"):  # model.init is written by experiments/text_subsets.py init; validation needs a file
         (tmp_path / "probe_init.safetensors").write_bytes(b"")
         extra = [f"model.init={tmp_path / 'probe_init.safetensors'}"]
     sweep = load_sweep(EXP / f"{name}.toml", out=tmp_path / "out", extra=extra)
@@ -42,11 +43,24 @@ def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
             per_round = cfg.estimator.K + 1 if cfg.estimator.scheme == "forward" else 2 * cfg.estimator.K
             budgets.append(cfg.run.rounds * per_round)
         assert max(budgets) / min(budgets) < 1.15, budgets
-    if name == "text_subsets":  # each forward-only run has a backprop twin differing only in the method
+    if name.startswith("text_subsets"):  # each forward-only run has a backprop twin differing only in the method
         cfgs = {s.name: make_config(s, extra).to_dict() for s in sweep.runs}
         for fo in (n for n in cfgs if n.startswith("fo_")):
             twin = dict(cfgs["bp_" + fo[3:]], run=dict(cfgs["bp_" + fo[3:]]["run"], method="baffle"))
             assert twin == cfgs[fo], fo
+    if name == "text_subsets_dirichlet":  # the domain sweep's runs on another federation, nothing else changed
+        domain = load_sweep(EXP / "text_subsets.toml", out=tmp_path / "out2", extra=extra)
+        other = {s.name: make_config(s, extra).to_dict() for s in domain.runs}
+        for run, c in cfgs.items():
+            d = other[run]
+            assert (c["data"]["partition"], c["data"]["num_clients"], c["data"]["alpha"]) == ("dirichlet", 20, 0.5)
+            assert c["federation"]["clients_per_round"] == 4
+            for section in c:
+                if section not in ("data", "federation"):
+                    assert c[section] == d[section], (run, section)
+            strip = lambda x, keys: {k: v for k, v in x.items() if k not in keys}  # noqa: E731
+            assert strip(c["data"], ("partition", "num_clients", "alpha")) == strip(d["data"], ("partition", "num_clients", "alpha"))
+            assert strip(c["federation"], ("clients_per_round",)) == strip(d["federation"], ("clients_per_round",))
 
 
 def test_cifar10_wrn_config_smoke_run_on_fixture(tmp_path):
