@@ -23,6 +23,17 @@ from baffle.protocol import noise as spec
 
 # Elements per inner step: torch's per-call overhead (a few microseconds) wants bigger blocks than numpy.
 BLOCK = 1 << 18
+# On an accelerator every torch operation is also a kernel launch issued from Python, and small blocks leave
+# the device idle: on an H200 (benchmarks/gpu_check.sh, 2026-12-04) 22.7M Gaussian elements took 15 ms with
+# BLOCK-sized steps, ~87 steps of a dozen launches each, against 0.06 ms for a copy of the same size. The
+# values do not depend on the block (tests/protocol/test_noise.py), only the temporaries' size does: 4M
+# elements keep them at 32 MiB.
+DEVICE_BLOCK = 1 << 22
+
+
+def block_for(device: torch.device) -> int:
+    """Elements per inner step on ``device``."""
+    return BLOCK if device.type == "cpu" else DEVICE_BLOCK
 
 
 def _signed(x: int) -> int:
@@ -39,11 +50,12 @@ _cache: dict[tuple[str, str], torch.Tensor] = {}
 
 
 def _const(name: str, device: torch.device) -> torch.Tensor:
-    """Per-device constant tensors, built once: the k*GAMMA steps and the bit-shift pattern."""
-    key = (name, str(device))
+    """Per-device constant tensors, built once: the k*GAMMA steps (one per word of a block) and the bit-shift pattern."""
+    block = block_for(device)
+    key = (name, str(device), block)
     if key not in _cache:
         if name == "steps":
-            t = torch.from_numpy((np.arange(BLOCK, dtype=np.uint64) * np.uint64(spec.GAMMA)).view(np.int64)).to(device)
+            t = torch.from_numpy((np.arange(block, dtype=np.uint64) * np.uint64(spec.GAMMA)).view(np.int64)).to(device)
         else:  # "shifts": bit b of a 32-bit half moves to the sign bit
             t = torch.tensor([31 - b for b in range(32)], dtype=torch.int32, device=device)
         _cache[key] = t
@@ -57,7 +69,7 @@ def _lsr(z: torch.Tensor, s: int, out: torch.Tensor) -> torch.Tensor:
 
 
 def _words_into(seed: int, start: int, out: torch.Tensor, tmp: torch.Tensor) -> None:
-    """out[k] = w_{start+k} (int64 bit patterns); len(out) <= BLOCK."""
+    """out[k] = w_{start+k} (int64 bit patterns); len(out) <= block_for(out.device)."""
     base = _signed((int(seed) + (int(start) + 1) * spec.GAMMA) & ((1 << 64) - 1))
     torch.add(_const("steps", out.device)[: len(out)], base, out=out)
     out.bitwise_xor_(_lsr(out, 30, tmp)).mul_(MIX1)
@@ -68,16 +80,17 @@ def _words_into(seed: int, start: int, out: torch.Tensor, tmp: torch.Tensor) -> 
 def words(seed: int, start: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The v2 word stream as int64 bit patterns (``.numpy().view(uint64)`` gives the spec's words)."""
     out = torch.empty(count, dtype=torch.int64, device=device)
-    tmp = torch.empty(min(count, BLOCK), dtype=torch.int64, device=device)
-    for a in range(0, count, BLOCK):
-        b = min(a + BLOCK, count)
+    block = block_for(out.device)
+    tmp = torch.empty(min(count, block), dtype=torch.int64, device=device)
+    for a in range(0, count, block):
+        b = min(a + block, count)
         _words_into(seed, start + a, out[a:b], tmp[: b - a])
     return out
 
 
 def _rademacher_into(seed: int, offset: int, out: torch.Tensor) -> None:
     n, dev = out.numel(), out.device
-    per_block = BLOCK // 64
+    per_block = min(block_for(dev) // 64, (n + 127) // 64)  # words per step; temporaries no bigger than needed
     z = torch.empty(per_block, dtype=torch.int64, device=dev)
     tmp = torch.empty(per_block, dtype=torch.int64, device=dev)
     bits = torch.empty(per_block * 64, dtype=torch.int32, device=dev)
@@ -101,7 +114,7 @@ def _rademacher_into(seed: int, offset: int, out: torch.Tensor) -> None:
 
 def _gauss_into(seed: int, offset: int, out: torch.Tensor) -> None:
     n, dev = out.numel(), out.device
-    per_block = BLOCK // 4
+    per_block = min(block_for(dev) // 4, (n + 7) // 4)  # words per step; temporaries no bigger than needed
     z = torch.empty(per_block, dtype=torch.int64, device=dev)
     tmp = torch.empty(per_block, dtype=torch.int64, device=dev)
     pos = 0

@@ -154,6 +154,24 @@ def test_v2_torch_is_bit_identical_to_numpy(kind):
     assert np.array_equal(noise_torch.directions(seeds, 77, kind, impl="torch").numpy(), noise.directions(seeds, 77, kind))
 
 
+@pytest.mark.parametrize("kind", V2_KINDS)
+@pytest.mark.parametrize("block", [1 << 10, 1 << 22])
+def test_v2_torch_values_do_not_depend_on_the_block(monkeypatch, kind, block):
+    """An accelerator generates in bigger steps than the CPU (noise_torch.DEVICE_BLOCK): the values must be the
+    same whatever the step, across step boundaries and at ragged offsets."""
+    torch = pytest.importorskip("torch")
+    from baffle import noise_torch
+
+    monkeypatch.setattr(noise_torch, "BLOCK", block)
+    for offset, n in [(0, 1), (61, 3 * (1 << 10) + 77), (1 << 10, 1 << 10), (10**9 + 3, 5000)]:
+        ref = noise.direction(V2_SEED, n, kind, offset=offset)
+        got = noise_torch.direction(V2_SEED, n, kind, offset, impl="torch")
+        assert got.numpy().tobytes() == ref.tobytes(), (block, offset, n)
+    assert np.array_equal(noise_torch.words(M64, 7, 3000).numpy().view(np.uint64), noise.words(M64, 7, 3000))
+    assert noise_torch.block_for(torch.device("cpu")) == block
+    assert noise_torch.block_for(torch.device("meta")) == noise_torch.DEVICE_BLOCK
+
+
 def test_v2_torch_v1_passthrough():
     pytest.importorskip("torch")
     from baffle import noise_torch
