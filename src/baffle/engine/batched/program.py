@@ -17,9 +17,11 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from baffle.engine.batched import norm_act_pool as nap
 from baffle.engine.batched.kernels import (
     Unsupported,
     Value,
+    _pair,
     batch_norm,
     check_params_shared,
     conv2d,
@@ -28,6 +30,7 @@ from baffle.engine.batched.kernels import (
     lift,
     linear,
     logical,
+    stacked,
     tiling_max_pool2d,
 )
 
@@ -98,6 +101,12 @@ class Program:
                 raise Unsupported(f"model reads attribute {n.target!r} directly in forward")
         # the memory planner's per-sample activation sizes, by sample shape (planner.activation_floats)
         self.activation_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+        # GroupNorm -> activation -> 2x2 max-pool chains, each node the sole reader of the one before: run as one
+        # compiled pass (norm_act_pool.py) where the kernel is built and covers the tensor
+        self.fused: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]] = {}
+        for n in self.nodes:
+            if (chain := _norm_act_pool_chain(self, n)) is not None:
+                self.fused[n] = chain
 
     # ---- the batched forward ------------------------------------------------------------------
     def run(self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor], cols_cache: dict | None = None) -> Value:
@@ -106,13 +115,21 @@ class Program:
         which the chunks share what depends on the input alone (a shared-input convolution's im2col)."""
         env: dict[torch.fx.Node, Any] = {}
         result: Any = None
+        done: set[torch.fx.Node] = set()  # the activation and pooling nodes of a chain computed fused
         for n in self.nodes:
-            if n.op == "placeholder":
+            if n in done:
+                pass
+            elif n.op == "placeholder":
                 env[n] = Value(x, False)
             elif n.op == "output":
                 result = env[n.args[0]] if isinstance(n.args[0], torch.fx.Node) else None
             elif n.op == "call_module":
-                env[n] = self._module(self.modules[n.target], n, env, P, weights, cols_cache)
+                fused = self._norm_act_pool(n, env, P, weights) if n in self.fused else None
+                if fused is not None:
+                    env[self.fused[n][1]] = fused
+                    done.update(self.fused[n])
+                else:
+                    env[n] = self._module(self.modules[n.target], n, env, P, weights, cols_cache)
             elif n.op == "call_function":
                 env[n] = self._function(n, env, P)
             elif n.op == "call_method":
@@ -124,6 +141,18 @@ class Program:
         if not isinstance(result, Value):
             raise Unsupported("model output is not a single tensor")
         return result
+
+    def _norm_act_pool(self, n: torch.fx.Node, env: dict, P: int, weights: dict) -> Value | None:
+        """The chain starting at GroupNorm node ``n`` in one compiled pass, or None where the kernel does not
+        apply (not built, a shared input, not a float32 CPU tensor): then the nodes run one by one."""
+        v = self._arg(n, env)
+        if not v.batched or not nap.covers(v.t):
+            return None
+        m = self.modules[n.target]
+        w, _ = stacked(m.weight, P, weights)  # (P, C): member-major, as the (B, P*C, H, W) layout
+        b, _ = stacked(m.bias, P, weights)
+        act = nap.ACTIVATIONS[type(self.modules[self.fused[n][0].target])]
+        return Value(nap.gn_act_pool2(v.t, m.num_groups * P, w, b, m.eps, act), True)
 
     @staticmethod
     def _arg(n: torch.fx.Node, env: dict, i: int = 0) -> Value:
@@ -219,3 +248,25 @@ class Program:
             if start == 1 and end == -1:
                 return Value(v.t.flatten(1), True)
         raise Unsupported(f"tensor method {n.target}")
+
+
+
+def _norm_act_pool_chain(prog: Program, n: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node] | None:
+    """(activation node, pooling node) if ``n`` starts GroupNorm -> activation -> 2x2 tiling max-pool, each a plain
+    module call and the sole reader of the one before; else None."""
+    def plain(node: torch.fx.Node, kinds: tuple[type, ...]) -> bool:
+        return node.op == "call_module" and type(prog.modules[node.target]) in kinds and len(node.args) == 1 and not node.kwargs
+
+    def sole_user(node: torch.fx.Node) -> torch.fx.Node | None:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    if not plain(n, (nn.GroupNorm,)):
+        return None
+    act = sole_user(n)
+    if act is None or not plain(act, tuple(nap.ACTIVATIONS)):
+        return None
+    pool = sole_user(act)
+    if pool is None or not plain(pool, (nn.MaxPool2d,)):
+        return None
+    m = prog.modules[pool.target]
+    return (act, pool) if is_tiling_pool(m) and _pair(m.kernel_size) == (2, 2) else None
