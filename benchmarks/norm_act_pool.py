@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from baffle.engine.batched import norm_act_pool as nap  # noqa: E402
-from baffle.records.results import results_dir, write_json, write_section  # noqa: E402
+from baffle.records.results import best_time, results_dir, write_json, write_section  # noqa: E402
 from baffle.records.tables import markdown_table  # noqa: E402
 
 OUT = results_dir(__file__) / "norm_act_pool.json"
@@ -47,13 +46,7 @@ def alternate(variants: dict, blocks: int, reps: int) -> dict[str, float]:
     for _ in range(blocks):
         for name, (setup, fn) in variants.items():
             setup()
-            fn()
-            best = float("inf")
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t0)
-            bests[name].append(best)
+            bests[name].append(best_time(fn, reps, warmup=1))
     return {k: statistics.median(v) for k, v in bests.items()}
 
 

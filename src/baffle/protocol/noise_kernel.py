@@ -13,11 +13,11 @@ for bit (tests/protocol/test_noise_kernel.py). ``status()`` says which one runs 
 from __future__ import annotations
 
 import ctypes
-import os
-from importlib import machinery
 from pathlib import Path
 
 import numpy as np
+
+from baffle.native import load_kernel
 
 ABI = 1  # BAFFLE_KERNEL_ABI in noise_kernel.c: a library built from an older source is not used
 
@@ -26,31 +26,10 @@ _lib: ctypes.CDLL | None = None
 _why = ""
 
 
-def _find() -> Path | None:
-    for suffix in machinery.EXTENSION_SUFFIXES:
-        p = _HERE / f"_noise_kernel{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
 def _load() -> None:
     global _lib, _why
-    if os.environ.get("BAFFLE_NOISE_KERNEL", "1") == "0":
-        _why = "disabled by BAFFLE_NOISE_KERNEL=0"
-        return
-    path = _find()
-    if path is None:
-        _why = "not built (no C compiler when baffle was installed); re-run scripts/setup.sh to build it"
-        return
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        _why = f"{path.name} does not load ({e})"
-        return
-    lib.baffle_kernel_abi.restype = ctypes.c_int
-    if lib.baffle_kernel_abi() != ABI:
-        _why = f"{path.name} was built from another version of noise_kernel.c; re-run scripts/setup.sh"
+    lib, _why = load_kernel(_HERE, "_noise_kernel", "BAFFLE_NOISE_KERNEL", "baffle_kernel_abi", ABI, "noise_kernel.c")
+    if lib is None:
         return
     u64, i64, f32, ptr = ctypes.c_uint64, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.baffle_v2_rademacher.argtypes = [u64, u64, i64, f32, ptr]
@@ -58,7 +37,7 @@ def _load() -> None:
     lib.baffle_v2_accumulate.argtypes = [ctypes.c_int, ptr, ptr, i64, u64, i64, ptr]
     for f in (lib.baffle_v2_rademacher, lib.baffle_v2_gauss, lib.baffle_v2_accumulate):
         f.restype = None
-    _lib, _why = lib, f"compiled kernel {path.name}"
+    _lib = lib
 
 
 _load()

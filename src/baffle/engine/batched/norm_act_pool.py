@@ -13,12 +13,12 @@ program runs the three torch ops. ``status()`` says which runs and why.
 from __future__ import annotations
 
 import ctypes
-import os
-from importlib import machinery
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from baffle.native import load_kernel
 
 ABI = 1  # NAP_ABI in norm_act_pool.c
 ACTIVATIONS: dict[type[nn.Module], int] = {nn.Identity: 0, nn.ReLU: 1, nn.Hardswish: 2}
@@ -30,26 +30,13 @@ _why = ""
 
 def _load() -> None:
     global _lib, _why
-    if os.environ.get("BAFFLE_FUSED_KERNEL", "1") == "0":
-        _why = "disabled by BAFFLE_FUSED_KERNEL=0"
-        return
-    path = next((p for s in machinery.EXTENSION_SUFFIXES if (p := _HERE / f"_norm_act_pool{s}").is_file()), None)
-    if path is None:
-        _why = "not built (no C compiler when baffle was installed); re-run scripts/setup.sh to build it"
-        return
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        _why = f"{path.name} does not load ({e})"
-        return
-    lib.baffle_nap_abi.restype = ctypes.c_int
-    if lib.baffle_nap_abi() != ABI:
-        _why = f"{path.name} was built from another version of norm_act_pool.c; re-run scripts/setup.sh"
+    lib, _why = load_kernel(_HERE, "_norm_act_pool", "BAFFLE_FUSED_KERNEL", "baffle_nap_abi", ABI, "norm_act_pool.c")
+    if lib is None:
         return
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.baffle_gn_act_pool2.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ctypes.c_int]
     lib.baffle_gn_act_pool2.restype = ctypes.c_int
-    _lib, _why = lib, f"compiled kernel {path.name}"
+    _lib = lib
 
 
 _load()
