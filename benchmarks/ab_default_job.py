@@ -4,7 +4,7 @@
 
 Why: absolute rates on this shared machine move by 10-20% within an hour (the one-core ceiling measured
 82.9-99.9 GFLOP/s on one day), so "it got faster" needs both variants timed in the same conditions. The base
-commit is checked out into a temporary git worktree; each pair runs the base, then this checkout, each in a
+commit is checked out into a temporary git worktree, its optional C kernels built there; each pair runs the base, then this checkout, each in a
 fresh process (``PYTHONPATH`` points it at its own ``src/``, the same .venv otherwise) running
 ``Simulation(Config() + run.rounds=R run.threads=1 run.checkpoint_every=0, no run directory).run()``.
 Each process reports its rounds' wall time, the final accuracy and a SHA-256 of the final weights, so the
@@ -98,6 +98,16 @@ def section(res: dict) -> str:
     ])
 
 
+def build_kernels(tree: Path) -> str:
+    """Build the base commit's optional C kernels in its worktree, as `pip install -e .` does for this checkout:
+    without them the base would run the numpy / torch fallbacks and the A/B would compare builds, not code."""
+    if not (tree / "setup.py").exists():
+        return "none (no setup.py at that commit)"
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, capture_output=True, text=True)
+    built = sorted(p.name for p in (tree / "src").rglob("_*.so"))
+    return ", ".join(built) if proc.returncode == 0 and built else f"build failed: {(proc.stderr or proc.stdout).strip()[-200:]}"
+
+
 def measure(base_rev: str, rounds: int, pairs: int, log=print) -> dict:
     """Time the default job at ``base_rev`` (a temporary worktree, removed again) and at this checkout."""
     base = git("rev-parse", "--verify", f"{base_rev}^{{commit}}")
@@ -108,6 +118,8 @@ def measure(base_rev: str, rounds: int, pairs: int, log=print) -> dict:
         tree = Path(tmp) / "base"
         git("worktree", "add", "--detach", str(tree), base)
         try:
+            res["base_kernels"] = build_kernels(tree)
+            log(f"base kernels: {res['base_kernels']}")
             runs: dict[str, list[dict]] = {"base": [], "head": []}
             for i in range(pairs):
                 for name, src in (("base", tree / "src"), ("head", ROOT / "src")):

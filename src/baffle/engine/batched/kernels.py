@@ -134,8 +134,10 @@ def conv2d(m: nn.Conv2d, v: Value, P: int, weights: dict, cols_cache: dict | Non
     bias = b.reshape(-1) if b is not None else None
     if not v.batched and w_pert:  # shared input: one convolution with P*C_out output channels
         kk = math.prod(_pair(m.kernel_size))
-        # the im2col GEMM pays off through its wide P*C_out rows; for a single member use the direct conv
-        if P > 1 and m.groups == 1 and not isinstance(m.padding, str) and v.t.numel() * kk * 4 <= _UNFOLD_LIMIT:
+        # one im2col GEMM with P*C_out rows, also for a single member: the per-member values must not depend on
+        # how the members are chunked (a direct conv rounds differently on some CPUs), and the chunks of a call
+        # share the im2col (cols_cache)
+        if m.groups == 1 and not isinstance(m.padding, str) and v.t.numel() * kk * 4 <= _UNFOLD_LIMIT:
             return Value(_shared_input_conv(m, v.t, w, bias, cols_cache), True)
         out = F.conv2d(v.t, w.reshape(-1, *m.weight.shape[1:]), bias, m.stride, m.padding, m.dilation, m.groups)
         return Value(out, True)
