@@ -102,3 +102,30 @@ def test_engine_with_and_without_the_kernel_agree(monkeypatch, norm, activation)
     plain = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
     np_diff = abs(fused - plain).max() / abs(plain).max()
     assert np_diff < 1e-3, np_diff  # loss differences of sigma 1e-3: float32 rounding of the norm, relative to them
+
+
+class CeilPool(nn.Module):
+    """A ceil-mode pool keeps the odd border's partial windows: neither tiling kernel may take it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gn, self.act = nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU()
+        self.pool, self.fc = nn.MaxPool2d(2, ceil_mode=True), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act(self.gn(self.conv(x)))).flatten(1))
+
+
+def test_ceil_mode_pool_is_not_fused_and_keeps_its_border():
+    torch.manual_seed(0)
+    model = CeilPool()
+    assert Program(model).fused == {}
+    params = estimator.select_parameters(model)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 1, 7, 7, generator=g), torch.randint(0, 3, (4,), generator=g)
+    seeds = noise.round_seeds(0, 0, 3)
+    from baffle.engine import LoopEngine
+
+    got = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
+    ref = LoopEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
+    assert abs(got - ref).max() <= 1e-3 * abs(ref).max() + 1e-6

@@ -58,9 +58,10 @@ def check_params_shared(m: nn.Module, weights: dict) -> None:
 
 
 def is_tiling_pool(m: nn.MaxPool2d) -> bool:
-    """A max-pool whose windows tile the input (kernel == stride, no padding/dilation/indices)."""
+    """A max-pool whose windows tile the input (kernel == stride, no padding/dilation/indices, floor mode: a
+    ceil-mode pool keeps the partial windows at an odd border, which the tiling kernels drop)."""
     k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
-    return k == s and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.return_indices
+    return k == s and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.return_indices and not m.ceil_mode
 
 
 def _pair(v: Any) -> tuple[int, int]:

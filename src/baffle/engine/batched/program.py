@@ -250,7 +250,6 @@ class Program:
         raise Unsupported(f"tensor method {n.target}")
 
 
-
 def _norm_act_pool_chain(prog: Program, n: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node] | None:
     """(activation node, pooling node) if ``n`` starts GroupNorm -> activation -> 2x2 tiling max-pool, each a plain
     module call and the sole reader of the one before; else None."""
