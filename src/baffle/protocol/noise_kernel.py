@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from baffle.native import load_kernel
+from baffle.protocol.native import load_kernel
 
 ABI = 1  # BAFFLE_KERNEL_ABI in noise_kernel.c: a library built from an older source is not used
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from baffle.native import load_kernel
+from baffle.protocol.native import load_kernel
 
 ABI = 1  # NAP_ABI in norm_act_pool.c
 ACTIVATIONS: dict[type[nn.Module], int] = {nn.Identity: 0, nn.ReLU: 1, nn.Hardswish: 2}
