@@ -4,8 +4,8 @@
 
 Why: absolute rates on this shared machine move by 10-20% within an hour (the one-core ceiling measured
 82.9-99.9 GFLOP/s on one day), so "it got faster" needs both variants timed in the same conditions. The base
-commit is checked out into a temporary git worktree, its optional C kernels built there; each pair runs the base, then this checkout, each in a
-fresh process (``PYTHONPATH`` points it at its own ``src/``, the same .venv otherwise) running
+commit is checked out into a temporary git worktree, its optional C kernels built there; each pair runs the base,
+then this checkout, each in a fresh process (``PYTHONPATH`` points it at its own ``src/``, the same .venv otherwise) running
 ``Simulation(Config() + run.rounds=R run.threads=1 run.checkpoint_every=0, no run directory).run()``.
 Each process reports its rounds' wall time, the final accuracy and a SHA-256 of the final weights, so the
 table also says whether the two commits compute the same thing.

@@ -92,12 +92,13 @@ def trainable_count(cfg, train) -> int:
 
 def federation(cfg) -> str:
     """The sweep's clients in words, for the report."""
-    d, f = cfg.data, cfg.federation
+    from baffle.sim.sampling import clients_per_round
+
+    d = cfg.data
     if d.partition == "domain":
         return f"{d.num_clients} domain clients (movie, tweets, NYT, Amazon)"
-    per_round = f.clients_per_round if f.clients_per_round > 1 else round(f.clients_per_round * d.num_clients)
     split = f"Dirichlet({d.alpha:g}) over the labels" if d.partition == "dirichlet" else d.partition
-    return f"{d.num_clients} clients, {split}, {int(per_round)} sampled per round"
+    return f"{d.num_clients} clients, {split}, {clients_per_round(cfg)} sampled per round"
 
 
 def report(sweep_path: Path = SWEEP) -> None:

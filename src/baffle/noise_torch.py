@@ -46,7 +46,7 @@ MIX2 = _signed(spec.MIX2)
 INT32_SIGN = -(1 << 31)
 FLOAT_ONE_BITS = 0x3F800000
 _SHIFT_MASK = {s: (1 << (64 - s)) - 1 for s in (8, 16, 27, 30, 31)}
-_cache: dict[tuple[str, str], torch.Tensor] = {}
+_cache: dict[tuple[str, str, int], torch.Tensor] = {}  # (name, device, block)
 
 
 def _const(name: str, device: torch.device) -> torch.Tensor:

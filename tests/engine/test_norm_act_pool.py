@@ -3,8 +3,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from baffle import estimator
+from baffle.engine import BatchedEngine, LoopEngine
 from baffle.engine.batched import norm_act_pool as nap
+from baffle.engine.batched.program import Program
+from baffle.models import build_model
+from baffle.protocol import noise
 
 pytestmark = pytest.mark.skipif(not nap.available(), reason=f"fused kernel: {nap.status()}")
 
@@ -58,13 +64,6 @@ def test_covers_only_what_it_computes():
 
 
 # ---- in the batched engine's program -----------------------------------------------------------------------
-from torch import nn  # noqa: E402
-
-from baffle import estimator  # noqa: E402
-from baffle.engine import BatchedEngine  # noqa: E402
-from baffle.engine.batched.program import Program  # noqa: E402
-from baffle.models import build_model  # noqa: E402
-from baffle.protocol import noise  # noqa: E402
 
 
 class TwoReaders(nn.Module):
@@ -100,8 +99,8 @@ def test_engine_with_and_without_the_kernel_agree(monkeypatch, norm, activation)
     fused = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
     monkeypatch.setattr(nap, "_lib", None)  # as on a machine without a C compiler
     plain = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
-    np_diff = abs(fused - plain).max() / abs(plain).max()
-    assert np_diff < 1e-3, np_diff  # loss differences of sigma 1e-3: float32 rounding of the norm, relative to them
+    rel_diff = abs(fused - plain).max() / abs(plain).max()
+    assert rel_diff < 1e-3, rel_diff  # loss differences of sigma 1e-3: float32 rounding of the norm, relative to them
 
 
 class CeilPool(nn.Module):
@@ -124,8 +123,6 @@ def test_ceil_mode_pool_is_not_fused_and_keeps_its_border():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(4, 1, 7, 7, generator=g), torch.randint(0, 3, (4,), generator=g)
     seeds = noise.round_seeds(0, 0, 3)
-    from baffle.engine import LoopEngine
-
     got = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
     ref = LoopEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
     assert abs(got - ref).max() <= 1e-3 * abs(ref).max() + 1e-6

@@ -1,9 +1,9 @@
 """Loading baffle's optional compiled kernels (the noise spec v2 kernel, the fused norm/activation/pool).
 
 It lives in ``protocol`` because the noise kernel does (``protocol`` imports nothing else of baffle) and it needs
-nothing but ctypes. Why one loader: both kernels are built by ``pip install -e .`` only where a C compiler exists, can be switched
-off by an environment variable, and must not be used when the library on disk was built from another version
-of its C source (each exports an ABI number). Callers get the library, or None and a one-line reason that their
+nothing but ctypes. Why one loader: both kernels are built by ``pip install -e .`` only where a C compiler exists,
+can be switched off by an environment variable, and must not be used when the library on disk was built from
+another version of its C source (each exports an ABI number). Callers get the library, or None and a one-line reason that their
 ``status()`` shows.
 """
 
