@@ -48,6 +48,7 @@ from baffle.config import Config  # noqa: E402
 from baffle.engine import BatchedEngine, LoopEngine  # noqa: E402
 from baffle.protocol import noise  # noqa: E402
 from baffle.reconstruct import reconstruct, reconstruct_on  # noqa: E402
+from baffle.sim.factory import exact_float32  # noqa: E402
 
 V2 = ("v2-gauss", "v2-rademacher")
 BIG = 22_700_000  # the issue's model size (MiniLM-L6's encoder)
@@ -122,6 +123,10 @@ def _mlp(quick: bool) -> torch.nn.Module:
                                torch.nn.Linear(h, 1280), torch.nn.ReLU(), torch.nn.Linear(1280, 10))
 
 
+def _rel(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
 def client_section(dev: torch.device, quick: bool) -> dict:
     e = Config().estimator
     K = 20
@@ -141,11 +146,13 @@ def client_section(dev: torch.device, quick: bool) -> dict:
             ref = LoopEngine()(cpu_model, cpu_params, x, y, seeds, e.sigma, e.scheme, noise=kind)
             for engine in (LoopEngine(), BatchedEngine(e.max_memory_mb)):
                 call = lambda: engine(dev_model, dev_params, x, y, seeds, e.sigma, e.scheme, noise=kind)  # noqa: E731
+                torch.backends.cudnn.allow_tf32 = True  # torch's default on cuda: the stop-33 run's setting
+                rel_tf32 = _rel(call(), ref)
+                exact_float32(dev)  # what a run does (baffle.sim.factory.build)
                 got = call()
                 t = timed(call, dev, reps=2 if big else 3)
-                rel = float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
                 row = {"model": model_name, "n": n, "engine": engine.name, "noise": kind, "K": K, "batch": len(y),
-                       "seconds": t, "max_rel_diff_vs_cpu": rel}
+                       "seconds": t, "max_rel_diff_vs_cpu": _rel(got, ref), "max_rel_diff_vs_cpu_tf32": rel_tf32}
                 if not big:  # the CPU's own time, for the ratio (the big model's CPU call is ~7 s: skipped)
                     row["cpu_seconds"] = timed(lambda: engine(cpu_model, cpu_params, x, y, seeds, e.sigma, e.scheme, noise=kind),
                                                torch.device("cpu"))
@@ -204,11 +211,17 @@ def section(res: dict, source: str) -> str:
         lines.append(f"| {what} {kind} | {sp['n']:,} | {sp.get('K', '')} | {sp['seconds']:.4f} | {rate_s} | {of_copy} |")
     lines.append(f"| copy (float32 read + write) | {copy['n']:,} | | {copy['seconds']:.6f} | {copy['elements_per_s'] / 1e9:.0f} G | 100% |")
     lines += ["", "One client's engine call (K=20, batch 32), synchronised wall time, best of 2-3; `rel. diff` = largest difference "
-              "from the CPU's K loss differences over their largest entry (float rounding differs between devices, the protocol does not):", "",
-              "| model | engine | noise | CUDA s | CPU s | rel. diff vs CPU |", "|---|---|---|---:|---:|---:|"]
+              "from the CPU's K loss differences over their largest entry (float rounding differs between devices, the protocol does not); "
+              "`TF32 off` is what runs do on cuda (`baffle.sim.factory.exact_float32`), `TF32 on` torch's default "
+              "for convolutions (a JSON written before 2026-12-04 measured with TF32 on only):", "",
+              "| model | engine | noise | CUDA s | CPU s | rel. diff vs CPU, TF32 off | TF32 on |", "|---|---|---|---:|---:|---:|---:|"]
     for r in res["client"]["rows"]:
         cpu = f"{r['cpu_seconds']:.4f}" if "cpu_seconds" in r else "not timed"
-        lines.append(f"| {r['model']} | {r['engine']} | {r['noise']} | {r['seconds']:.4f} | {cpu} | {r['max_rel_diff_vs_cpu']:.1e} |")
+        if "max_rel_diff_vs_cpu_tf32" in r:
+            off, on = f"{r['max_rel_diff_vs_cpu']:.1e}", f"{r['max_rel_diff_vs_cpu_tf32']:.1e}"
+        else:
+            off, on = "not measured", f"{r['max_rel_diff_vs_cpu']:.1e}"
+        lines.append(f"| {r['model']} | {r['engine']} | {r['noise']} | {r['seconds']:.4f} | {cpu} | {off} | {on} |")
     d = res["default"]
     lines += ["", f"The default job for {d['rounds']} rounds: `run.device=cuda` {100 * d['cuda']['final_test_acc']:.2f}% in "
               f"{d['cuda']['wall_s']} s, `run.device=cpu` (same machine, {res['cpu_threads']} cores) "

@@ -93,6 +93,23 @@ def _run(rounds: int, **extra):
     return sim
 
 
+def test_a_cuda_run_turns_tf32_off_and_a_cpu_run_leaves_torchs_switches_alone():
+    # TF32 convolutions (cuDNN's default) put ~1e-3 relative error on every forward: larger than the
+    # loss differences a client uploads. The switches are process-wide: restored afterwards.
+    from baffle.sim.factory import exact_float32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        exact_float32(torch.device("cpu"))
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+        exact_float32(torch.device("cuda"))
+        assert not cudnn.allow_tf32 and not matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 @no_cuda
 @pytest.mark.parametrize("extra", [{}, {"estimator.engine": "batched", "estimator.fuse_clients": "true",
                                         "estimator.noise": "v2-gauss", "model.prune": 0.5}])
