@@ -256,10 +256,17 @@ def test_finetune_vision_quick_smoke(tmp_path, monkeypatch):
     assert set(res["client_kinds"]) == set(fv.CLIENT_KINDS)  # the same head with torch, ONNX float and int8 clients
     assert all(r["upload_bytes_per_client_per_round"] == 16 + 4 * 4 for r in res["client_kinds"].values())
     assert "## Inference-only clients on the pretrained network" in md
+    # the head's rate chosen on a validation split: each method at each rate, scored on validation and held-out test
+    assert set(res["lr_validation"]) == {f"{m}/{lr}" for m in ("baffle", "fedsgd") for lr in ("0.003", "0.03")}
+    assert all(0.0 <= r["held_out_acc"] <= 1.0 for r in res["lr_validation"].values())
+    assert "## Head: server learning rate chosen on a validation split" in md and "At the rates validation chose" in md
+    fit, val = fv.fit_validation_split(80, 0)
+    assert len(val) == 16 and not set(fit) & set(val) and len(fit) + len(val) == 80
     before = (tmp_path / "out" / "finetune_vision.json").read_text()
     fv.main(argv)  # resumes: every part saved with an unchanged key is kept as it was
     after = json.loads((tmp_path / "out" / "finetune_vision.json").read_text())
     assert after["runs"] == json.loads(before)["runs"] and after["resolution"] == json.loads(before)["resolution"]
+    assert after["lr_validation"] == json.loads(before)["lr_validation"]
 
 
 def test_input_normalisation_constants_are_the_cifar_datasets():
