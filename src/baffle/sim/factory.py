@@ -167,8 +167,9 @@ def exact_float32(device: torch.device) -> None:
 
     cuDNN convolutions default to TF32 (a 10-bit mantissa): a relative error of ~1e-3 in every forward, while
     a forward-only client's signal is a loss difference of order sigma (1e-3 to 1e-4) times the loss. On an
-    H200 the batched engine's differences differed from the CPU's by 1.2% of the largest with TF32 on (the
-    loop engine, which runs no grouped convolution, by 0.009%). Process-wide, as torch's switches are.
+    H200 with TF32 on, the batched engine's differences differed from the CPU's by 1.2% of the largest (the
+    loop engine's by 0.009%); TF32 is the likely cause, which the next benchmarks/gpu_check.sh run measures.
+    Process-wide, as torch's switches are.
     """
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False
