@@ -383,11 +383,19 @@ def validated_section(validated: dict) -> list[str]:
     rows = [[label.get(m, m), f"{r['lr']:g}", percent(r["final_test_acc"]), percent(r["held_out_acc"]),
              "yes" if r is chosen[m] else "", f"{r['rounds']}"] for m, rs in by_method.items() for r in rs]
     any_r = next(iter(validated.values()))
+
+    def se(r: dict, which: str) -> str:
+        n = r.get("validation_images" if which == "val" else "test_images")
+        return f"{100 * (0.6 * 0.4 / n) ** 0.5:.1f}" if n else "?"
+
     lines = ["## Head: server learning rate chosen on a validation split", "",
              f"Each method trains the head on 80% of the training subset (a seeded split, the linear probe's rule) at each "
              f"rate, same everything else as the main head runs ({any_r['rounds']} rounds); the rate with the best final "
-             "accuracy on the held-out 20% (validation) is chosen, and only then is that run's final model scored on the "
-             "test subset. The test column of the rates not chosen is shown for reference, not used.", "",
+             "accuracy on the held-out 20% (validation) is chosen (a tie goes to the lower rate), and only then is that "
+             "run's final model scored on the test subset. The test column of the rates not chosen is shown for reference, "
+             f"not used. One seed; sampling error of one accuracy: about {se(any_r, 'val')} points on the "
+             f"{any_r.get('validation_images', '?')} validation images, {se(any_r, 'test')} on the {any_r.get('test_images', '?')} "
+             "test images (one standard error at 60%).", "",
              markdown_table(["method", "server lr", "validation acc (%)", "test acc (%)", "chosen", "rounds"], rows,
                             ["left", "left", "right", "right", "left", "right"]), ""]
     if {"baffle", "fedsgd"} <= set(chosen):
@@ -614,7 +622,8 @@ def main(argv: list[str] | None = None) -> None:
                 name = f"{method}/{lr:g}"
                 if fresh(validated, name, key):
                     validated[name] = {**federated(args, method, "head", fit_ds, val_ds, lr=lr,
-                                                   score_on=as_dataset(test, te[cut])), "lr": lr, "key": key}
+                                                   score_on=as_dataset(test, te[cut])), "lr": lr, "key": key,
+                                       "fit_images": len(fit), "validation_images": len(val), "test_images": len(test)}
                     save(f"lr validation {name}")
     kinds = res.setdefault("client_kinds", {})
     for kind, extra in CLIENT_KINDS.items() if "client_kinds" in parts else []:
