@@ -22,6 +22,10 @@ interrupted run resumes; ``--fresh`` starts over):
 5. ``prefix_cache``: what the per-minibatch prefix cache (:mod:`baffle.prefix`) saves a real client that sees
    new (augmented) minibatches: one client step (K+1 forwards of the full model on a 32-image minibatch) with
    and without it; loss differences must be bit-identical.
+6. ``lr_sensitivity``: the head at other server rates, read on the test set (how much tuning moves each method);
+   ``lr_validation``: each method's rate chosen on a held-out 20% of the training subset (trained on the other
+   80%), then only the chosen run scored on the test subset: the honest tuned gap. ``client_kinds``: the
+   forward-only head with torch, ONNX Runtime float and int8 clients.
 
 Usage: python experiments/finetune_vision.py [--quick] [--fresh]
 Writes experiments/results/finetune_vision.json and docs/finetune-vision.md (``--out DIR``: both there; ``--quick``
