@@ -1,5 +1,5 @@
 """EfficientNet-Lite0 (ImageNet) -> CIFAR-10, forward-only, next to a linear probe and the backprop twins (issue 15).
-A SHORT run sized to a loaded CPU: a subset of CIFAR-10, one thread, ~30 CPU-minutes in all.
+A SHORT run sized to a loaded CPU: a subset of CIFAR-10, one thread, about 3 CPU-hours in all (each part saved as it finishes).
 
 What runs (each part is saved to the JSON as it finishes; a rerun skips the parts already there, so an
 interrupted run resumes; ``--fresh`` starts over):
