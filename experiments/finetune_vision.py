@@ -382,6 +382,8 @@ def validated_section(validated: dict) -> list[str]:
     by_method: dict[str, list[dict]] = {}
     for name, r in sorted(validated.items(), key=lambda kv: (kv[0].split("/")[0], kv[1]["lr"])):
         by_method.setdefault(name.split("/")[0], []).append(r)
+    # these runs evaluate on the validation split, so their final_test_acc is the validation accuracy; the test
+    # subset's is held_out_acc (federated(score_on=...))
     chosen = {m: max(rs, key=lambda r: r["final_test_acc"]) for m, rs in by_method.items()}
     label = {"baffle": "forward-only (baffle)", "fedsgd": "backprop (fedsgd)"}
     rows = [[label.get(m, m), f"{r['lr']:g}", percent(r["final_test_acc"]), percent(r["held_out_acc"]),
