@@ -1,5 +1,5 @@
 """Build of baffle's two C extensions (everything else is in pyproject.toml): the noise spec v2 kernel and the
-batched engine's fused GroupNorm -> activation -> 2x2 max-pool.
+batched engine's fused (convolution ->) GroupNorm -> activation -> 2x2 max-pool.
 
 Both are optional: where no C compiler is available the build goes on without them and baffle generates v2
 directions with numpy (bit-identical, slower; ``baffle.protocol.noise_kernel.status()``) and runs the three torch
@@ -21,6 +21,7 @@ setup(
             "baffle.engine.batched._norm_act_pool",
             sources=["src/baffle/engine/batched/norm_act_pool.c"],
             extra_compile_args=["-O3", "-fno-fast-math", "-std=c11"],
+            libraries=["m"],  # fmaf: the fused convolution's portable loop
             optional=True,
         ),
     ]

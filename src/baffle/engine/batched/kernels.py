@@ -97,27 +97,42 @@ def _max_of_views(views: list[torch.Tensor]) -> torch.Tensor:
 _UNFOLD_LIMIT = 64 * 2**20
 
 
+def shared_im2col(m: nn.Conv2d, x: torch.Tensor, cols_cache: dict | None = None, aligned: bool = False) -> tuple[torch.Tensor, int, int]:
+    """(cols, Ho, Wo): the im2col matrix (B, C_in*kh*kw, Ho*Wo) of convolution ``m`` on the shared input ``x``
+    (``aligned``: each row zero-padded to a multiple of 8 values, as the fused kernel reads it).
+
+    It depends on the input alone, so every chunk of one engine call reuses it through ``cols_cache`` (which
+    holds the input, so its address stays its own)."""
+    kh, kw = _pair(m.kernel_size)
+    key = (id(m), x.data_ptr(), tuple(x.shape), tuple(x.stride()), aligned)
+    hit = cols_cache.get(key) if cols_cache is not None else None
+    if hit is not None:
+        cols = hit[1]
+    else:
+        cols = F.unfold(x, (kh, kw), dilation=m.dilation, padding=m.padding, stride=m.stride)  # (B, Cin*kh*kw, L)
+        if aligned:
+            cols = F.pad(cols, (0, -cols.shape[-1] % 8)).contiguous()
+        if cols_cache is not None:
+            cols_cache[key] = (x, cols)
+    Ho = (x.shape[-2] + 2 * _pair(m.padding)[0] - _pair(m.dilation)[0] * (kh - 1) - 1) // _pair(m.stride)[0] + 1
+    Wo = (x.shape[-1] + 2 * _pair(m.padding)[1] - _pair(m.dilation)[1] * (kw - 1) - 1) // _pair(m.stride)[1] + 1
+    return cols, Ho, Wo
+
+
+def im2col_fits(m: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether a shared-input convolution runs as im2col + GEMM (plain groups and padding, im2col within bounds)."""
+    return m.groups == 1 and not isinstance(m.padding, str) and x.numel() * math.prod(_pair(m.kernel_size)) * 4 <= _UNFOLD_LIMIT
+
+
 def _shared_input_conv(m: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
                        cols_cache: dict | None = None) -> torch.Tensor:
     """Convolution of one shared input with P*C_out filters: im2col once, then one wide GEMM per sample.
 
     The first layer typically has very few input channels (1 or 3), where the direct convolution kernel
     is far from peak; the GEMM (P*C_out x C_in*k*k) @ (C_in*k*k x H*W) is not. Same values as
-    ``F.conv2d`` up to float32 summation order. The im2col matrix depends on the input alone, so every chunk
-    of one engine call reuses it through ``cols_cache`` (which holds the input, so its address stays its own).
-    """
+    ``F.conv2d`` up to float32 summation order."""
     B = x.shape[0]
-    kh, kw = _pair(m.kernel_size)
-    key = (id(m), x.data_ptr(), tuple(x.shape), tuple(x.stride()))
-    hit = cols_cache.get(key) if cols_cache is not None else None
-    if hit is not None:
-        cols = hit[1]
-    else:
-        cols = F.unfold(x, (kh, kw), dilation=m.dilation, padding=m.padding, stride=m.stride)  # (B, Cin*kh*kw, L)
-        if cols_cache is not None:
-            cols_cache[key] = (x, cols)
-    Ho = (x.shape[-2] + 2 * _pair(m.padding)[0] - _pair(m.dilation)[0] * (kh - 1) - 1) // _pair(m.stride)[0] + 1
-    Wo = cols.shape[-1] // Ho
+    cols, Ho, Wo = shared_im2col(m, x, cols_cache)
     out = torch.matmul(w.reshape(-1, cols.shape[1]), cols)  # (B, P*Cout, L)
     if bias is not None:
         out += bias.view(1, -1, 1)
@@ -134,11 +149,10 @@ def conv2d(m: nn.Conv2d, v: Value, P: int, weights: dict, cols_cache: dict | Non
     assert w is not None
     bias = b.reshape(-1) if b is not None else None
     if not v.batched and w_pert:  # shared input: one convolution with P*C_out output channels
-        kk = math.prod(_pair(m.kernel_size))
         # one im2col GEMM with P*C_out rows, also for a single member: the per-member values must not depend on
         # how the members are chunked (a direct conv rounds differently on some CPUs), and the chunks of a call
         # share the im2col (cols_cache)
-        if m.groups == 1 and not isinstance(m.padding, str) and v.t.numel() * kk * 4 <= _UNFOLD_LIMIT:
+        if im2col_fits(m, v.t):
             return Value(_shared_input_conv(m, v.t, w, bias, cols_cache), True)
         out = F.conv2d(v.t, w.reshape(-1, *m.weight.shape[1:]), bias, m.stride, m.padding, m.dilation, m.groups)
         return Value(out, True)

@@ -3,8 +3,10 @@
 Two bounds decide a chunk: memory (P copies of the weights and directions plus activations must fit
 ``max_memory_mb``) and cache (one layer's input+output for the whole chunk should stay in a last-level
 cache: bigger chunks were measured slower, because the norm/activation/pooling passes then stream from
-DRAM; docs/performance.md). When even one member at the full batch is over the cache bound, a model
-whose layers treat samples independently is evaluated in equal slices of the batch.
+DRAM; docs/performance.md). The cache bound counts the tensors a pass materialises: a chain the compiled
+kernel runs (convolution ->) GroupNorm -> activation -> pool reads its input and writes its pooled output,
+nothing between. When even one member at the full batch is over the cache bound, a model whose layers treat
+samples independently is evaluated in equal slices of the batch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from baffle.engine.batched import norm_act_pool as nap
 from baffle.engine.batched.program import Program
 
 MIN_CHUNK = 1
@@ -31,8 +34,9 @@ SLICE_BYTES = 8 * 2**20
 
 
 def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Per sample, the largest (inputs + output) floats any one layer touches, and the same including
-    an im2col-sized convolution workspace (a conservative bound for the memory budget).
+    """Per sample, the largest (inputs + output) floats any one pass materialises (a fused chain: its input and
+    its pooled output, where the compiled kernel runs it), and the largest (inputs + output) of any one layer
+    including an im2col-sized convolution workspace (a conservative bound for the memory budget).
 
     Measured by running the model's own layers once on a batch of 2 zeros; cached on the program."""
     if sample_shape in prog.activation_cache:
@@ -41,6 +45,7 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int
     peak = io_peak = int(math.prod(sample_shape))
     first = next(prog.gm.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
+    unmaterialised, chain_input = fused_passes(prog) if nap.available() and device.type == "cpu" else (set(), {})
     with torch.inference_mode():
         env: dict[torch.fx.Node, Any] = {}
         for n in prog.nodes:
@@ -67,9 +72,28 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int
                     kk = math.prod(conv.kernel_size)
                     work = (conv.in_channels * kk) * (out.shape[-1] * out.shape[-2])  # im2col buffer
                 peak = max(peak, ins + sizes[n] + work)
-                io_peak = max(io_peak, ins + sizes[n])
+                if n in chain_input:
+                    io_peak = max(io_peak, sizes.get(chain_input[n], 0) + sizes[n])
+                elif n not in unmaterialised:
+                    io_peak = max(io_peak, ins + sizes[n])
     prog.activation_cache[sample_shape] = (io_peak, peak)
     return io_peak, peak
+
+
+def fused_passes(prog: Program) -> tuple[set[torch.fx.Node], dict[torch.fx.Node, torch.fx.Node]]:
+    """(nodes a fused chain never materialises, {chain's pooling node: the node whose value the chain reads}).
+
+    A shared-input convolution counts as fused when its chain is: its filters are perturbed whenever the model's
+    first layer trains, and only then does its output differ per member (else it is one shared tensor)."""
+    skip: set[torch.fx.Node] = set()
+    reads: dict[torch.fx.Node, torch.fx.Node] = {}
+    for gn, (act, pool) in prog.fused.items():
+        skip.update((gn, act))
+        reads[pool] = gn.all_input_nodes[0]
+    for conv, gn in prog.conv_fused.items():
+        skip.add(conv)
+        reads[prog.fused[gn][1]] = conv.all_input_nodes[0]
+    return skip, reads
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,12 @@ from baffle.engine.batched.kernels import (
     check_params_shared,
     conv2d,
     group_norm,
+    im2col_fits,
     is_tiling_pool,
     lift,
     linear,
     logical,
+    shared_im2col,
     stacked,
     tiling_max_pool2d,
 )
@@ -107,6 +109,14 @@ class Program:
         for n in self.nodes:
             if (chain := _norm_act_pool_chain(self, n)) is not None:
                 self.fused[n] = chain
+        # a convolution of the model's input (shared by the members) whose sole reader starts such a chain: where
+        # its filters are perturbed, the kernel computes it too, so its full-resolution output is never written (conv -> GroupNorm node)
+        self.conv_fused: dict[torch.fx.Node, torch.fx.Node] = {
+            n: gn for gn in self.fused for n in gn.all_input_nodes
+            if n.op == "call_module" and type(self.modules[n.target]) is nn.Conv2d and len(n.users) == 1
+            and len(n.args) == 1 and not n.kwargs and len(gn.args) == 1
+            and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "placeholder"
+        }
 
     # ---- the batched forward ------------------------------------------------------------------
     def run(self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor], cols_cache: dict | None = None) -> Value:
@@ -123,6 +133,11 @@ class Program:
                 env[n] = Value(x, False)
             elif n.op == "output":
                 result = env[n.args[0]] if isinstance(n.args[0], torch.fx.Node) else None
+            elif n.op == "call_module" and n in self.conv_fused and (
+                    fused := self._conv_norm_act_pool(n, env, P, weights, cols_cache)) is not None:
+                gn = self.conv_fused[n]
+                env[self.fused[gn][1]] = fused
+                done.update((gn, *self.fused[gn]))
             elif n.op == "call_module":
                 fused = self._norm_act_pool(n, env, P, weights) if n in self.fused else None
                 if fused is not None:
@@ -153,6 +168,25 @@ class Program:
         b, _ = stacked(m.bias, P, weights)
         act = nap.ACTIVATIONS[type(self.modules[self.fused[n][0].target])]
         return Value(nap.gn_act_pool2(v.t, m.num_groups * P, w, b, m.eps, act), True)
+
+    def _conv_norm_act_pool(self, n: torch.fx.Node, env: dict, P: int, weights: dict, cols_cache: dict | None) -> Value | None:
+        """Convolution node ``n`` and the GroupNorm -> activation -> pool chain reading it in one compiled pass, or
+        None where that does not apply (the input differs per member, the filters are shared, the im2col path
+        does not take the convolution, or the kernel does not cover the tensor): then the convolution runs alone."""
+        v = self._arg(n, env)
+        m, gn = self.modules[n.target], self.modules[self.conv_fused[n].target]
+        w, w_pert = stacked(m.weight, P, weights)
+        b, b_pert = stacked(m.bias, P, weights)
+        if v.batched or not (w_pert or b_pert) or m.padding_mode != "zeros" or not im2col_fits(m, v.t) or not nap.covers(v.t):
+            return None
+        cols, Ho, Wo = shared_im2col(m, v.t, cols_cache, aligned=True)
+        if Ho < 2 or Wo < 2:
+            return None
+        gw, _ = stacked(gn.weight, P, weights)
+        gb, _ = stacked(gn.bias, P, weights)
+        act = nap.ACTIVATIONS[type(self.modules[self.fused[self.conv_fused[n]][0].target])]
+        out = nap.conv_gn_act_pool2(cols, Ho, Wo, P, w, b, gn.num_groups * P, gw, gb, gn.eps, act)
+        return Value(out, True)
 
     @staticmethod
     def _arg(n: torch.fx.Node, env: dict, i: int = 0) -> Value:
