@@ -12,18 +12,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from baffle import estimator
-from baffle.client import Client, load_weights
+from baffle import estimator, plan_state
+from baffle.client import Client
 from baffle.protocol.messages import WeightsUpload
 
 
 class BPClient(Client):
     """A conventional client that runs forward + backward."""
 
-    def gradient(self, weights: dict[str, torch.Tensor] | None) -> tuple[np.ndarray, int]:
-        """FedSGD: the autograd gradient of one minibatch, flattened over the trainable parameters."""
+    def gradient(self, weights: dict[str, torch.Tensor] | None, frozen_sha256: bytes | None = None) -> tuple[np.ndarray, int]:
+        """FedSGD: the autograd gradient of one minibatch, flattened over the trainable parameters (``weights``:
+        the plan's state, or None when the model already holds the round's weights)."""
         if weights is not None:
-            load_weights(self.model, weights)
+            self.load_plan(weights, frozen_sha256)
         params = estimator.select_parameters(self.model, self.trainable)
         x, y = self._device_batch(params[0][1].device)
         self.model.zero_grad(set_to_none=True)
@@ -32,9 +33,11 @@ class BPClient(Client):
             grads = torch.autograd.grad(loss, [p for _, p in params])
         return torch.cat([g.reshape(-1) for g in grads]).cpu().numpy(), len(y)
 
-    def local_sgd(self, weights: dict[str, torch.Tensor], round_idx: int, steps: int, lr: float) -> WeightsUpload:
-        """FedAvg: ``steps`` local SGD steps (momentum 0.9) from the global weights, weights come back."""
-        load_weights(self.model, weights)
+    def local_sgd(self, weights: dict[str, torch.Tensor], round_idx: int, steps: int, lr: float,
+                  frozen_sha256: bytes | None = None) -> WeightsUpload:
+        """FedAvg: ``steps`` local SGD steps (momentum 0.9) from the plan's weights; the plan's tensors come back
+        (the whole model, or the trainable subset: only those have gradients, the rest cannot move)."""
+        self.load_plan(weights, frozen_sha256)
         params = [p for _, p in estimator.select_parameters(self.model, self.trainable)]
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
         with torch.enable_grad():
@@ -43,7 +46,7 @@ class BPClient(Client):
                 opt.zero_grad(set_to_none=True)
                 self.loss_fn(self.model(x), y).backward()
                 opt.step()
-        out = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        out = plan_state.plan_state(self.model, self.plan_names())
         return WeightsUpload(self.client_id, round_idx, out, self.num_samples)
 
     def _device_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

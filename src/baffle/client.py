@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator
+from baffle import estimator, plan_state
 from baffle.engine import Engine, LoopEngine
 from baffle.engine.base import LossFn
 from baffle.protocol import noise
@@ -39,7 +39,8 @@ class FusionKey:
 
 
 def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
-    """Copy global weights into the client's model, refusing anything that does not fit exactly."""
+    """Copy a whole state dict into a model, refusing anything that does not fit exactly (a plan that may
+    carry only the trainable subset is loaded by ``Client.load_plan`` / ``baffle.plan_state.load_plan_state``)."""
     own = model.state_dict()
     missing = set(own) - set(weights)
     unexpected = set(weights) - set(own)
@@ -95,10 +96,19 @@ class Client:
             x = self.transform(x, self.generator)
         return x, y
 
+    def plan_names(self) -> tuple[str, ...]:
+        """The state entries a plan to this client carries (``baffle.plan_state.plan_names``)."""
+        return plan_state.plan_names(self.model, self.trainable)
+
+    def load_plan(self, weights: Mapping[str, torch.Tensor], frozen_sha256: bytes | None = None, check_frozen: bool = True) -> None:
+        """Load a plan's state (all of it, or the trainable subset: ``baffle.plan_state``), refusing a plan whose
+        tensors do not match this model or, with ``check_frozen``, whose frozen fingerprint differs from ours."""
+        plan_state.load_plan_state(self.model, weights, self.plan_names(), frozen_sha256, check_frozen)
+
     def step(self, plan: RoundPlan) -> Upload:
         """FedSGD-style round: K loss differences on one minibatch, forward passes only."""
         if plan.weights is not None:
-            load_weights(self.model, plan.weights)
+            self.load_plan(plan.weights, plan.frozen_sha256)
         x, y = self.next_batch()
         params = estimator.select_parameters(self.model, self.trainable)
         diffs = self.engine(self.model, params, x, y, plan.seeds, plan.sigma, plan.scheme, self.loss_fn, noise=plan.noise)
@@ -123,7 +133,7 @@ class Client:
 
         The client reconstructs its own estimates here, and uploads weights, not scalars.
         """
-        load_weights(self.model, plan.weights)
+        self.load_plan(plan.weights, plan.frozen_sha256)
         params = estimator.select_parameters(self.model, self.trainable)
         if plan.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD([p for _, p in params], lr=plan.lr)
@@ -138,7 +148,7 @@ class Client:
             estimator.write_flat_grad(params, grad)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        weights = plan_state.plan_state(self.model, self.plan_names())  # the plan's tensors: the rest did not move
         return WeightsUpload(self.client_id, plan.round, weights, self.num_samples)
 
     def state_dict(self) -> dict:

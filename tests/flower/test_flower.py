@@ -192,19 +192,74 @@ def test_a_server_state_that_does_not_load_is_refused_and_changes_nothing(tmp_pa
 
 
 def test_replica_mismatch_falls_back_to_weights(tmp_path, monkeypatch):
-    real = server_core.weights_digest
+    from baffle import plan_state
+
+    real = plan_state.state_sha256
     calls = {"n": 0}
 
-    def flaky(state):  # the 3rd digest computed (a node checking its replica in round 0) comes out wrong once:
-        # that node must refuse the round (error reply), and the server must fall back to sending it weights
+    def flaky(state):  # the 2nd digest computed (the server hashes once per round, then the first node checks its
+        # replica in round 0) comes out wrong once: that node must refuse the round (error reply), and the server
+        # must fall back to sending it weights
         calls["n"] += 1
-        return b"x" * 32 if calls["n"] == 3 else real(state)
+        return b"x" * 32 if calls["n"] == 2 else real(state)
 
-    monkeypatch.setattr(server_core, "weights_digest", flaky)
+    monkeypatch.setattr(plan_state, "state_sha256", flaky)  # what server and nodes hash replicas with
     rc = tiny(tmp_path, "mm", transport="replay", **{"num-server-rounds": 4, "run-eval-every": 4})
     run_inmemory(rc, 2)
     res = result(rc)
     assert res["failures"] == 1 and res["rounds_done"] == 4 and res["skipped_rounds"] == 0
+
+
+def test_a_subset_run_ships_only_the_trainable_tensors_and_matches_inprocess(tmp_path, monkeypatch):
+    """model-trainable set: weights plans carry the trainable tensors and the frozen part's fingerprint, replay and
+    state plans hash only those (plus the fingerprint), node replicas keep only them, and every transport still
+    ends on `baffle run`'s weights, bit for bit."""
+    from baffle.flower.node import STATE
+    from baffle.sim.loop import Simulation
+
+    payloads = []
+    real = server_core.ServerCore.plan_payload
+
+    def spy(self, *a, **k):
+        payloads.append(p := real(self, *a, **k))
+        return p
+
+    monkeypatch.setattr(server_core.ServerCore, "plan_payload", spy)
+    sched = {"num-server-rounds": 3, "fraction-train": 2, "model-trainable": "classifier.*"}
+    rcs = {t: tiny(tmp_path, t, transport=t, **sched) for t in ("weights", "replay", "auto")}
+    grids = {t: run_inmemory(rc, 3) for t, rc in rcs.items()}
+    weights_plans = [p for p in payloads if p.config["transport"] == "weights"]
+    assert len(weights_plans) == 6
+    for p in weights_plans:
+        assert sorted(k for k in p.arrays if k != "seeds") == ["w/classifier.bias", "w/classifier.weight"]
+        assert len(p.config["frozen-sha256"]) == 32
+    cfg, _ = parse_run_config(rcs["weights"])
+    cfg.data.num_clients = 3
+    sim = Simulation(cfg, None, progress=False)
+    summary = sim.run()
+    inproc = server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+    for t, rc in rcs.items():
+        assert result(rc)["failures"] == 0 and result(rc)["weights_sha256"] == inproc, t
+    # the cost model: 16-byte header, K seeds, the 650 head parameters, the fingerprint (as baffle run counts)
+    assert summary["download_bytes_per_client_per_round"] == 16 + 8 * 8 + 4 * 650 + 32
+    rows = (Path(rcs["weights"]["result-dir"]) / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["download_bytes_per_client"] == summary["download_bytes_per_client_per_round"]
+    replicas = [ctx.state.config_records[STATE]["replica"] for ctx in grids["replay"].contexts.values()
+                if "replica" in ctx.state.config_records.get(STATE, {})]
+    assert replicas and all(len(r) < 4 * 26730 / 3 for r in replicas)  # the head and its Adam moments, not the model
+
+
+def test_a_node_whose_frozen_weights_differ_refuses_the_plan(tmp_path, monkeypatch, caplog):
+    from baffle.server.strategy import ServerStrategy
+
+    monkeypatch.setattr(ServerStrategy, "frozen_sha256", lambda self: bytes(32))  # the server's claim, not the nodes'
+    rc = tiny(tmp_path, "frozen", transport="weights", **{"num-server-rounds": 2, "run-eval-every": 2,
+                                                          "model-trainable": "classifier.*"})
+    with caplog.at_level("WARNING", logger="baffle"):
+        run_inmemory(rc, 2)
+    res = result(rc)
+    assert res["failures"] == 4 and res["skipped_rounds"] == 2
+    assert "frozen weights differ from the server's" in caplog.text
 
 
 def test_round_survives_a_node_that_raises(tmp_path):

@@ -32,13 +32,14 @@ import numpy as np
 import torch
 
 from baffle import trajectory
-from baffle.client import Client, load_weights
+from baffle.client import Client
 from baffle.config import Config
 from baffle.config.data import augments
 from baffle.data.augment import augment_cifar
 from baffle.data.cache import cache_dir, cached_arrays
 from baffle.data.dataset import Dataset
 from baffle.flower.records import Payload
+from baffle.plan_state import check_plan_state, replica_digest
 from baffle.protocol import streams
 from baffle.protocol.messages import MessageError, RoundPlan, Upload
 from baffle.engine import engine_for
@@ -284,9 +285,10 @@ class Node:
             raise MessageError(f"plan noise {plan.noise!r} != node noise {self.cfg.estimator.noise!r} (same run config?)")
         if "client-steps" in c:
             self._catch_up(int(c["client-steps"]))
-        if transport == "weights":
+        if transport == "weights":  # the tensors that change (all, or the trainable subset) + the frozen fingerprint
             weights = {k[2:]: torch.from_numpy(np.array(v)) for k, v in a.items() if k.startswith("w/")}
-            load_weights(self.model, weights)
+            frozen = c.get("frozen-sha256")
+            self.client.load_plan(weights, None if frozen is None else bytes(frozen))
             self.state.pop("replica", None)
             self.state.pop("replica-round", None)
         elif transport == "replay":
@@ -330,9 +332,11 @@ class Node:
         self.state["steps"] = steps
 
     # ---- replay transport ---------------------------------------------------------------------
+    # The replica kept in the node state holds the model's plan tensors (``ServerStrategy.plan_names``: all of
+    # it, or only the trainable subset) and the optimizer; the frozen rest is the replica's own build
+    # (``shared_replica``'s initial state), merged back in on every load, so a MiniLM head run keeps ~3 kB per
+    # node, not the 90 MB model.
     def _replay(self, round_idx: int, replay_from: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:
-        from baffle.flower.server_core import weights_digest
-
         rkey = replica_key(self.cfg, self.train)
         key = (rkey, round_idx, digest)
         if key in _REPLAYED:  # another node of this process already reached this very state: same bytes, same weights
@@ -341,7 +345,7 @@ class Node:
         replica, initial = shared_replica(self.cfg, self.train, rkey)
         at = 0
         if "replica" in self.state:
-            replica.load_state_dict(torch.load(io.BytesIO(self.state["replica"]), weights_only=True))
+            _load_replica(replica, initial, torch.load(io.BytesIO(self.state["replica"]), weights_only=True))
             at = int(self.state["replica-round"])
         else:
             replica.load_state_dict(initial)  # a new replica: the server's initial state
@@ -356,34 +360,44 @@ class Node:
             if key_r not in arrays:
                 raise MessageError(f"replica mismatch: replay history lacks round {r}")
             replica.apply_loss_diffs(r, np.asarray(arrays[key_r], dtype=np.float32))
-        if weights_digest(replica.model.state_dict()) != digest:
+        if replica_digest(replica.model, replica.plan_names) != digest:
             self.state.pop("replica", None)
             raise MessageError(f"replica mismatch: weights after replaying to round {round_idx} differ from the server's")
+        state = replica.state_dict()
+        state["model"] = {k: state["model"][k] for k in replica.plan_names}
         buf = io.BytesIO()
-        torch.save(replica.state_dict(), buf)
-        blob, weights = buf.getvalue(), {k: v.clone() for k, v in replica.model.state_dict().items()}
-        _REPLAYED[key] = (blob, weights)
-        while len(_REPLAYED) > 2:  # only this round's entry is useful; each holds ~4x the model
+        torch.save(state, buf)
+        entry = (buf.getvalue(), replica.plan_weights(), replica.frozen_sha256())
+        _REPLAYED[key] = entry
+        while len(_REPLAYED) > 2:  # only this round's entry is useful; each holds ~4x the plan's tensors
             _REPLAYED.popitem(last=False)
-        self._store_replica(round_idx, blob, weights)
+        self._store_replica(round_idx, *entry)
 
     def _adopt_state(self, round_idx: int, digest: bytes, arrays: Mapping[str, np.ndarray]) -> None:
-        """``auto`` transport for a node far behind: the server's training state becomes this node's replica."""
-        from baffle.flower.server_core import weights_digest
-
+        """``auto`` transport for a node far behind: the server's training state becomes this node's replica.
+        Its model part is the plan's tensors (all, or the trainable subset): the frozen rest is the replica's own
+        build, which the digest covers."""
         if "state" not in arrays:
             raise MessageError("plan lacks the server state (transport 'state')")
         blob = np.asarray(arrays["state"], dtype=np.uint8).tobytes()
-        replica, _ = shared_replica(self.cfg, self.train)
+        replica, initial = shared_replica(self.cfg, self.train)
         try:  # weights_only: tensors and plain containers, never code
-            replica.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
+            _load_replica(replica, initial, torch.load(io.BytesIO(blob), weights_only=True))
         except Exception as e:
             raise MessageError(f"server state does not load into this node's replica: {e}") from None
-        if weights_digest(replica.model.state_dict()) != digest:
+        if replica_digest(replica.model, replica.plan_names) != digest:
             raise MessageError(f"replica mismatch: the server state of round {round_idx} does not hash to its weights")
-        self._store_replica(round_idx, blob, replica.model.state_dict())  # the bytes as received: they just loaded
+        # the bytes as received: they just loaded
+        self._store_replica(round_idx, blob, replica.plan_weights(), replica.frozen_sha256())
 
-    def _store_replica(self, round_idx: int, blob: bytes, weights: Mapping[str, torch.Tensor]) -> None:
+    def _store_replica(self, round_idx: int, blob: bytes, weights: Mapping[str, torch.Tensor], frozen: bytes | None) -> None:
         self.state["replica"] = blob
         self.state["replica-round"] = round_idx
-        load_weights(self.model, weights)
+        self.client.load_plan(weights, frozen)  # the worker model's frozen part must be the replica's
+
+
+def _load_replica(replica: ServerStrategy, initial: dict, state: dict) -> None:
+    """Load a stored or received replica state whose model part is the plan's tensors (checked: exactly
+    ``replica.plan_names``, shapes and dtypes); the frozen rest comes from the replica's initial build."""
+    check_plan_state(replica.model, state["model"], replica.plan_names)
+    replica.load_state_dict({**state, "model": {**initial["model"], **state["model"]}})

@@ -6,10 +6,11 @@ Both drivers (the Message-API strategy in ``strategy.py`` and the SecAgg+ legacy
 receives) and ``ingest`` / ``ingest_aggregate`` (validate -> aggregate -> ``ServerStrategy`` step). All
 the math is ``baffle.server.strategy.ServerStrategy``'s.
 
-Transports. ``weights``: every plan carries the global weights. ``replay`` (DeComFL-style): a node keeps a
+Transports. ``weights``: every plan carries the global weights (the tensors that change: the whole model, or
+only the trainable subset plus the fingerprint of the frozen rest, ``baffle.plan_state``). ``replay`` (DeComFL-style): a node keeps a
 replica of the server (model + optimizer) in its Flower node state, so the plan carries only the
 aggregated K-vectors of the rounds the replica has not applied yet, plus a SHA-256 of the weights the
-replica must reach. A node whose replica disagrees answers with an error and gets weights from then on.
+replica must reach (``replica_digest``). A node whose replica disagrees answers with an error and gets weights from then on.
 ``auto`` (the default): replay, except that a node whose replica lags by more K-vectors than the server
 state weighs (a late joiner, a node rarely sampled) gets that state once (``state``) and replays from it.
 
@@ -21,7 +22,6 @@ the run really is (``server_app.ResumableStrategy`` adds it).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -38,6 +38,7 @@ from baffle.config import Config
 from baffle.flower.config import FlowerOptions
 from baffle.flower.records import Payload, encode_arrays
 from baffle.methods import download_bytes, per_round_costs
+from baffle.plan_state import replica_digest, state_sha256 as weights_digest  # result.json's weights_sha256
 from baffle.protocol.messages import Upload
 from baffle.protocol.schemes import forward_passes
 from baffle.records import checkpoint
@@ -51,7 +52,7 @@ from baffle.sim.evaluate import evaluate, probe_loss
 from baffle.engine import engine_for
 from baffle.pruning import magnitude_mask as initial_mask
 from baffle.sim.factory import attach_trust, build_model_for, load_data, train_probe
-from baffle.sim.loop import CHECKPOINT_NAME, state_nbytes
+from baffle.sim.loop import CHECKPOINT_NAME
 from baffle.privacy import PrivacyLedger
 from baffle.sim.rounds import make_ledger
 from baffle.sim.sampling import sample_clients
@@ -60,16 +61,6 @@ log = logging.getLogger("baffle")
 
 NODE_INFO = "baffle.node"  # MetricRecord a node answers a query with
 REPLAY_STATE_RATIO = 1.0  # auto transport: replay while the missing K-vectors weigh <= this x the server state
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> bytes:
-    """SHA-256 over the state dict's names, dtypes, shapes and bytes, in order."""
-    h = hashlib.sha256()
-    for k, v in state.items():
-        t = v.detach().contiguous().cpu()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.digest()
 
 
 @dataclass
@@ -122,12 +113,13 @@ class ServerCore:
         self.train_probe = train_probe(self.cfg, train)
         self.t0 = time.perf_counter()
         self.counters = Counters()
-        self.plan_bytes = download_bytes(self.cfg, state_nbytes(self.strategy.model))  # per plan, as baffle run counts
+        self.plan_bytes = download_bytes(self.cfg, self.strategy.plan_nbytes())  # per plan, as baffle run counts
         self.last: RoundResult | None = None
         self.ledger: PrivacyLedger | None = None  # made once the number of partitions is known
         self.wall0 = 0.0  # wall time of the run before a resume
         self._weights: tuple[int, dict, dict] | None = None  # (round, plan arrays, their Flower encoding)
         self._state: tuple[int, np.ndarray] | None = None  # (round, the training state as bytes): auto transport
+        self._digest: tuple[int, bytes] | None = None  # (round, replica_digest of the model): one hash per round
         # checked before waiting for nodes: a run dir that cannot be used fails at once
         self.out = rundir.prepare_out(self.opts.result_dir, self.opts.resume, self.opts.overwrite)
 
@@ -171,7 +163,7 @@ class ServerCore:
         """Continue from ``checkpoint_state``'s dict (already checked against the run config)."""
         done, f = state["round"], state[rundir.FLOWER_KEY]
         self.strategy.load_state_dict(state["server"])
-        self._weights = self._state = None
+        self._weights = self._state = self._digest = None
         counters = dict(state["counters"])
         self.wall0 = counters["wall_s"]
         self.history = rundir.unpack_history(f["history"], done, self.strategy.upload_length)
@@ -233,8 +225,10 @@ class ServerCore:
             config["transport"] = "weights"
             weights = self._round_weights(round_idx)
             arrays.update(weights[0])
+            if (frozen := s.frozen_sha256()) is not None:  # a subset trains: the node checks its frozen part
+                config["frozen-sha256"] = frozen
             return Payload(config, arrays, dict(weights[1]))
-        config["weights-sha256"] = weights_digest(s.model.state_dict())
+        config["weights-sha256"] = self._round_digest(round_idx)
         if kind == "state":
             config["transport"] = "state"
             arrays["state"] = self._round_state(round_idx)
@@ -262,17 +256,26 @@ class ServerCore:
         if t == "replay":
             return "replay"
         replay_bytes = (round_idx - self.replica_round.get(node_id, 0)) * 4 * self.strategy.upload_length
-        bound = REPLAY_STATE_RATIO * state_nbytes(self.strategy.model)  # the weights alone bound the state from
+        bound = REPLAY_STATE_RATIO * self.strategy.plan_nbytes()  # the plan's weights alone bound the state from
         if replay_bytes <= bound or replay_bytes <= REPLAY_STATE_RATIO * self._round_state(round_idx).nbytes:
             return "replay"  # below: most plans never serialize the state
         return "state"
 
+    def _round_digest(self, round_idx: int) -> bytes:
+        """``replica_digest`` of the global model, computed once per round for all nodes (the model changes
+        only in ``_count``, which drops it)."""
+        if self._digest is None or self._digest[0] != round_idx:
+            self._digest = (round_idx, replica_digest(self.strategy.model, self.strategy.plan_names))
+        return self._digest[1]
+
     def _round_state(self, round_idx: int) -> np.ndarray:
-        """The server's training state (model + optimizer, as the node replica holds it: no EMA, no trust
-        scores) as a ``torch.save`` byte array the node reads with ``weights_only=True``; once per round."""
+        """The server's training state (the plan's tensors of the model: all of it, or the trainable subset,
+        whose frozen rest the node built itself; and the optimizer, as the node replica holds it: no EMA, no
+        trust scores) as a ``torch.save`` byte array the node reads with ``weights_only=True``; once per round."""
         if self._state is None or self._state[0] != round_idx:
             state = self.strategy.state_dict()
-            state = {"model": state["model"], "optimizer": state["optimizer"], "ema": None}
+            model = {k: state["model"][k] for k in self.strategy.plan_names}
+            state = {"model": model, "optimizer": state["optimizer"], "ema": None}
             buf = io.BytesIO()
             torch.save(state, buf)
             self._state = (round_idx, np.frombuffer(buf.getvalue(), dtype=np.uint8))
@@ -282,7 +285,7 @@ class ServerCore:
         """The global weights as plan arrays, numpy and Flower-encoded, built once per round for all nodes
         (the model changes only in ``_count``, which drops them)."""
         if self._weights is None or self._weights[0] != round_idx:
-            arrays = {"w/" + k: v.numpy() for k, v in self.strategy.global_weights().items()}
+            arrays = {"w/" + k: v.numpy() for k, v in self.strategy.plan_weights().items()}
             self._weights = (round_idx, arrays, encode_arrays(arrays))
         return self._weights[1], self._weights[2]
 
@@ -350,7 +353,7 @@ class ServerCore:
                 self.cfg.data.num_clients = max(self.num_partitions, 1)
                 self.ledger = make_ledger(self.cfg)
             self.ledger.record(ids if ids is not None else list(range(min(answered, self.cfg.data.num_clients))))
-        self._weights = self._state = None  # the model may have changed
+        self._weights = self._state = self._digest = None  # the model may have changed
         c = self.counters
         c.forward_passes += fp * answered
         c.forward_samples += fp * samples
@@ -382,7 +385,7 @@ class ServerCore:
         train_loss = probe_loss(self.eval_model, self.train_probe)
         t, c = self.traffic, self.counters
         c.wall_s = self.wall0 + time.perf_counter() - self.t0
-        costs = per_round_costs(self.cfg, self.strategy.n, state_nbytes(self.strategy.model))
+        costs = per_round_costs(self.cfg, self.strategy.n, self.strategy.plan_tensor_nbytes())
         extra = {
             "down_bytes": t.down_bytes,
             "up_bytes": t.up_bytes,

@@ -22,10 +22,14 @@ class Method(Protocol):
         ...
 
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
-        """(upload bytes per client per round, forward passes per client per round)."""
+        """(upload bytes per client per round, forward passes per client per round). ``n_state_bytes``: the
+        bytes of the plan's tensors (``ServerStrategy.plan_tensor_nbytes``: the model, or its trainable subset),
+        which is what a weights upload carries."""
         ...
 
     def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
-        """Server -> client bytes per sampled client per round: the round's plan with the global weights
-        (``protocol.messages.plan_nbytes``; Flower's replay transport sends K-vectors instead, docs/flower.md)."""
+        """Server -> client bytes per sampled client per round: the round's plan with the model state it ships
+        (``n_state_bytes``: ``ServerStrategy.plan_nbytes``, the whole model, or the trainable tensors plus the
+        32-byte fingerprint of the frozen rest; ``protocol.messages.plan_nbytes``; Flower's replay transport
+        sends K-vectors instead, docs/flower.md)."""
         ...

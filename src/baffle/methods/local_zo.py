@@ -25,7 +25,7 @@ class LocalZO:
         cfg, e, f = fed.cfg, fed.cfg.estimator, fed.cfg.federation
         bs = f.batch_size
         plan = LocalPlan(round_idx, cfg.run.seed, e.K, e.sigma, e.scheme, bs, f.local_steps, f.local_lr, runner.weights, e.noise,
-                         f.local_optimizer)
+                         f.local_optimizer, runner.frozen)
         ups = [fed.clients[i].local_train(plan) for i in sampled]
         fp = forward_passes(e.K, e.scheme) * f.local_steps
         c.forward_passes += fp * len(sampled)
@@ -36,7 +36,7 @@ class LocalZO:
 
     def per_round_costs(self, cfg: Config, n_params: int, n_state_bytes: int) -> tuple[int, int]:
         e, f = cfg.estimator, cfg.federation
-        return 12 + n_state_bytes, forward_passes(e.K, e.scheme) * f.local_steps
+        return 12 + n_state_bytes, forward_passes(e.K, e.scheme) * f.local_steps  # the plan's tensors come back
 
     def download_bytes(self, cfg: Config, n_state_bytes: int) -> int:
         return plan_nbytes(0, n_state_bytes, LOCAL_PLAN_HEADER_BYTES)  # the client draws its own seeds from the run seed

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from baffle.client import Client, load_weights
+from baffle.client import Client
 from baffle.config import Config
 from baffle.protocol.messages import Upload, plan_nbytes
 from baffle.protocol.schemes import forward_passes
@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from baffle.sim.rounds import RoundRunner
 
 
-def client_round(client: Client, cfg: Config, weights: dict, seeds: np.ndarray, round_idx: int) -> Upload:
-    """A simulated client's round: the global weights, then S local steps (``seeds``: (S, K))."""
-    load_weights(client.model, weights)
+def client_round(client: Client, cfg: Config, weights: dict, seeds: np.ndarray, round_idx: int,
+                 frozen_sha256: bytes | None = None) -> Upload:
+    """A simulated client's round: the plan's weights (the model, or its trainable subset), then S local steps
+    (``seeds``: (S, K))."""
+    client.load_plan(weights, frozen_sha256)
     return local_round(client, cfg, seeds, round_idx)
 
 
@@ -38,7 +40,8 @@ class MultiStepZO:
         fed, c = runner.fed, runner.fed.counters
         cfg, e, f = fed.cfg, fed.cfg.estimator, fed.cfg.federation
         seeds = fed.strategy.seeds(round_idx).reshape(f.local_steps, e.K)
-        uploads = runner.postprocess([client_round(fed.clients[i], cfg, runner.weights, seeds, round_idx) for i in sampled], round_idx)
+        uploads = runner.postprocess([client_round(fed.clients[i], cfg, runner.weights, seeds, round_idx, runner.frozen)
+                                      for i in sampled], round_idx)
         result = ingest_uploads(fed.strategy, uploads, round_idx, set(all_sampled))
         fp = forward_passes(e.K, e.scheme) * f.local_steps
         c.forward_passes += fp * len(sampled)

@@ -23,13 +23,15 @@ LOCAL_PLAN_HEADER_BYTES = 32
 
 
 def state_bytes(weights: Mapping[str, torch.Tensor] | None) -> int:
-    """Bytes of a weights payload (every tensor of the state dict, raw)."""
+    """Bytes of a weights payload (every tensor it holds, raw: the state dict, or its trainable subset)."""
     return 0 if weights is None else sum(t.numel() * t.element_size() for t in weights.values())
 
 
 def plan_nbytes(num_seeds: int, weights_bytes: int, header: int = PLAN_HEADER_BYTES) -> int:
-    """Server -> client bytes of one plan: its header, ``num_seeds`` uint64 direction seeds and the global
-    weights when it carries them (the simulator's cost model and ``RoundPlan.nbytes``: one formula)."""
+    """Server -> client bytes of one plan: its header, ``num_seeds`` uint64 direction seeds and the model state
+    when it carries it (``weights_bytes``: the tensors that change, plus the 32-byte fingerprint of the frozen
+    part when only a subset trains; ``baffle.plan_state``) (the simulator's cost model and ``RoundPlan.nbytes``:
+    one formula)."""
     return header + 8 * num_seeds + weights_bytes
 
 
@@ -42,6 +44,9 @@ class RoundPlan:
     """Server -> client for one FedSGD-style round.
 
     ``weights`` is None when the client already holds this round's global weights (it can rebuild them).
+    Otherwise it holds the state that changes during the run: the whole state dict, or only the trainable
+    tensors when a subset trains (``baffle.plan_state``), and then ``frozen_sha256`` fingerprints the frozen
+    rest, which the client built itself.
     """
 
     round: int
@@ -51,6 +56,7 @@ class RoundPlan:
     batch_size: int
     weights: Mapping[str, torch.Tensor] | None = None
     noise: str = "v1"  # direction spec (baffle.protocol.noise.KINDS): every party must generate the same kind
+    frozen_sha256: bytes | None = None  # SHA-256 of the state a subset plan does not carry (baffle.plan_state)
 
     @property
     def num_directions(self) -> int:
@@ -58,12 +64,13 @@ class RoundPlan:
 
     @property
     def nbytes(self) -> int:
-        return plan_nbytes(len(self.seeds), state_bytes(self.weights))
+        return plan_nbytes(len(self.seeds), state_bytes(self.weights) + len(self.frozen_sha256 or b""))
 
 
 @dataclass(frozen=True)
 class LocalPlan:
-    """Server -> client for one epoch-level round: local forward-only training, weights come back."""
+    """Server -> client for one epoch-level round: local forward-only training, weights come back (the same
+    tensors ``weights`` carries: all of them, or the trainable subset)."""
 
     round: int
     run_seed: int
@@ -76,10 +83,11 @@ class LocalPlan:
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
     noise: str = "v1"  # direction spec of the private local-step seeds
     optimizer: str = "adam"  # the client's local optimizer: adam | sgd (plain SGD, FedZO)
+    frozen_sha256: bytes | None = None  # as RoundPlan's: the fingerprint of the state ``weights`` leaves out
 
     @property
     def nbytes(self) -> int:
-        return plan_nbytes(0, state_bytes(self.weights), LOCAL_PLAN_HEADER_BYTES)
+        return plan_nbytes(0, state_bytes(self.weights) + len(self.frozen_sha256 or b""), LOCAL_PLAN_HEADER_BYTES)
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,8 @@ class Upload:
 
 @dataclass(frozen=True)
 class WeightsUpload:
-    """Client -> server in epoch-level mode: the locally trained weights (NOT scalars: a full model)."""
+    """Client -> server in epoch-level mode: the locally trained weights (NOT scalars: the model, or its
+    trainable subset when only a subset trains: the plan's tensors, ``baffle.plan_state``)."""
 
     client_id: int
     round: int

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from baffle import estimator, trajectory
+from baffle import estimator, plan_state, trajectory
 from baffle.config import Config
 from baffle.protocol.messages import RoundPlan, Upload, WeightsUpload
 from baffle.protocol import noise
@@ -40,6 +40,10 @@ class ServerStrategy:
         self.ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup) if cfg.optim.ema_decay > 0 else None
         self.mask: np.ndarray | None = None  # fixed pruning mask over the flat vector (baffle.pruning)
         self.trust: TrustAggregator | None = None  # federation.aggregator='fltrust' (baffle.server.trust)
+        # what a plan carries (baffle.plan_state): the trainable tensors when a subset trains, else the state dict.
+        # ONNX Runtime clients (federation.onnx_clients) hold no weights of their own, so a mixed run ships everything
+        subset = cfg.model.trainable if cfg.federation.onnx_clients == 0 else None
+        self.plan_names: tuple[str, ...] = plan_state.plan_names(model, subset)
 
     def set_mask(self, mask: np.ndarray) -> None:
         """Prune the global model for good: zero masked weights, restart the EMA from the pruned model,
@@ -76,11 +80,30 @@ class ServerStrategy:
 
     def plan(self, round_idx: int, send_weights: bool = True) -> RoundPlan:
         e = self.cfg.estimator
-        weights = self.global_weights() if send_weights else None
-        return RoundPlan(round_idx, self.seeds(round_idx), e.sigma, e.scheme, self.cfg.federation.batch_size, weights, e.noise)
+        weights = self.plan_weights() if send_weights else None
+        frozen = self.frozen_sha256() if send_weights else None
+        return RoundPlan(round_idx, self.seeds(round_idx), e.sigma, e.scheme, self.cfg.federation.batch_size, weights, e.noise,
+                         frozen)
 
     def global_weights(self) -> dict[str, torch.Tensor]:
+        """The whole state dict (checkpoints, evaluation, clients without a model of their own)."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def plan_weights(self) -> dict[str, torch.Tensor]:
+        """What a plan ships of the model: the tensors that can change (``plan_names``), detached copies."""
+        return plan_state.plan_state(self.model, self.plan_names)
+
+    def frozen_sha256(self) -> bytes | None:
+        """The fingerprint of the state a plan leaves out (None when it ships everything); cached."""
+        return plan_state.frozen_sha256(self.model, self.plan_names)
+
+    def plan_nbytes(self) -> int:
+        """Bytes of the model state one weight-carrying plan ships (its tensors + the frozen fingerprint)."""
+        return plan_state.plan_nbytes_of(self.model, self.plan_names)
+
+    def plan_tensor_nbytes(self) -> int:
+        """Bytes of the plan's tensors alone: what a weights upload (fedavg, baffle_local) carries back."""
+        return plan_state.tensor_nbytes(self.model, self.plan_names)
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         return self.ema.shadow if self.ema is not None else self.model.state_dict()
@@ -151,11 +174,17 @@ class ServerStrategy:
         return norm
 
     def apply_weights(self, round_idx: int, uploads: Sequence[WeightsUpload]) -> None:
-        """FedAvg-style: the global model becomes the sample-weighted average of the clients' weights."""
+        """FedAvg-style: the plan's tensors (``plan_names``: the model, or its trainable subset) become the
+        sample-weighted average of the clients'; the frozen rest is never touched (averaging it gave it back
+        bit for bit anyway). An upload that does not carry exactly those tensors is refused, naming one."""
+        for u in uploads:
+            plan_state.check_plan_state(self.model, u.weights, self.plan_names)
         total = sum(u.num_samples for u in uploads)
-        avg = {k: sum(u.weights[k].double() * (u.num_samples / total) for u in uploads) for k in uploads[0].weights}
+        avg = {k: sum(u.weights[k].double() * (u.num_samples / total) for u in uploads) for k in self.plan_names}
         with torch.no_grad():
-            for k, v in self.model.state_dict().items():
+            state = self.model.state_dict()
+            for k in self.plan_names:
+                v = state[k]
                 v.copy_(avg[k].to(v.dtype))
         self._after_step(round_idx)
 

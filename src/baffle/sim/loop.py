@@ -13,7 +13,6 @@ from pathlib import Path
 from baffle.records import checkpoint
 from baffle.client import load_weights
 from baffle.config import Config
-from baffle.protocol.messages import state_bytes
 from baffle.records.metrics import (Counters, append_metrics, make_summary, metrics_row, privacy_metrics,
                                     read_metrics, truncate_metrics)
 from baffle.sim.evaluate import evaluate, probe_loss
@@ -22,10 +21,6 @@ from baffle.sim.rounds import RoundRunner
 from baffle.sim.sampling import sample_clients
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def state_nbytes(model) -> int:
-    return state_bytes(model.state_dict())
 
 
 class Simulation:
@@ -95,7 +90,7 @@ class Simulation:
         load_weights(fed.eval_model, fed.strategy.eval_weights())
         test = evaluate(fed.eval_model, fed.test)
         train_loss = probe_loss(fed.eval_model, fed.train_probe)
-        costs = self.runner.method.per_round_costs(self.cfg, fed.strategy.n, state_nbytes(fed.strategy.model))
+        costs = self.runner.method.per_round_costs(self.cfg, fed.strategy.n, fed.strategy.plan_tensor_nbytes())
         lr = fed.strategy.optimizer.param_groups[0]["lr"]
         return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last,
                            privacy_metrics(self.runner.ledger), self.runner.plan_bytes)

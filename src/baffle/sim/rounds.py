@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 
 from baffle import privacy
-from baffle.client import load_weights
 from baffle.methods import get_method
-from baffle.protocol.messages import Upload, state_bytes
+from baffle.plan_state import load_plan_state
+from baffle.protocol.messages import Upload
 from baffle.server.ingest import RoundResult
 from baffle.sim import attacks, faults
 from baffle.sim.factory import Federation
@@ -34,8 +34,11 @@ class RoundRunner:
         self.attackers = attacks.attacker_ids(cfg.data.num_clients, cfg.federation.attack_fraction, cfg.run.seed)
         self.ledger = make_ledger(cfg)
         self.last: RoundResult | None = None
-        self.weights: dict = {}  # the round's global weights (what every client starts from)
-        self.plan_bytes = self.method.download_bytes(cfg, state_bytes(fed.strategy.model.state_dict()))  # per sampled client
+        # the round's plan state (what every client starts from): the tensors that change (the model, or its
+        # trainable subset; baffle.plan_state), and the fingerprint of the frozen rest (None: nothing frozen)
+        self.weights: dict = {}
+        self.frozen: bytes | None = None
+        self.plan_bytes = self.method.download_bytes(cfg, fed.strategy.plan_nbytes())  # per sampled client
 
     def availability(self, sampled: list[int], round_idx: int) -> faults.Availability:
         """Which sampled clients answer this round: decided before any upload is computed."""
@@ -76,9 +79,10 @@ class RoundRunner:
         sampled = avail.answered  # from here on only the clients that answer do any work
         if self.ledger is not None:
             self.ledger.record(sampled)
-        self.weights = fed.strategy.global_weights()
+        self.weights, self.frozen = fed.strategy.plan_weights(), fed.strategy.frozen_sha256()
         for client_model in {id(cl.model): cl.model for cl in fed.clients if hasattr(cl, "model")}.values():
-            load_weights(client_model, self.weights)  # the shared torch model (ONNX clients have none)
+            # the shared torch model (ONNX clients have none) keeps the frozen part it was built with
+            load_plan_state(client_model, self.weights, fed.strategy.plan_names, self.frozen)
         if not sampled:
             log.warning("round %d skipped: none of the %d sampled clients answered", round_idx, len(all_sampled))
             result = RoundResult(round_idx, 0, skipped=True)
