@@ -292,7 +292,9 @@ def main() -> int:
         "",
         "Vocabulary: a *forward pass* is one minibatch forward of one client; *fwd samples* counts the images pushed "
         "through all forward passes (a pass of 8 samples is 4x cheaper than one of 32); *download B/client/round* is the "
-        "round's plan with the global weights, per sampled client (recorded since 2026-12-04: n/a in runs made before); "
+        "round's plan with the global weights (only the trainable tensors + a 32-byte fingerprint of the frozen rest when "
+        "model.trainable selects a subset, since 2026-12-04 ~22:40 UTC: runs made before counted the whole model), per sampled "
+        "client (recorded since 2026-12-04: n/a in runs made before); "
         "BP runs count a "
         "forward+backward step as one pass. *paper recipe* = the BAFFLE code's settings (LeNet with global pooling, "
         "28x28, K=100, sigma 1e-4, batch 32, Adam lr 0.01); *fast recipe* = baffle's default (lenet_small, 14x14, "
