@@ -83,8 +83,8 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int
 def fused_passes(prog: Program) -> tuple[set[torch.fx.Node], dict[torch.fx.Node, torch.fx.Node]]:
     """(nodes a fused chain never materialises, {chain's pooling node: the node whose value the chain reads}).
 
-    A shared-input convolution counts as fused when its chain is: its filters are perturbed whenever the model's
-    first layer trains, and only then does its output differ per member (else it is one shared tensor)."""
+    A convolution of the model's input counts as fused with its chain: the kernel takes it whenever its filters are
+    perturbed, and otherwise its output is one tensor shared by every member, far below the chunk's footprint."""
     skip: set[torch.fx.Node] = set()
     reads: dict[torch.fx.Node, torch.fx.Node] = {}
     for gn, (act, pool) in prog.fused.items():

@@ -109,8 +109,9 @@ class Program:
         for n in self.nodes:
             if (chain := _norm_act_pool_chain(self, n)) is not None:
                 self.fused[n] = chain
-        # a convolution of the model's input (shared by the members) whose sole reader starts such a chain: where
-        # its filters are perturbed, the kernel computes it too, so its full-resolution output is never written (conv -> GroupNorm node)
+        # a convolution of the model's input (shared by the members) whose sole reader starts such a chain: where its
+        # filters are perturbed, the kernel computes it too and its full-resolution output is never written
+        # (convolution node -> GroupNorm node)
         self.conv_fused: dict[torch.fx.Node, torch.fx.Node] = {
             n: gn for gn in self.fused for n in gn.all_input_nodes
             if n.op == "call_module" and type(self.modules[n.target]) is nn.Conv2d and len(n.users) == 1
