@@ -171,3 +171,39 @@ def test_real_vader_counts():
     counts = np.bincount(np.concatenate([train.groups.numpy(), test.groups.numpy()]))
     assert counts.tolist() == [10_072, 3_432, 2_970, 2_985]
     assert 0.4 < float(train.y.float().mean()) < 0.6
+
+
+def test_head_only_text_run_resumes_bit_exactly_from_a_subset_checkpoint(fake, monkeypatch, tmp_path):
+    """A head-only bert_tiny run checkpoints the head (+ EMA, optimizer, frozen fingerprint), not the encoder, and
+    resuming it gives the uninterrupted run's weights and metrics exactly (evaluation through the head cache)."""
+    import json
+
+    from baffle.records import checkpoint
+    from baffle.records.metrics import read_metrics
+    from baffle.sim.loop import CHECKPOINT_NAME, Simulation
+    from baffle.testing.crash import interrupted_run
+
+    sdist, tok = fake
+    real = text.load_text_dataset
+    monkeypatch.setattr(text, "load_text_dataset", lambda *a, **k: real(*a, **{**k, "tokenizer": tok}))
+
+    def config(rounds: int) -> Config:
+        cfg = Config()
+        cfg.apply_overrides([f"data.root={sdist}", "data.name=vader", "model.name=bert_tiny", "data.partition=domain",
+                             "data.num_clients=4", f"run.rounds={rounds}", "run.eval_every=1", "run.checkpoint_every=2",
+                             "run.threads=1", "estimator.K=4", "estimator.engine=loop", "federation.batch_size=4",
+                             'model.trainable=["classifier.*"]'])
+        return cfg.validate()
+
+    whole = Simulation(config(4), tmp_path / "whole", progress=False)
+    whole.run()
+    state = checkpoint.load(tmp_path / "whole" / CHECKPOINT_NAME)["server"]
+    assert set(state["model"]) == {"classifier.weight", "classifier.bias"} and len(state["frozen_sha256"]) == 64
+    interrupted_run(config(4), tmp_path / "split", at_round=3)  # Ctrl-C in round 4: the round-2 checkpoint stays
+    resumed = Simulation(config(4), tmp_path / "split", progress=False)
+    assert resumed.resume_or_start() and resumed.start_round == 2
+    resumed.run()
+    for a, b in zip(whole.fed.strategy.model.state_dict().values(), resumed.fed.strategy.model.state_dict().values()):
+        assert torch.equal(a, b)
+    strip = lambda rows: [json.dumps({k: v for k, v in r.items() if k not in ("wall_s", "sim_wait_s")}) for r in rows]
+    assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "split"))

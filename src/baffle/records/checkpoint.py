@@ -385,7 +385,14 @@ def _state_dict_or_error(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights for ``model.init``: a safetensors file, a baffle checkpoint (its EMA weights if any, else the
     model) or a plain ``torch.save(state_dict)`` file (read with ``weights_only=True``). Anything else is
-    refused with a CheckpointError naming the file; nothing in any of them can run code."""
+    refused with a CheckpointError naming the file; nothing in any of them can run code (:func:`load_init_weights`)."""
+    return load_init_weights(path)[0]
+
+
+def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bytes | None]:
+    """:func:`load_model_weights` and, for a checkpoint that stores only a trainable subset, the SHA-256 of the
+    frozen rest it was trained on (``plan_state.frozen_sha256``; None for whole-model files): the caller loads
+    the subset into a freshly built model only if that model's frozen part has this fingerprint."""
     path = Path(path)
     data = _read(path)
     head = data[:8]
@@ -399,7 +406,16 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if not isinstance(server, dict) or "model" not in server:
             raise CheckpointError(f"{path} is a baffle checkpoint without server weights")
         ema = server.get("ema")
-        return _state_dict_or_error(ema.get("shadow") if isinstance(ema, dict) else server["model"], path)
+        if isinstance(ema, dict):  # the EMA shadow is always the whole state
+            return _state_dict_or_error(ema.get("shadow"), path), None
+        weights = _state_dict_or_error(server["model"], path)
+        frozen = server.get("frozen_sha256")
+        if frozen is None:
+            return weights, None
+        digest = bytes.fromhex(frozen) if isinstance(frozen, str) and len(frozen) == 64 and set(frozen) <= set("0123456789abcdef") else b""
+        if len(digest) != 32:
+            raise CheckpointError(f"{path} has a malformed frozen_sha256 (64 hex digits expected)")
+        return weights, digest
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip format, or its legacy pickle format
         import io
         import warnings
@@ -413,12 +429,12 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path} is not a plain torch state_dict that loads with weights_only=True ({_one_line(first)})"
             ) from None
-        return _state_dict_or_error(obj, path)
+        return _state_dict_or_error(obj, path), None
     if len(data) >= 9 and data[8:9] == b"{":
         header = _safetensors_header(data, str(path))
         if isinstance(header.get("__metadata__"), dict) and header["__metadata__"].get("format") == "baffle.checkpoint":
             raise CheckpointError(f"{path} is a bare baffle checkpoint payload without its integrity header; refusing it")
-        return _state_dict_or_error(_safetensors_tensors(data, str(path)), path)
+        return _state_dict_or_error(_safetensors_tensors(data, str(path)), path), None
     raise CheckpointError(
         f"{path} is not a weights file baffle can read (expected safetensors, a baffle checkpoint or a torch state_dict)"
     )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baffle import estimator
+from baffle import estimator, plan_state
 from baffle.records import checkpoint
 from baffle.client import Client, load_weights
 from baffle.config import Config
@@ -91,12 +91,30 @@ def build_model_for(cfg: Config, data: Dataset) -> torch.nn.Module:
         norm=m.norm,
     )
     if m.init:
-        load_weights(model, checkpoint.load_model_weights(m.init))
+        weights, frozen = checkpoint.load_init_weights(m.init)
+        if frozen is None:
+            load_weights(model, weights)
+        else:  # a checkpoint of a trainable-subset run: its subset on top of the frozen part it was trained on
+            load_subset_weights(model, weights, frozen, m.init)
     if m.adapter != "none":  # after the pretrained weights: W_eff = W + B @ A starts equal to W
         from baffle.adapters import add_adapters
 
         add_adapters(model, m.adapter, m.lora_rank, seed=cfg.run.seed)
     return model
+
+
+def load_subset_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], frozen: bytes, path: str) -> None:
+    """Load a subset checkpoint's tensors into a freshly built model whose frozen rest (everything the checkpoint
+    lacks) has the checkpoint's fingerprint ``frozen`` (``plan_state.frozen_sha256``); refuse anything else."""
+    own = model.state_dict()
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise checkpoint.CheckpointError(f"model.init {path} holds tensor {unknown[0]!r}, which this model lacks")
+    names = tuple(k for k in own if k in weights)
+    if plan_state.frozen_sha256(model, names) != frozen:
+        raise checkpoint.CheckpointError(f"model.init {path} stores only trained tensors, and the frozen rest it was "
+                                         "trained on differs from this model's (SHA-256 mismatch): same model.name?")
+    plan_state.load_plan_state(model, weights, names, check_fingerprint=False)
 
 
 def client_partitions(cfg: Config, train: Dataset) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from baffle.client import load_weights
 from baffle.config import Config
 from baffle.records.metrics import (Counters, append_metrics, make_summary, metrics_row, privacy_metrics,
                                     read_metrics, truncate_metrics)
-from baffle.sim.evaluate import evaluate, probe_loss
+from baffle.sim.evaluate import HeadCache, evaluate, probe_loss
 from baffle.sim.factory import build
 from baffle.sim.rounds import RoundRunner
 from baffle.sim.sampling import sample_clients
@@ -31,6 +31,8 @@ class Simulation:
         self.fed = build(cfg)
         self.runner = RoundRunner(self.fed)
         self.start_round = 0
+        # a head-only text run evaluates its frozen encoder's outputs once (exact: sim.evaluate.HeadCache)
+        self.head_cache = HeadCache(self.fed.strategy.state_names)
 
     # ---- persistence --------------------------------------------------------------------------
     def checkpoint_state(self, round_done: int) -> dict:
@@ -88,8 +90,8 @@ class Simulation:
     def evaluate(self, rounds_done: int) -> dict:
         fed = self.fed
         load_weights(fed.eval_model, fed.strategy.eval_weights())
-        test = evaluate(fed.eval_model, fed.test)
-        train_loss = probe_loss(fed.eval_model, fed.train_probe)
+        test = evaluate(fed.eval_model, fed.test, cache=self.head_cache)
+        train_loss = probe_loss(fed.eval_model, fed.train_probe, cache=self.head_cache)
         costs = self.runner.method.per_round_costs(self.cfg, fed.strategy.n, fed.strategy.plan_tensor_nbytes())
         lr = fed.strategy.optimizer.param_groups[0]["lr"]
         return metrics_row(rounds_done, test, train_loss, costs, fed.counters, lr, self.runner.last,
