@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baffle.engine.allocator import retain_freed_memory
 from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
 from baffle.engine.batched.kernels import Unsupported, lift
 from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
@@ -110,6 +111,7 @@ class BatchedEngine(Engine):
         if max_chunk < 1:
             raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
         self.budget = Budget(max_memory_mb, max_chunk, cache_bytes)
+        retain_freed_memory()  # its calls free and reallocate the same tensors: keep the pages (engine/allocator.py)
         self._programs: weakref.WeakKeyDictionary[nn.Module, Program | str] = weakref.WeakKeyDictionary()
         self.workers = 1  # threads evaluating chunks at once (engine.threads.chunk_workers sets it per run)
         self._pool: ThreadPoolExecutor | None = None
