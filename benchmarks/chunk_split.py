@@ -1,13 +1,14 @@
 """How the batched engine splits a call's perturbed members into chunks: equal chunks against "full chunks
 and a remainder", on the default job's fused client call, with one and with two chunk workers.
 
-    .venv/bin/python benchmarks/chunk_split.py [--calls 40] [--out benchmarks/results/chunk_split.json]
+    .venv/bin/python benchmarks/chunk_split.py [--calls 40] [--most 4] [--out benchmarks/results/chunk_split.json]
 
 Why: the default job's 21 members (K=20 forward differences) at most 4 per chunk used to run as 4+4+4+4+4+1; with two
 chunk workers (the automatic thread policy on a 2-core machine) the last chunk decides when the call ends, and a
 one-member chunk pays every per-call cost for a sixth of the work. ``chunk_spans`` now splits 4+4+4+3+3+3. Both rules
 are timed in ONE process, alternated call by call (medians after 5 warm-up calls), and the losses of both are hashed:
-the split must not change a value. Writes benchmarks/results/chunk_split.json.
+the split must not change a value. ``--most`` caps the members per chunk (default 4, the planner's choice for this job
+until 2026-12-05; today's planner gives 11 + 10, where the two rules agree). Writes benchmarks/results/chunk_split.json.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # ceiling.py: the default job's fused call
 
 import baffle.engine.batched.engine as batched  # noqa: E402
+from baffle.engine.batched.planner import Budget  # noqa: E402
 from baffle.records.results import results_dir, write_json  # noqa: E402
 from ceiling import default_config, fused_client_call  # noqa: E402
 
@@ -45,16 +47,21 @@ def remainder_spans(total: int, most: int, unit: int = 1) -> list[tuple[int, int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--most", type=int, default=4, help="members per chunk at most (default 4: what the planner chose "
+                    "for this job until 2026-12-05; since then it gives 11 + 10, where the two rules agree)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     if args.calls < 1:
         ap.error(f"--calls must be >= 1, got {args.calls}")
+    if args.most < 1:
+        ap.error(f"--most must be >= 1, got {args.most}")
     torch.set_num_threads(1)
     cfg = default_config([])
     _, key, _, call = fused_client_call(cfg)
     engine = key.engine
     if not isinstance(engine, batched.BatchedEngine):
         raise SystemExit(f"the default job's engine is {type(engine).__name__}, not the batched engine this measures")
+    engine.budget = Budget(engine.budget.max_memory_mb, args.most, engine.budget.cache_bytes)
     rules = {"equal (chunk_spans)": batched.chunk_spans, "remainder": remainder_spans}
     rows = []
     try:
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
               f"losses {'identical' if eq['losses_sha256'] == rem['losses_sha256'] else 'DIFFERENT'}")
     write_json(args.out, {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average": os.getloadavg(),
                      "job": "default Config(): lenet_small mnist 14x14, K=20, batch 32, 10 clients fused",
-                     "calls": args.calls, "rows": rows})
+                     "calls": args.calls, "most_per_chunk": args.most, "rows": rows})
     print(f"wrote {args.out}")
     return 0
 
