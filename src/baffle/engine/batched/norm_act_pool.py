@@ -96,8 +96,8 @@ def conv_gn_act_pool2(cols: torch.Tensor, H: int, W: int, members: int, weight: 
     values of a row are read, so rows may be padded: to a multiple of 8 values (``kernels.shared_im2col(aligned=True)``)
     is the fast layout. ``weight``: (members, C1, K) or (members*C1, K) filters; ``conv_bias``: members*C1 values or
     None; ``groups`` over the members*C1 channels, a whole number per member. Returns (N, members*C1, H//2, W//2).
-    Each output is summed in a fixed
-    order of fused multiply-adds, so a member's values do not depend on the other members of the call."""
+    Each output is summed in a fixed order of fused multiply-adds, so a member's values do not depend on the other
+    members of the call."""
     if _lib is None:
         raise RuntimeError(f"the fused kernel is not available: {_why}")
     N, K, ldc = cols.shape
