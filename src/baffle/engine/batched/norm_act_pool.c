@@ -2,7 +2,9 @@
  * per-member layout (N, C, H, W), C = members x channels). The three torch ops it replaces stream the
  * tensor from memory five times (norm out, activation in place, row maxima, column maxima); here each
  * (sample, group) block is read from memory for its statistics, then normalised, activated and pooled while
- * it sits in L1/L2, and only the pooled quarter is written. Built by `pip install -e .` (setup.py, optional:
+ * it sits in L1/L2, and only the pooled quarter is written. baffle_conv_gn_act_pool2 computes the first layer's
+ * convolution inside the same pass (see its section below), so that layer's output is never written at all.
+ * Built by `pip install -e .` (setup.py, optional:
  * without a C compiler the engine runs the torch ops) and called through ctypes from norm_act_pool.py, which
  * releases the GIL, so chunk workers run it on real threads.
  *
