@@ -119,13 +119,18 @@ def test_ceil_mode_pool_is_not_fused_and_keeps_its_border():
     torch.manual_seed(0)
     model = CeilPool()
     assert Program(model).fused == {}
-    params = estimator.select_parameters(model)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(4, 1, 7, 7, generator=g), torch.randint(0, 3, (4,), generator=g)
-    seeds = noise.round_seeds(0, 0, 3)
-    got = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
-    ref = LoopEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
+    got, ref = batched_and_loop(model, estimator.select_parameters(model), (4, 1, 7, 7), 3)
     assert abs(got - ref).max() <= 1e-3 * abs(ref).max() + 1e-6
+
+
+def batched_and_loop(model, params, shape, K):
+    """The batched engine's and the reference loop's K loss differences on one seeded random batch of ``shape``
+    (3 classes)."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(shape, generator=g), torch.randint(0, 3, (shape[0],), generator=g)
+    seeds = noise.round_seeds(0, 0, K)
+    got = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
+    return got, LoopEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
 
 
 # ---- the shared-input convolution fused in front of the chain ----------------------------------------------------
@@ -211,10 +216,5 @@ def test_engine_with_the_conv_chain_matches_the_loop(trainable):
     """With the first convolution trained (fused) and frozen (its output shared: not fused), against the loop."""
     torch.manual_seed(0)
     model = ConvOfConv()
-    params = estimator.select_parameters(model, trainable)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(12, 1, 8, 8, generator=g), torch.randint(0, 3, (12,), generator=g)
-    seeds = noise.round_seeds(0, 0, 5)
-    got = BatchedEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
-    ref = LoopEngine()(model, params, x, y, seeds, 1e-3, "forward", noise="v2-gauss")
+    got, ref = batched_and_loop(model, estimator.select_parameters(model, trainable), (12, 1, 8, 8), 5)
     assert abs(got - ref).max() <= 1e-3 * abs(ref).max() + 1e-6

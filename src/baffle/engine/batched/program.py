@@ -164,18 +164,23 @@ class Program:
         v = self._arg(n, env)
         if not v.batched or not nap.covers(v.t):
             return None
-        m = self.modules[n.target]
-        w, _ = stacked(m.weight, P, weights)  # (P, C): member-major, as the (B, P*C, H, W) layout
-        b, _ = stacked(m.bias, P, weights)
-        act = nap.ACTIVATIONS[type(self.modules[self.fused[n][0].target])]
+        m, w, b, act = self._chain_norm(n, P, weights)
         return Value(nap.gn_act_pool2(v.t, m.num_groups * P, w, b, m.eps, act), True)
+
+    def _chain_norm(self, gn: torch.fx.Node, P: int, weights: dict) -> tuple[nn.GroupNorm, Any, Any, int]:
+        """(GroupNorm module, its (P, C) affine weight and bias or None, the chain's activation code) for the fused
+        chain starting at node ``gn``: member-major, as the (B, P*C, H, W) layout."""
+        m = self.modules[gn.target]
+        w, _ = stacked(m.weight, P, weights)
+        b, _ = stacked(m.bias, P, weights)
+        return m, w, b, nap.ACTIVATIONS[type(self.modules[self.fused[gn][0].target])]
 
     def _conv_norm_act_pool(self, n: torch.fx.Node, env: dict, P: int, weights: dict, cols_cache: dict | None) -> Value | None:
         """Convolution node ``n`` and the GroupNorm -> activation -> pool chain reading it in one compiled pass, or
         None where that does not apply (the input differs per member, the filters are shared, the im2col path
         does not take the convolution, or the kernel does not cover the tensor): then the convolution runs alone."""
         v = self._arg(n, env)
-        m, gn = self.modules[n.target], self.modules[self.conv_fused[n].target]
+        m = self.modules[n.target]
         w, w_pert = stacked(m.weight, P, weights)
         b, b_pert = stacked(m.bias, P, weights)
         if v.batched or not (w_pert or b_pert) or m.padding_mode != "zeros" or not im2col_fits(m, v.t) or not nap.covers(v.t):
@@ -183,9 +188,7 @@ class Program:
         cols, Ho, Wo = shared_im2col(m, v.t, cols_cache, aligned=True)
         if Ho < 2 or Wo < 2:
             return None
-        gw, _ = stacked(gn.weight, P, weights)
-        gb, _ = stacked(gn.bias, P, weights)
-        act = nap.ACTIVATIONS[type(self.modules[self.fused[self.conv_fused[n]][0].target])]
+        gn, gw, gb, act = self._chain_norm(self.conv_fused[n], P, weights)
         out = nap.conv_gn_act_pool2(cols, Ho, Wo, P, w, b, gn.num_groups * P, gw, gb, gn.eps, act)
         return Value(out, True)
 
