@@ -37,6 +37,18 @@ def result(rc: dict) -> dict:
     return json.loads((Path(rc["result-dir"]) / "result.json").read_text())
 
 
+def in_process(rc: dict) -> tuple[dict, str]:
+    """The same run as ``baffle run`` in this process (the in-memory federation's 3 nodes as 3 clients): its
+    summary and the hex SHA-256 of its final global weights, which every Flower transport must reproduce."""
+    from baffle.sim.loop import Simulation
+
+    cfg, _ = parse_run_config(rc)
+    cfg.data.num_clients = 3
+    sim = Simulation(cfg, None, progress=False)
+    summary = sim.run()
+    return summary, server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+
+
 def test_pyproject_app_config_is_generated_from_config_defaults():
     """pyproject's [tool.flwr.app.config] is exactly the derived table (scripts/flower_app_config.py writes it)."""
     derived = to_run_config()
@@ -77,8 +89,6 @@ def test_bad_app_config_is_a_clear_error(bad, match):
 
 
 def test_flower_weights_and_replay_match_inprocess_bit_for_bit(tmp_path):
-    from baffle.sim.loop import Simulation
-
     rc_w = tiny(tmp_path, "w", transport="weights")
     rc_r = tiny(tmp_path, "r", transport="replay")
     rc_a = tiny(tmp_path, "a")  # the default, auto: replay here (every node is sampled every round)
@@ -87,11 +97,7 @@ def test_flower_weights_and_replay_match_inprocess_bit_for_bit(tmp_path):
     w, r, auto = result(rc_w), result(rc_r), result(rc_a)
     assert auto["transport"] == "auto" and auto["weights_sha256"] == r["weights_sha256"]
     assert auto["down_bytes_per_msg"] == r["down_bytes_per_msg"]
-    cfg, _ = parse_run_config(rc_w)
-    cfg.data.num_clients = 3
-    sim = Simulation(cfg, None, progress=False)
-    summary = sim.run()
-    inproc = server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+    summary, inproc = in_process(rc_w)
     assert w["rounds_done"] == r["rounds_done"] == 3 and w["failures"] == r["failures"] == 0
     assert w["weights_sha256"] == inproc, "Flower run diverged from the in-process engine"
     assert r["weights_sha256"] == inproc, "replayed replicas diverged from the server"
@@ -105,8 +111,6 @@ def test_multistep_on_flower_matches_inprocess_and_lagging_replicas_catch_up(tmp
     """run-method=baffle_multistep: each node takes S local steps and uploads S x K scalars; the server steps on
     the mean trajectory. With 2 of 3 nodes sampled per round, replay-transport nodes that missed rounds catch
     up from the aggregated S x K vectors alone; every transport ends on `baffle run`'s weights, bit for bit."""
-    from baffle.sim.loop import Simulation
-
     S, K = 3, 8
     sched = {"num-server-rounds": 4, "run-eval-every": 4, "fraction-train": 2, "run-method": "baffle_multistep",
              "federation-local-steps": S, "federation-local-lr": 0.01}
@@ -114,11 +118,7 @@ def test_multistep_on_flower_matches_inprocess_and_lagging_replicas_catch_up(tmp
     for rc in rcs.values():
         run_inmemory(rc, 3)
     res = {t: result(rc) for t, rc in rcs.items()}
-    cfg, _ = parse_run_config(rcs["weights"])
-    cfg.data.num_clients = 3
-    sim = Simulation(cfg, None, progress=False)
-    summary = sim.run()
-    inproc = server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+    summary, inproc = in_process(rcs["weights"])
     for t, r in res.items():
         assert r["failures"] == 0 and r["rounds_done"] == 4, t
         assert r["weights_sha256"] == inproc, f"{t}: Flower multistep diverged from baffle run"
@@ -133,19 +133,14 @@ def test_multistep_on_flower_matches_inprocess_and_lagging_replicas_catch_up(tmp
 def test_multistep_with_a_robust_aggregator_and_local_dp_on_flower_matches_inprocess(tmp_path):
     """The nodes privatize their whole S x K vector and the server takes the coordinate-wise median of them, as the
     simulator does: the Flower run ends on `baffle run`'s weights, bit for bit."""
-    from baffle.sim.loop import Simulation
-
     sched = {"num-server-rounds": 3, "run-eval-every": 3, "run-method": "baffle_multistep", "federation-local-steps": 2,
              "federation-aggregator": "median", "privacy-mode": "local", "privacy-clip": 0.05}
     rc = tiny(tmp_path, "msdp", transport="weights", **sched)
     run_inmemory(rc, 3)
     res = result(rc)
-    cfg, _ = parse_run_config(rc)
-    cfg.data.num_clients = 3
-    sim = Simulation(cfg, None, progress=False)
-    sim.run()
+    _, inproc = in_process(rc)
     assert res["failures"] == 0 and res["rounds_done"] == 3
-    assert res["weights_sha256"] == server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+    assert res["weights_sha256"] == inproc
 
 
 def test_auto_transport_sends_the_server_state_to_nodes_far_behind(tmp_path, monkeypatch):
@@ -215,7 +210,6 @@ def test_a_subset_run_ships_only_the_trainable_tensors_and_matches_inprocess(tmp
     state plans hash only those (plus the fingerprint), node replicas keep only them, and every transport still
     ends on `baffle run`'s weights, bit for bit."""
     from baffle.flower.node import STATE
-    from baffle.sim.loop import Simulation
 
     payloads = []
     real = server_core.ServerCore.plan_payload
@@ -233,11 +227,7 @@ def test_a_subset_run_ships_only_the_trainable_tensors_and_matches_inprocess(tmp
     for p in weights_plans:
         assert sorted(k for k in p.arrays if k != "seeds") == ["w/classifier.bias", "w/classifier.weight"]
         assert len(p.config["frozen-sha256"]) == 32
-    cfg, _ = parse_run_config(rcs["weights"])
-    cfg.data.num_clients = 3
-    sim = Simulation(cfg, None, progress=False)
-    summary = sim.run()
-    inproc = server_core.weights_digest(sim.fed.strategy.model.state_dict()).hex()
+    summary, inproc = in_process(rcs["weights"])
     for t, rc in rcs.items():
         assert result(rc)["failures"] == 0 and result(rc)["weights_sha256"] == inproc, t
     # the cost model: 16-byte header, K seeds, the 650 head parameters, the fingerprint (as baffle run counts)
