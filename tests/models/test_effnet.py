@@ -256,10 +256,22 @@ def test_finetune_vision_quick_smoke(tmp_path, monkeypatch):
     assert set(res["client_kinds"]) == set(fv.CLIENT_KINDS)  # the same head with torch, ONNX float and int8 clients
     assert all(r["upload_bytes_per_client_per_round"] == 16 + 4 * 4 for r in res["client_kinds"].values())
     assert "## Inference-only clients on the pretrained network" in md
-    # the head's rate chosen on a validation split: each method at each rate, scored on validation and held-out test
-    assert set(res["lr_validation"]) == {f"{m}/{lr}" for m in ("baffle", "fedsgd") for lr in ("0.003", "0.03")}
-    assert all(0.0 <= r["held_out_acc"] <= 1.0 for r in res["lr_validation"].values())
-    assert "## Head: server learning rate chosen on a validation split" in md and "At the rates validation chose" in md
+    # the head's configuration chosen on a validation split: the grid at the first seed, the choices at the second
+    val = res["lr_validation"]
+    grid = {f"{m}/{lr}" for m in ("baffle", "fedsgd") for lr in ("0.003", "0.03")} | {"baffle/K6/0.003"}
+    assert grid <= set(val) and all(val[n]["run_seed"] == 0 for n in grid)
+    assert val["baffle/K6/0.003"]["K"] == 6 and val["baffle/0.003"]["K"] == 4 and val["fedsgd/0.003"]["K"] is None
+    chosen = fv.chosen_configs(fv.parse_args(argv), val)
+    assert set(chosen) == {"baffle", "fedsgd"}
+    best = max(val[n]["final_test_acc"] for n in grid if n.startswith("fedsgd"))
+    assert val[f"fedsgd/{chosen['fedsgd'][1]:g}"]["final_test_acc"] == best  # chosen on validation accuracy
+    reruns = set(val) - grid
+    assert len(reruns) == 2 and all(n.endswith("/seed1") and val[n]["run_seed"] == 1 for n in reruns)
+    assert all(0.0 <= r["held_out_acc"] <= 1.0 for r in val.values())
+    assert "## Head: configuration chosen on a validation split, then 2 seeds" in md
+    assert "mean test accuracy over 2 seed(s)" in md
+    with pytest.raises(SystemExit):
+        fv.parse_args(["--validation-grid", "fedsgd:K3=0.1"])  # backprop has no directions to choose
     fit, val = fv.fit_validation_split(80, 0)
     assert len(val) == 16 and not set(fit) & set(val) and len(fit) + len(val) == 80
     before = (tmp_path / "out" / "finetune_vision.json").read_text()
