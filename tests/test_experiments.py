@@ -23,7 +23,7 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 4), ("lr_sweep", 4), ("cifar10_wrn", 2), ("text_subsets", 9),
+@pytest.mark.parametrize("name, n_runs", [("main_table", 24), ("k_sweep", 10), ("ablations", 5), ("beyond_paper", 11), ("finetune", 6), ("goals", 4), ("lr_sweep", 4), ("cifar10_wrn", 2), ("text_subsets", 14),
                                           ("text_subsets_dirichlet", 7)])
 def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
     extra = []
@@ -48,6 +48,11 @@ def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
         for fo in (n for n in cfgs if n.startswith("fo_")):
             twin = dict(cfgs["bp_" + fo[3:]], run=dict(cfgs["bp_" + fo[3:]]["run"], method="baffle"))
             assert twin == cfgs[fo], fo
+        for fa in (n for n in cfgs if n.startswith("fa_")):  # FedAvg twins: same subset, data and minibatches
+            a, b = cfgs[fa], cfgs["bp_" + fa[3:]]
+            assert (a["run"]["method"], a["model"], a["data"]) == ("fedavg", b["model"], b["data"]), fa
+            assert a["run"]["rounds"] * a["federation"]["local_steps"] == b["run"]["rounds"], fa
+            assert a["federation"]["batch_size"] == b["federation"]["batch_size"], fa
     if name == "text_subsets_dirichlet":  # the domain sweep's runs on another federation, nothing else changed
         domain = load_sweep(EXP / "text_subsets.toml", out=tmp_path / "out2", extra=extra)
         other = {s.name: make_config(s, extra).to_dict() for s in domain.runs}
