@@ -43,8 +43,11 @@ class BPClient(Client):
         with torch.enable_grad():
             for _ in range(steps):
                 x, y = self._device_batch(params[0].device)
-                opt.zero_grad(set_to_none=True)
-                self.loss_fn(self.model(x), y).backward()
+                # gradients of the trained tensors only: backward() would also fill those of every frozen
+                # parameter (a head-only MiniLM step backpropagated through all 22.7M weights for nothing)
+                grads = torch.autograd.grad(self.loss_fn(self.model(x), y), params)
+                for p, g in zip(params, grads):
+                    p.grad = g
                 opt.step()
         out = plan_state.plan_state(self.model, self.plan_names())
         return WeightsUpload(self.client_id, round_idx, out, self.num_samples)

@@ -134,17 +134,25 @@ def check_plan_state(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]
             raise MessageError(f"plan tensor {k!r} has dtype {src.dtype}, this client's model has {dst.dtype}")
 
 
-def check_frozen(model: torch.nn.Module, names: Sequence[str], expected: bytes | None) -> None:
-    """Refuse to train when the server's fingerprint of the frozen part differs from this model's (or when only
-    one side has a frozen part). ``expected`` None and no frozen part here: nothing to check."""
+def frozen_mismatch(model: torch.nn.Module, names: Sequence[str], expected: bytes | None) -> str | None:
+    """Why ``model``'s frozen part (everything but ``names``) is not the one ``expected`` fingerprints, worded to
+    follow what carried the fingerprint ("plan ...", "checkpoint ..."); None when it is (``expected`` None: no
+    frozen part expected). The one rule for plans, checkpoints and ``model.init`` files."""
     own = frozen_sha256(model, names)
-    if expected is None and own is None:
-        return
     if expected is None:
-        raise MessageError("plan carries no fingerprint of the frozen weights, but this client's model has a frozen part")
+        return None if own is None else "carries no fingerprint of the frozen weights, but this model has a frozen part"
+    if own is None:
+        return "was made for a model with a frozen part, but this run trains every tensor (model.trainable differs)"
     if own != bytes(expected):
-        raise MessageError("frozen weights differ from the server's (SHA-256 mismatch): same model.init / pretrained "
-                           "package and model.trainable on both sides?")
+        return ("was made for other frozen weights than this model's (SHA-256 mismatch): same model.name, model.init, "
+                "pretrained package and model.trainable on both sides?")
+    return None
+
+
+def check_frozen(model: torch.nn.Module, names: Sequence[str], expected: bytes | None) -> None:
+    """Refuse to train on a plan whose fingerprint of the frozen part is not this model's (:func:`frozen_mismatch`)."""
+    if (why := frozen_mismatch(model, names, expected)) is not None:
+        raise MessageError(f"plan {why}")
 
 
 def load_plan_state(

@@ -207,3 +207,46 @@ def test_head_only_text_run_resumes_bit_exactly_from_a_subset_checkpoint(fake, m
         assert torch.equal(a, b)
     strip = lambda rows: [json.dumps({k: v for k, v in r.items() if k not in ("wall_s", "sim_wait_s")}) for r in rows]
     assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "split"))
+
+
+def test_head_only_text_run_on_flower_matches_baffle_run_and_evaluates_the_encoder_once(fake, monkeypatch, tmp_path):
+    """The Flower server evaluates a frozen-encoder text run through the head cache, as `baffle run` does: the
+    encoder runs once per evaluated data set (not at every evaluation) and every metrics row equals the
+    in-process run's."""
+    pytest.importorskip("flwr")
+    import json
+    import tomllib
+    from pathlib import Path
+
+    from baffle.flower.config import parse_run_config
+    from baffle.flower.inmemory import run_inmemory
+    from baffle.records.metrics import read_metrics
+    from baffle.sim.evaluate import HeadCache
+    from baffle.sim.loop import Simulation
+
+    sdist, tok = fake
+    real = text.load_text_dataset
+    monkeypatch.setattr(text, "load_text_dataset", lambda *a, **k: real(*a, **{**k, "tokenizer": tok}))
+    computed = []  # one flag per call: True when the encoder ran (a miss), False when the cache answered
+    features = HeadCache.features
+
+    def counting(self, model, data, batches):
+        before = [e[2] for e in self._entries]
+        out = features(self, model, data, batches)
+        computed.append(not any(out is f for f in before))
+        return out
+
+    monkeypatch.setattr(HeadCache, "features", counting)
+    app = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    rc = {**app, "num-server-rounds": 4, "run-eval-every": 1, "run-threads": 1, "data-name": "vader", "data-root": str(sdist),
+          "model-name": "bert_tiny", "estimator-k": 4, "estimator-engine": "loop",
+          "federation-batch-size": 4, "model-trainable": "classifier.*", "result-dir": str(tmp_path / "flower")}
+    run_inmemory(rc, 3)
+    flower_rows = read_metrics(tmp_path / "flower")
+    assert len(flower_rows) == 4 and computed.count(True) == 2 and len(computed) == 8  # 2 data sets x 4 evaluations
+    cfg, _ = parse_run_config(rc)
+    cfg.data.num_clients = 3
+    Simulation(cfg, tmp_path / "sim", progress=False).run()
+    keep = ("round", "test_acc", "test_loss", "train_loss", "total_forward_passes", "download_bytes_per_client")
+    strip = lambda rows: [json.dumps({k: r[k] for k in keep}) for r in rows]  # noqa: E731
+    assert strip(flower_rows) == strip(read_metrics(tmp_path / "sim"))

@@ -249,7 +249,7 @@ def test_a_node_whose_frozen_weights_differ_refuses_the_plan(tmp_path, monkeypat
         run_inmemory(rc, 2)
     res = result(rc)
     assert res["failures"] == 4 and res["skipped_rounds"] == 2
-    assert "frozen weights differ from the server's" in caplog.text
+    assert "plan was made for other frozen weights" in caplog.text
 
 
 def test_round_survives_a_node_that_raises(tmp_path):

@@ -48,7 +48,7 @@ from baffle.records.metrics import (Counters, append_metrics, make_summary, metr
                                     truncate_metrics)
 from baffle.server.ingest import RoundResult, ingest_aggregate, ingest_uploads
 from baffle.server.strategy import ServerStrategy
-from baffle.sim.evaluate import evaluate, probe_loss
+from baffle.sim.evaluate import HeadCache, evaluate, probe_loss
 from baffle.engine import engine_for
 from baffle.pruning import magnitude_mask as initial_mask
 from baffle.sim.factory import attach_trust, build_model_for, load_data, train_probe
@@ -111,6 +111,8 @@ class ServerCore:
         # the train_loss metric scores the training samples `baffle run` scores (the server loads the data set
         # for its model and fltrust anyway); data-eval-train-samples = 0 turns it off, as in a real federation
         self.train_probe = train_probe(self.cfg, train)
+        # a head-only text run evaluates its frozen encoder's outputs once, as `baffle run` does (exact)
+        self.head_cache = HeadCache(self.strategy.state_names)
         self.t0 = time.perf_counter()
         self.counters = Counters()
         self.plan_bytes = download_bytes(self.cfg, self.strategy.plan_nbytes())  # per plan, as baffle run counts
@@ -273,9 +275,12 @@ class ServerCore:
         whose frozen rest the node built itself; and the optimizer, as the node replica holds it: no EMA, no
         trust scores) as a ``torch.save`` byte array the node reads with ``weights_only=True``; once per round."""
         if self._state is None or self._state[0] != round_idx:
-            state = self.strategy.state_dict()
-            model = {k: state["model"][k] for k in self.strategy.plan_names}
-            state = {"model": model, "optimizer": state["optimizer"], "ema": None}
+            # the optimizer serialized as it lives (nothing changes it while torch.save runs: the deep copy
+            # ``strategy.state_dict`` makes for a checkpoint is not needed); the plan's tensors cloned, so that
+            # torch.save writes their own bytes and never a larger storage they might view
+            own = self.strategy.model.state_dict()
+            model = {k: own[k].clone() for k in self.strategy.plan_names}
+            state = {"model": model, "optimizer": self.strategy.optimizer.state_dict(), "ema": None}
             buf = io.BytesIO()
             torch.save(state, buf)
             self._state = (round_idx, np.frombuffer(buf.getvalue(), dtype=np.uint8))
@@ -381,8 +386,8 @@ class ServerCore:
 
     def _evaluate(self, rounds_done: int) -> dict:
         load_weights(self.eval_model, self.strategy.eval_weights())
-        test = evaluate(self.eval_model, self.test)
-        train_loss = probe_loss(self.eval_model, self.train_probe)
+        test = evaluate(self.eval_model, self.test, cache=self.head_cache)
+        train_loss = probe_loss(self.eval_model, self.train_probe, cache=self.head_cache)
         t, c = self.traffic, self.counters
         c.wall_s = self.wall0 + time.perf_counter() - self.t0
         costs = per_round_costs(self.cfg, self.strategy.n, self.strategy.plan_tensor_nbytes())

@@ -405,13 +405,14 @@ def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bytes 
         server = state.get("server")
         if not isinstance(server, dict) or "model" not in server:
             raise CheckpointError(f"{path} is a baffle checkpoint without server weights")
-        ema = server.get("ema")
-        if isinstance(ema, dict):  # the EMA shadow is always the whole state
-            return _state_dict_or_error(ema.get("shadow"), path), None
-        weights = _state_dict_or_error(server["model"], path)
+        model = _state_dict_or_error(server["model"], path)
+        ema = server.get("ema")  # the EMA shadow when there is one (the evaluated weights), else the model
+        weights = _state_dict_or_error(ema.get("shadow"), path) if isinstance(ema, dict) else model
         frozen = server.get("frozen_sha256")
         if frozen is None:
             return weights, None
+        # the trained subset (a shadow written before it was kept as one holds the frozen rest too, an ulp off)
+        weights = {k: v for k, v in weights.items() if k in model}
         digest = bytes.fromhex(frozen) if isinstance(frozen, str) and len(frozen) == 64 and set(frozen) <= set("0123456789abcdef") else b""
         if len(digest) != 32:
             raise CheckpointError(f"{path} has a malformed frozen_sha256 (64 hex digits expected)")

@@ -18,11 +18,16 @@ class EMA:
     (1-based) uses ``min(decay, (1 + n) / (10 + n))``, so early updates follow the weights closely
     (0.18 at n=1, 0.70 at n=20) instead of leaving the average near the initial weights."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False):
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False, names: Iterable[str] | None = None):
         self.decay = decay
         self.warmup = warmup
         self.num_updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # the entries that can change (``ServerStrategy.state_names``; None: all). The others are the frozen
+        # model's and stay exactly its values: averaging a value with itself rounds in float32 (on MiniLM 4.9M of
+        # the 22.7M frozen entries moved by an ulp per update), which changed the evaluated encoder every round,
+        # so no cache of its outputs could hold, and cost a pass over the whole model per update
+        self.names = tuple(self.shadow) if names is None else tuple(names)
 
     def current_decay(self) -> float:
         """The decay the next update uses."""
@@ -35,24 +40,36 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         decay = self.current_decay()
         self.num_updates += 1
-        for k, v in model.state_dict().items():
+        state = model.state_dict()
+        for k in self.names:
+            v = state[k]
             if v.dtype.is_floating_point:
                 self.shadow[k].mul_(decay).add_(v, alpha=1 - decay)
             else:
                 self.shadow[k].copy_(v)
 
     def state_dict(self) -> dict:
-        state = {"decay": self.decay, "shadow": self.shadow}
+        """The shadow's ``names`` entries: the rest is the frozen model, which whoever loads this rebuilt."""
+        state = {"decay": self.decay, "shadow": {k: self.shadow[k] for k in self.names}}
         if self.warmup:  # only then does the count matter; checkpoints without warm-up keep their old layout
             state["num_updates"] = self.num_updates
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a saved shadow onto the model's device (a checkpoint holds CPU tensors)."""
+    def load_state_dict(self, state: dict, model: torch.nn.Module | None = None) -> None:
+        """Restore a saved shadow onto the model's device (a checkpoint holds CPU tensors). Entries outside
+        ``names`` are ``model``'s (the frozen part the caller has loaded or rebuilt; without ``model``, the one
+        this shadow was built from), never the checkpoint's: one written before they were kept exact holds them
+        an ulp off. A saved shadow without one of ``names`` is refused (ValueError, naming it)."""
+        saved = state["shadow"]
+        missing = [k for k in self.names if k not in saved]
+        if missing:
+            raise ValueError(f"checkpoint's EMA shadow lacks {missing[0]!r}")
         self.decay = state["decay"]
         self.num_updates = int(state.get("num_updates", 0))
         device = next(iter(self.shadow.values())).device if self.shadow else torch.device("cpu")
-        self.shadow = {k: v.to(device, copy=True) for k, v in state["shadow"].items()}
+        own = model.state_dict() if model is not None else self.shadow
+        changing = set(self.names)
+        self.shadow = {k: (saved[k] if k in changing else own[k]).to(device, copy=True) for k in self.shadow}
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:

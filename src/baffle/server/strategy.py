@@ -40,7 +40,7 @@ class ServerStrategy:
         # the entries of the state that can change (the trainable subset and persistent buffers, or all of it):
         # a checkpoint stores only these of the model, plus the fingerprint of the frozen rest
         self.state_names: tuple[str, ...] = plan_state.plan_names(model, cfg.model.trainable)
-        self.ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup) if cfg.optim.ema_decay > 0 else None
+        self.ema = EMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup, self.state_names) if cfg.optim.ema_decay > 0 else None
         self.mask: np.ndarray | None = None  # fixed pruning mask over the flat vector (baffle.pruning)
         self.trust: TrustAggregator | None = None  # federation.aggregator='fltrust' (baffle.server.trust)
         # what a plan carries (baffle.plan_state): the trainable tensors when a subset trains, else the state dict.
@@ -56,7 +56,7 @@ class ServerStrategy:
         apply_mask(self.params, mask)
         self.mask = np.asarray(mask, dtype=bool)
         if self.ema is not None:
-            self.ema = EMA(self.model, self.ema.decay, self.ema.warmup)
+            self.ema = EMA(self.model, self.ema.decay, self.ema.warmup, self.state_names)
 
     def set_trust(self, trust: TrustAggregator) -> None:
         self.trust = trust
@@ -204,10 +204,8 @@ class ServerStrategy:
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the model's ``state_names`` (all of it, or the trainable subset plus
         ``frozen_sha256``, the hex SHA-256 of the frozen rest, which resume rebuilds from the config and checks),
-        the optimizer, the EMA, the trust scores. The EMA shadow stays whole: ``EMA.update`` averages the frozen
-        entries too, and ``d * v + (1 - d) * v`` rounds in float32 (on MiniLM 4.9M of the 22.7M frozen entries
-        move by an ulp), so they are not the frozen weights and resume could not rebuild them. MiniLM head only:
-        90 MB instead of 180 MB."""
+        the optimizer, the EMA (its shadow of the same entries: its frozen rest is the frozen model's, exactly),
+        the trust scores. MiniLM head only: a few kB instead of 180 MB."""
         state = self.model.state_dict()
         frozen = plan_state.frozen_sha256(self.model, self.state_names)
         return {
@@ -231,19 +229,17 @@ class ServerStrategy:
         if self.ema is not None:
             if state["ema"] is None:
                 raise ValueError("checkpoint has no EMA state but optim.ema_decay > 0")
-            self.ema.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"], self.model)
         if self.trust is not None:
             if "trust" not in state:
                 raise ValueError("checkpoint has no trust state but federation.aggregator='fltrust'")
             self.trust.load_state_dict(state["trust"])
 
     def _load_subset(self, weights: dict, frozen_hex: object) -> None:
-        own = plan_state.frozen_sha256(self.model, self.state_names)
-        if own is None:
-            raise ValueError("checkpoint holds a trainable subset, but this run trains the whole model (model.trainable differs)")
-        if not isinstance(frozen_hex, str) or own.hex() != frozen_hex:
-            raise ValueError("checkpoint was written for other frozen weights (SHA-256 of the frozen part differs): "
-                             "same model.name, model.init and pretrained package as the run that wrote it?")
+        if not isinstance(frozen_hex, str) or len(frozen_hex) != 64 or not set(frozen_hex) <= set("0123456789abcdef"):
+            raise ValueError("checkpoint has a malformed frozen_sha256 (64 hex digits expected)")
+        if (why := plan_state.frozen_mismatch(self.model, self.state_names, bytes.fromhex(frozen_hex))) is not None:
+            raise ValueError(f"checkpoint {why}")
         if set(weights) != set(self.state_names):
             extra, missing = sorted(set(weights) - set(self.state_names)), sorted(set(self.state_names) - set(weights))
             raise ValueError(f"checkpoint stores other trainable tensors than model.trainable selects "

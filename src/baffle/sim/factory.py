@@ -111,9 +111,8 @@ def load_subset_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]
     if unknown:
         raise checkpoint.CheckpointError(f"model.init {path} holds tensor {unknown[0]!r}, which this model lacks")
     names = tuple(k for k in own if k in weights)
-    if plan_state.frozen_sha256(model, names) != frozen:
-        raise checkpoint.CheckpointError(f"model.init {path} stores only trained tensors, and the frozen rest it was "
-                                         "trained on differs from this model's (SHA-256 mismatch): same model.name?")
+    if (why := plan_state.frozen_mismatch(model, names, frozen)) is not None:
+        raise checkpoint.CheckpointError(f"model.init {path} stores only trained tensors and {why}")
     plan_state.load_plan_state(model, weights, names, check_fingerprint=False)
 
 
