@@ -77,9 +77,9 @@ SUBSETS = {
 
 #: the head's configurations tried on the validation split (issue 15's honest tuned gap): the forward-only head at
 #: its default K over the same rates as backprop, and at 3x the directions over the lower rates (where K=100 did
-#: best); the lowest rate was added after the first grid chose its lowest one for both methods
+#: best); each lowest rate was added after the grid before it chose its lowest one (both methods, then backprop)
 VALIDATION_GRID = ("baffle=0.0001,0.0003,0.001,0.003,0.01,0.03;baffle:K300=0.0001,0.0003,0.001,0.003;"
-                   "fedsgd=0.0001,0.0003,0.001,0.003,0.01,0.03")
+                   "fedsgd=0.00001,0.00003,0.0001,0.0003,0.001,0.003,0.01,0.03")
 
 
 #: the forward-only head trained by each client runtime (issue 15 item 5: inference-only clients on a real network)
