@@ -20,6 +20,11 @@ import torch
 from baffle.testing import tiny
 
 PINS = Path(__file__).with_name("pinned_hashes.json")
+#: Why a key's pins may end in ":" (the global model pinned, the EMA weights not): on 2026-12-05 the EMA stopped
+#: averaging the frozen part of a subset run (``tiny`` trains ``features.4`` and the head), which changed every EMA
+#: hash and no model hash. The keys of CPUs that session could not run on keep their model hashes; rerun
+#: ``BAFFLE_PIN_WRITE=1 pytest tests/test_pinned.py`` on such a CPU to pin its EMA weights again.
+STALE_EMA = "torch-2.13.0/AVX512"
 WRITE = os.environ.get("BAFFLE_PIN_WRITE") == "1"
 
 CASES: dict[str, dict] = {
@@ -140,7 +145,10 @@ def test_final_weights_are_pinned(name, tmp_path):
     if key not in pins:
         pytest.skip(f"no pinned hashes for {key} (recorded for: {', '.join(pins)})")
     assert name in pins[key], f"case {name} has no pinned hash; record it with BAFFLE_PIN_WRITE=1"
-    assert got == pins[key][name], f"{name}: final weights changed ({got} != {pins[key][name]})"
+    pinned = pins[key][name]
+    if key == STALE_EMA and pinned.endswith(":"):  # the model pinned, the EMA not (yet) on this key
+        got = got.split(":")[0] + ":"
+    assert got == pinned, f"{name}: final weights changed ({got} != {pinned})"
 
 
 def test_cases_differ_from_each_other():
