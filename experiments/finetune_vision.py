@@ -491,6 +491,12 @@ def validated_section(args, validated: dict) -> list[str]:
                   "test subset:", "",
                   markdown_table(["method", "chosen", "test acc per seed (%)", "mean ± sd (%)", "seeds run"], seed_rows,
                                  ["left", "left", "left", "right", "right"]), ""]
+    same = [label.get(m, m) for m, (_, sd, n) in means.items() if n > 1 and sd == 0]
+    if same:
+        lines += [f"{' and '.join(same)}: every seed ends on the same test accuracy; the runs differ (their validation "
+                  "curves and final losses do), but a linear head trained this long at a small rate ends at nearly the "
+                  f"same weights, and the test subset's {any_r.get('test_images', '?')} images resolve accuracy only to "
+                  f"{100 / any_r['test_images'] if any_r.get('test_images') else float('nan'):.2g} points.", ""]
     if {"baffle", "fedsgd"} <= set(means):
         (a, _, na), (b, _, nb) = means["baffle"], means["fedsgd"]
         gap = b - a
