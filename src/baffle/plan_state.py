@@ -134,6 +134,13 @@ def check_plan_state(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]
             raise MessageError(f"plan tensor {k!r} has dtype {src.dtype}, this client's model has {dst.dtype}")
 
 
+def frozen_from_hex(value: object) -> bytes | None:
+    """A checkpoint's ``frozen_sha256`` (64 lower-case hex digits) as the 32-byte digest; None when malformed."""
+    if isinstance(value, str) and len(value) == 2 * FROZEN_SHA256_BYTES and set(value) <= set("0123456789abcdef"):
+        return bytes.fromhex(value)
+    return None
+
+
 def frozen_mismatch(model: torch.nn.Module, names: Sequence[str], expected: bytes | None) -> str | None:
     """Why ``model``'s frozen part (everything but ``names``) is not the one ``expected`` fingerprints, worded to
     follow what carried the fingerprint ("plan ...", "checkpoint ..."); None when it is (``expected`` None: no

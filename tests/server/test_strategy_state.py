@@ -122,3 +122,15 @@ def test_a_checkpoint_whose_ema_shadow_is_whole_loads_with_the_frozen_part_exact
     lacking = {**old["ema"], "shadow": {k: v for k, v in old["ema"]["shadow"].items() if k != HEAD[0]}}
     with pytest.raises(ValueError, match="EMA shadow lacks 'classifier.weight'"):
         _strategy().load_state_dict({**old, "ema": lacking})
+
+
+@pytest.mark.parametrize("bad", ["", "ab" * 31, "AB" * 32, "zz" * 32, 7])
+def test_a_malformed_frozen_fingerprint_is_refused_in_one_line(tmp_path, bad):
+    s = _strategy()
+    state = {**s.state_dict(), "frozen_sha256": bad}
+    with pytest.raises(ValueError, match="malformed frozen_sha256"):
+        _strategy().load_state_dict(state)
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"server": state})
+    with pytest.raises(checkpoint.CheckpointError, match="malformed frozen_sha256"):
+        checkpoint.load_init_weights(path)

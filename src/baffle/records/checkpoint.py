@@ -44,6 +44,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from baffle.plan_state import frozen_from_hex
+
 MAGIC = b"BAFFLE02"
 LEGACY_MAGIC = b"BAFFLE01"  # pickled payload: refused
 SCHEMA = "baffle.checkpoint/2"
@@ -413,8 +415,8 @@ def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bytes 
             return weights, None
         # the trained subset (a shadow written before it was kept as one holds the frozen rest too, an ulp off)
         weights = {k: v for k, v in weights.items() if k in model}
-        digest = bytes.fromhex(frozen) if isinstance(frozen, str) and len(frozen) == 64 and set(frozen) <= set("0123456789abcdef") else b""
-        if len(digest) != 32:
+        digest = frozen_from_hex(frozen)
+        if digest is None:
             raise CheckpointError(f"{path} has a malformed frozen_sha256 (64 hex digits expected)")
         return weights, digest
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip format, or its legacy pickle format

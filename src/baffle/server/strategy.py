@@ -236,9 +236,9 @@ class ServerStrategy:
             self.trust.load_state_dict(state["trust"])
 
     def _load_subset(self, weights: dict, frozen_hex: object) -> None:
-        if not isinstance(frozen_hex, str) or len(frozen_hex) != 64 or not set(frozen_hex) <= set("0123456789abcdef"):
+        if (frozen := plan_state.frozen_from_hex(frozen_hex)) is None:
             raise ValueError("checkpoint has a malformed frozen_sha256 (64 hex digits expected)")
-        if (why := plan_state.frozen_mismatch(self.model, self.state_names, bytes.fromhex(frozen_hex))) is not None:
+        if (why := plan_state.frozen_mismatch(self.model, self.state_names, frozen)) is not None:
             raise ValueError(f"checkpoint {why}")
         if set(weights) != set(self.state_names):
             extra, missing = sorted(set(weights) - set(self.state_names)), sorted(set(self.state_names) - set(weights))
