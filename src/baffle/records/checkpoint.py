@@ -415,8 +415,7 @@ def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bytes 
             return weights, None
         # the trained subset (a shadow written before it was kept as one holds the frozen rest too, an ulp off)
         weights = {k: v for k, v in weights.items() if k in model}
-        digest = frozen_from_hex(frozen)
-        if digest is None:
+        if (digest := frozen_from_hex(frozen)) is None:
             raise CheckpointError(f"{path} has a malformed frozen_sha256 (64 hex digits expected)")
         return weights, digest
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip format, or its legacy pickle format
