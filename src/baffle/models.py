@@ -23,6 +23,8 @@ The architectures follow the public BAFFLE code (FengHZ/BAFFLE):
 * ``cnn_cifar_small`` -- not in the paper: the same idea for 32x32 colour images (conv -> norm -> act ->
   pool stages, flatten, linear), in :mod:`baffle.models_cifar`; its shape was chosen by a backprop capacity
   check (experiments/cifar_capacity.py, docs/cifar.md).
+* ``rf_cnn`` -- not in the paper: one wide convolution meant to stay at its seeded random initialisation and a
+  linear classifier that trains (``model.trainable = ["classifier.*"]``), in :mod:`baffle.models_rf`.
 
 Design choices shared by all models, and why:
 
@@ -263,7 +265,7 @@ def build_model(
     ``activation`` is one of :data:`ACTIVATIONS`, ``norm`` one of
     :data:`NORMS`; the defaults (Hardswish, GroupNorm) are what the BAFFLE
     paper recommends for forward-only training.  ``image_size`` only changes
-    the MLP, ``lenet_small`` and ``cnn_cifar_small`` (the other conv nets end in global average pooling).  BatchNorm layers
+    the MLP, ``lenet_small``, ``cnn_cifar_small`` and ``rf_cnn`` (the other conv nets end in global average pooling).  BatchNorm layers
     never keep running statistics (see the module docstring), so the
     returned model has no buffers and forwards never mutate its state.
 
@@ -295,6 +297,10 @@ def build_model(
         if canonical == "wrn10_2":
             return WideResNet(in_channels, num_classes, activation=activation, norm=norm)
         return CifarCNN(in_channels, num_classes, image_size=image_size, activation=activation, norm=norm, **CNN_CIFAR_SMALL)
+    if canonical == "rf_cnn":  # a frozen random convolution + a trained classifier (baffle.models_rf)
+        from baffle.models_rf import RF_CNN, RandomFeatureCNN
+
+        return RandomFeatureCNN(in_channels, num_classes, image_size=image_size, activation=activation, norm=norm, **RF_CNN)
     # canonical == "mlp"
     return MLP(in_channels * image_size * image_size, num_classes, activation=activation, norm=norm)
 

@@ -350,3 +350,46 @@ def test_bad_conv_layout_override_is_named(monkeypatch):
     monkeypatch.setenv(CONV_LAYOUT_ENV, "nhwc")
     with pytest.raises(ValueError, match="BAFFLE_CONV_LAYOUT must be 'nchw' or 'channels_last', got 'nhwc'"):
         grouped_channels_last()
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_frozen_bottom_runs_once_per_call_not_once_per_chunk(scheme):
+    """With only the top training (rf_cnn's classifier, lenet_small's second stage and classifier), the frozen
+    layers' output is the same for every member: computed once per engine call, chunks start from it, and the
+    loss differences stay the loop's. The plan counts only the per-member layers, so the chunks get wider."""
+    torch.manual_seed(7)
+    model = build_model("rf_cnn", image_size=28)
+    x, y = _batch((1, 28, 28), 24, seed=7)
+    conv = model.features[0]
+    calls = {"n": 0}
+    hook = conv.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        eng = _check(model, x, y, ["classifier.*"], scheme, K=11, engine=BatchedEngine(64, max_chunk=4))
+        assert eng.last_chunk == 4 and eng.last_sub_batch == 24
+        calls["n"] = 0
+        eng(model, estimator.select_parameters(model, ["classifier.*"]), x, y, noise.round_seeds(3, 1, 11), 1e-3, scheme)
+        assert calls["n"] == 1  # 12 or 22 members in 3 or 6 chunks
+    finally:
+        hook.remove()
+    lenet = build_model("lenet_small", image_size=14)
+    x, y = _batch((1, 14, 14), 16, seed=8)
+    _check(lenet, x, y, ["features.4.*", "classifier.*"], scheme, K=9, engine=BatchedEngine(64, max_chunk=4))
+
+
+def test_frozen_bottom_is_sized_out_of_the_chunk_plan():
+    """A frozen bottom is not counted per member: rf_cnn's 32-channel full-resolution map made the planner run one
+    member per chunk on small slices of the batch; with the classifier alone perturbed, every member fits one chunk
+    over the whole batch (up to the cache bound). Training every parameter plans as before."""
+    from baffle.engine.batched.planner import Budget, activation_floats
+    from baffle.engine.batched.program import Program
+
+    model = build_model("rf_cnn", image_size=28)
+    prog = Program(model)
+    head = frozenset(id(p) for p in model.classifier.parameters())
+    shared = prog.shared_nodes(head)
+    assert {n.target for n in shared if n.op == "call_module"} == {"features.0", "features.1", "features.2", "features.3", "features.4"}
+    assert prog.shared_nodes(frozenset(id(p) for p in model.parameters())) == frozenset()
+    assert activation_floats(prog, (1, 28, 28), shared)[1] < activation_floats(prog, (1, 28, 28))[1] / 20
+    b = Budget(max_memory_mb=64)
+    assert b.chunk_size(prog, 5130, 1280, (1, 28, 28), 21) == 1 and b.sub_batch(prog, 5130, 1280, (1, 28, 28), 1) < 100
+    assert b.chunk_size(prog, 5130, 1280, (1, 28, 28), 21, shared) >= 4 and b.sub_batch(prog, 5130, 1280, (1, 28, 28), 1, shared) == 1280

@@ -24,7 +24,7 @@ def _build(name: str, shape: tuple[int, int, int], **kw: str) -> nn.Module:
 
 
 def test_constants_are_tuples() -> None:
-    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small"}
+    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small", "rf_cnn"}
     assert isinstance(ACTIVATIONS, tuple) and set(ACTIVATIONS) == {"hardswish", "relu", "gelu"}
     assert isinstance(NORMS, tuple) and set(NORMS) == {"group", "batch", "none"}
 
@@ -60,6 +60,23 @@ def test_lenet_small_parameter_count() -> None:
     assert num_parameters(build_model("lenet_small", image_size=28)) == 208 + 3_216 + 7_850
     with pytest.raises(ValueError, match="at least 4x4"):
         build_model("lenet_small", image_size=3)
+
+
+def test_rf_cnn_shape_and_seeded_frozen_features() -> None:
+    """rf_cnn: 32 random 5x5 filters (frozen in its configs), pooled to a 4x4 grid at any image size, so the
+    classifier has 512 * 10 + 10 = 5,130 parameters at 28x28 and 32x32; the same seed rebuilds the same filters
+    (what lets every party regenerate the frozen part instead of downloading it)."""
+    for size, channels in ((28, 1), (32, 3)):
+        model = build_model("rf_cnn", in_channels=channels, image_size=size)
+        assert num_parameters(model.classifier) == 5_130
+        assert num_parameters(model) == 5_130 + 32 * (channels * 25 + 1)
+    torch.manual_seed(5)
+    a = build_model("rf_cnn", image_size=28)
+    torch.manual_seed(5)
+    b = build_model("rf_cnn", image_size=28)
+    assert torch.equal(a.features[0].weight, b.features[0].weight)
+    with pytest.raises(ValueError, match="4x4 grid"):
+        build_model("rf_cnn", image_size=3)
 
 
 def test_wrn_parameter_count() -> None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ModelConfig:
-    name: str = "lenet_small"  # lenet (the paper's, global pooling, 26.7k params) | lenet_small | wrn10_2 | cnn_cifar_small | mlp
+    name: str = "lenet_small"  # lenet (the paper's, global pooling, 26.7k params) | lenet_small | wrn10_2 | cnn_cifar_small | rf_cnn | mlp
     activation: str = "hardswish"
     norm: str = "group"
     init: str = ""  # checkpoint or state_dict file to start from (fine-tuning)

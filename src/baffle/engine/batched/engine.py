@@ -185,13 +185,16 @@ class BatchedEngine(Engine):
         prog = self._program(model)
         return self._plan(prog, n, samples, sample_shape, K, scheme) if isinstance(prog, Program) else (1, samples)
 
-    def _plan(self, prog: Program, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> tuple[int, int]:
+    def _plan(
+        self, prog: Program, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str,
+        shared: frozenset = frozenset(),
+    ) -> tuple[int, int]:  # fmt: skip
         total = K + 1 if scheme == "forward" else 2 * K
-        P = self.budget.chunk_size(prog, n, samples, tuple(sample_shape), total)
+        P = self.budget.chunk_size(prog, n, samples, tuple(sample_shape), total, shared)
         P = -(-total // -(-total // P))  # balanced chunks, never larger: 21 members at most 16 -> 11 + 10
         if scheme == "central" and P > 1 and P % 2:
             P -= 1  # a +/- pair never straddles two chunks: each direction is generated once
-        return P, self.budget.sub_batch(prog, n, samples, tuple(sample_shape), P)
+        return P, self.budget.sub_batch(prog, n, samples, tuple(sample_shape), P, shared)
 
     def chunks(self, model: nn.Module, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> int:
         """How many chunks one call has (the most workers that can be busy at once)."""
@@ -238,13 +241,18 @@ class BatchedEngine(Engine):
         offsets = np.cumsum([0] + [p.numel() for p in plist]).tolist()
         idx, sign = _members(K, scheme)
         total = len(idx)
-        P, sub = self._plan(prog, n, x.shape[0], tuple(x.shape[1:]), K, scheme)
+        shared = prog.shared_nodes(frozenset(id(p) for p in plist))  # a frozen bottom: computed once, below
+        P, sub = self._plan(prog, n, x.shape[0], tuple(x.shape[1:]), K, scheme, shared)
         self.last_chunk, self.last_sub_batch = P, sub
         losses = np.empty((total, len(batches)), dtype=np.float64)
         flats = [p.detach().reshape(-1) for p in plist]
         # what every chunk computes alike from the input (kernels._shared_input_conv); not when the batch is
         # split for memory, since it would keep every slice's im2col at once
         cols_cache: dict | None = {} if sub >= x.shape[0] else None
+        # the frozen bottom's output for each slice of the batch, which every chunk starts from (its values are the
+        # same for every member, so computing it once instead of once per chunk changes no bit)
+        with torch.inference_mode():
+            starts = {b0: prog.prefix(x[b0 : b0 + sub], shared) for b0 in range(0, x.shape[0], sub)} if shared else {}
 
         @torch.inference_mode()
         def chunk(span: tuple[int, int]) -> None:  # members [start, stop): independent of every other chunk
@@ -277,7 +285,7 @@ class BatchedEngine(Engine):
             del D, E, block
             parts = []
             for b0 in range(0, x.shape[0], sub):
-                out = prog.run(x[b0 : b0 + sub], m, weights, cols_cache)
+                out = prog.run(x[b0 : b0 + sub], m, weights, cols_cache, starts.get(b0), shared)
                 parts.append(out.t if out.batched else lift(out.t, m))
             logits = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
             losses[start : start + m] = _per_sample_losses(logits, y, m, loss_fn, segments).double().cpu().numpy()

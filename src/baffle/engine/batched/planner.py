@@ -33,14 +33,16 @@ CACHE_BYTES = 16 * 2**20
 SLICE_BYTES = 8 * 2**20
 
 
-def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int, int]:
+def activation_floats(prog: Program, sample_shape: tuple[int, ...], shared: frozenset[torch.fx.Node] = frozenset()) -> tuple[int, int]:
     """Per sample, the largest (inputs + output) floats any one pass materialises (a fused chain: its input and
     its pooled output, where the compiled kernel runs it), and the largest (inputs + output) of any one layer
-    including an im2col-sized convolution workspace (a conservative bound for the memory budget).
+    including an im2col-sized convolution workspace (a conservative bound for the memory budget). The nodes in
+    ``shared`` (a frozen bottom, ``Program.shared_nodes``) run once per call, not per chunk, and are not counted.
 
     Measured by running the model's own layers once on a batch of 2 zeros; cached on the program."""
-    if sample_shape in prog.activation_cache:
-        return prog.activation_cache[sample_shape]
+    key = (sample_shape, shared)
+    if key in prog.activation_cache:
+        return prog.activation_cache[key]
     sizes: dict[torch.fx.Node, int] = {}
     peak = io_peak = int(math.prod(sample_shape))
     first = next(prog.gm.parameters(), None)
@@ -63,7 +65,9 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int
                 elif n.op == "call_method":
                     env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
             out = env.get(n)
-            if isinstance(out, torch.Tensor):
+            if isinstance(out, torch.Tensor) and n in shared:
+                sizes[n] = out.numel() // 2
+            elif isinstance(out, torch.Tensor):
                 sizes[n] = out.numel() // 2
                 ins = sum(sizes.get(a, 0) for a in n.all_input_nodes)
                 work = 0
@@ -76,7 +80,7 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...]) -> tuple[int
                     io_peak = max(io_peak, sizes.get(chain_input[n], 0) + sizes[n])
                 elif n not in unmaterialised:
                     io_peak = max(io_peak, ins + sizes[n])
-    prog.activation_cache[sample_shape] = (io_peak, peak)
+    prog.activation_cache[key] = (io_peak, peak)
     return io_peak, peak
 
 
@@ -104,15 +108,19 @@ class Budget:
     max_chunk: int = MAX_CHUNK
     cache_bytes: int = CACHE_BYTES
 
-    def chunk_size(self, prog: Program, n: int, batch: int, sample_shape: tuple[int, ...], total: int) -> int:
+    def chunk_size(
+        self, prog: Program, n: int, batch: int, sample_shape: tuple[int, ...], total: int, shared: frozenset[torch.fx.Node] = frozenset(),
+    ) -> int:  # fmt: skip
         """Members per chunk so that weights, directions and activations fit ``max_memory_mb``."""
-        io, act = activation_floats(prog, tuple(sample_shape))
+        io, act = activation_floats(prog, tuple(sample_shape), shared)
         per_member = 4 * (3 * n + 2 * act * batch)  # directions + weights (+ slack) + activations, workspace
         by_memory = self.max_memory_mb * 2**20 // max(per_member, 1)
         by_cache = self.cache_bytes // max(4 * io * batch, 1)
         return int(max(MIN_CHUNK, min(self.max_chunk, total, by_memory, by_cache)))
 
-    def sub_batch(self, prog: Program, n: int, batch: int, sample_shape: tuple[int, ...], chunk: int) -> int:
+    def sub_batch(
+        self, prog: Program, n: int, batch: int, sample_shape: tuple[int, ...], chunk: int, shared: frozenset[torch.fx.Node] = frozenset(),
+    ) -> int:  # fmt: skip
         """Samples per call when even one member at the full batch exceeds the working-set bound.
 
         Only for models whose layers treat samples independently (no batch statistics): their losses
@@ -120,7 +128,7 @@ class Budget:
         keeps a forward-only step's memory far below a backprop step's at large batches."""
         if chunk > 1 or prog.batch_stats:
             return batch
-        io, act = activation_floats(prog, tuple(sample_shape))
+        io, act = activation_floats(prog, tuple(sample_shape), shared)
         by_cache = self.cache_bytes * SLICE_BYTES // CACHE_BYTES // max(4 * io, 1)
         by_memory = max(self.max_memory_mb * 2**20 - 12 * n, 0) // max(8 * act, 1)
         most = max(1, min(batch, by_cache, by_memory))

@@ -102,7 +102,8 @@ class Program:
             elif n.op == "get_attr":
                 raise Unsupported(f"model reads attribute {n.target!r} directly in forward")
         # the memory planner's per-sample activation sizes, by sample shape (planner.activation_floats)
-        self.activation_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+        self.activation_cache: dict[tuple[Any, ...], tuple[int, int]] = {}
+        self._shared: dict[frozenset[int], frozenset[torch.fx.Node]] = {}  # shared_nodes, by perturbed set
         # GroupNorm -> activation -> 2x2 max-pool chains, each node the sole reader of the one before: run as one
         # compiled pass (norm_act_pool.py) where the kernel is built and covers the tensor
         self.fused: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]] = {}
@@ -119,44 +120,92 @@ class Program:
             and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "placeholder"
         }
 
+    # ---- the frozen bottom: computed once per call, not once per chunk --------------------------------
+    def shared_nodes(self, perturbed: frozenset[int]) -> frozenset[torch.fx.Node]:
+        """The nodes whose value is the same for every member when only the parameters with ids ``perturbed`` move:
+        the input, and every node reading only such values whose own parameters (if any) are not perturbed.
+
+        Empty unless a layer with parameters is among them (a frozen bottom, as in ``model.trainable`` runs):
+        only then is there work worth sharing, and full-model runs keep exactly the path they always took."""
+        if perturbed not in self._shared:
+            shared: set[torch.fx.Node] = set()
+            frozen_layer = False
+            for n in self.nodes:
+                if n.op == "placeholder":
+                    shared.add(n)
+                elif n.op in ("call_module", "call_function", "call_method") and all(a in shared for a in n.all_input_nodes):
+                    params = list(self.modules[n.target].parameters()) if n.op == "call_module" else []
+                    if not any(id(p) in perturbed for p in params):
+                        shared.add(n)
+                        frozen_layer = frozen_layer or bool(params)
+            self._shared[perturbed] = frozenset(shared) if frozen_layer else frozenset()
+        return self._shared[perturbed]
+
+    def prefix(self, x: torch.Tensor, shared: frozenset[torch.fx.Node]) -> dict[torch.fx.Node, Value]:
+        """The values of the shared nodes (:meth:`shared_nodes`) that a per-member node or the output reads, for input
+        ``x``: what :meth:`run` starts from instead of recomputing the frozen bottom in every chunk. The same kernels
+        compute them as in :meth:`run`, so the values are the same bits."""
+        frontier = {n for n in shared if n.op != "placeholder" and any(u not in shared for u in n.users)}
+        env: dict[torch.fx.Node, Any] = {}
+        for n in self.nodes:
+            if n not in shared:
+                continue
+            if n.op == "placeholder":
+                env[n] = Value(x, False)
+            else:
+                self._step(n, env, 1, {}, None, set())
+            for a in self.free_after[n]:
+                if a not in frontier:
+                    env.pop(a, None)
+        return {n: env[n] for n in frontier}
+
     # ---- the batched forward ------------------------------------------------------------------
-    def run(self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor], cols_cache: dict | None = None) -> Value:
+    def run(
+        self, x: torch.Tensor, P: int, weights: dict[int, torch.Tensor], cols_cache: dict | None = None,
+        start: dict[torch.fx.Node, Value] | None = None, shared: frozenset[torch.fx.Node] = frozenset(),
+    ) -> Value:  # fmt: skip
         """Forward of P members. ``weights`` maps id(parameter) -> (P, *shape) perturbed copies;
         parameters absent from it are shared by all members. ``cols_cache``: one dict per engine call, in
-        which the chunks share what depends on the input alone (a shared-input convolution's im2col)."""
-        env: dict[torch.fx.Node, Any] = {}
+        which the chunks share what depends on the input alone (a shared-input convolution's im2col).
+        ``start``/``shared``: the frozen bottom's values from :meth:`prefix` and its nodes, which are not rerun."""
+        env: dict[torch.fx.Node, Any] = dict(start or {})
         result: Any = None
         done: set[torch.fx.Node] = set()  # the activation and pooling nodes of a chain computed fused
         for n in self.nodes:
-            if n in done:
+            if n in done or (n in shared and n.op != "placeholder"):
                 pass
             elif n.op == "placeholder":
                 env[n] = Value(x, False)
             elif n.op == "output":
                 result = env[n.args[0]] if isinstance(n.args[0], torch.fx.Node) else None
-            elif n.op == "call_module" and n in self.conv_fused and (
-                    fused := self._conv_norm_act_pool(n, env, P, weights, cols_cache)) is not None:
-                gn = self.conv_fused[n]
-                env[self.fused[gn][1]] = fused
-                done.update((gn, *self.fused[gn]))
-            elif n.op == "call_module":
-                fused = self._norm_act_pool(n, env, P, weights) if n in self.fused else None
-                if fused is not None:
-                    env[self.fused[n][1]] = fused
-                    done.update(self.fused[n])
-                else:
-                    env[n] = self._module(self.modules[n.target], n, env, P, weights, cols_cache)
-            elif n.op == "call_function":
-                env[n] = self._function(n, env, P)
-            elif n.op == "call_method":
-                env[n] = self._method(n, env, P)
             else:
-                raise Unsupported(f"fx node kind {n.op}")
+                self._step(n, env, P, weights, cols_cache, done)
             for a in self.free_after[n]:
                 env.pop(a, None)
         if not isinstance(result, Value):
             raise Unsupported("model output is not a single tensor")
         return result
+
+    def _step(self, n: torch.fx.Node, env: dict, P: int, weights: dict, cols_cache: dict | None, done: set) -> None:
+        """Evaluate node ``n`` (and the fused chain it starts, whose later nodes go into ``done``) into ``env``."""
+        if n.op == "call_module" and n in self.conv_fused and (
+                fused := self._conv_norm_act_pool(n, env, P, weights, cols_cache)) is not None:
+            gn = self.conv_fused[n]
+            env[self.fused[gn][1]] = fused
+            done.update((gn, *self.fused[gn]))
+        elif n.op == "call_module":
+            fused = self._norm_act_pool(n, env, P, weights) if n in self.fused else None
+            if fused is not None:
+                env[self.fused[n][1]] = fused
+                done.update(self.fused[n])
+            else:
+                env[n] = self._module(self.modules[n.target], n, env, P, weights, cols_cache)
+        elif n.op == "call_function":
+            env[n] = self._function(n, env, P)
+        elif n.op == "call_method":
+            env[n] = self._method(n, env, P)
+        else:
+            raise Unsupported(f"fx node kind {n.op}")
 
     def _norm_act_pool(self, n: torch.fx.Node, env: dict, P: int, weights: dict) -> Value | None:
         """The chain starting at GroupNorm node ``n`` in one compiled pass, or None where the kernel does not

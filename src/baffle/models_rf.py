@@ -1,0 +1,68 @@
+"""``rf_cnn``: one wide convolution kept at its seeded random initialisation, and a linear classifier that trains.
+
+Why a model whose convolution never trains: the zeroth-order estimator's error grows like ``sqrt(n / K)`` with
+the number of parameters it perturbs, so forward-only training pays for every parameter it moves, while a
+parameter it does not move costs nothing but forward compute.  A wide random convolution followed by a
+non-linearity and max-pooling is a rich fixed feature map (random-feature models: Jarrett et al. 2009, Saxe et
+al. 2011); training only the classifier on top (``model.trainable = ["classifier.*"]``) leaves the estimator a
+convex problem of ``10 * channels * grid**2 + 10`` parameters.  Three things make it fit BAFFLE:
+
+* the frozen convolution costs no bytes: every party rebuilds it from the run's model seed (``run.seed``), as
+  it rebuilds the perturbations from their seeds; plans carry only the classifier (``baffle.plan_state``) and
+  the frozen part's fingerprint, so a client with other random weights is refused;
+* its output is the same for every perturbation of the classifier, so the batched engine computes it once per
+  chunk of perturbed members and perturbs only the last matrix multiply;
+* with backprop the same model trains its classifier to the same fixed point, which is what the twins compare.
+
+Shape: conv(k x k, "same", ``channels`` filters) -> norm -> act -> ``grid x grid`` max-pool (windows of
+``image_size // grid`` pixels) -> flatten -> linear.  The defaults (32 filters of 5x5, a 4x4 grid: 512 features,
+5,130 classifier parameters, as many as ``lenet_small`` trains) were chosen by the backprop capacity check in
+``experiments/rf_capacity.py`` (docs/results.md, "Random-feature CNN").  Training every parameter (an empty
+``model.trainable``) is allowed; it is then an ordinary one-stage CNN.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from baffle.models import _make_activation, _make_norm
+
+__all__ = ["RandomFeatureCNN", "RF_CNN"]
+
+#: the ``rf_cnn`` shape ``build_model`` uses (see the module docstring)
+RF_CNN: dict[str, int] = {"channels": 32, "kernel_size": 5, "grid": 4}
+
+
+class RandomFeatureCNN(nn.Module):
+    """conv -> norm -> act -> grid max-pool -> flatten -> linear (see the module docstring)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        *,
+        image_size: int = 28,
+        channels: int = 32,
+        kernel_size: int = 5,
+        grid: int = 4,
+        activation: str = "hardswish",
+        norm: str = "group",
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"rf_cnn needs an odd kernel size (\"same\" padding), got {kernel_size}")
+        if image_size < grid:
+            raise ValueError(f"rf_cnn pools {image_size}x{image_size} images to a {grid}x{grid} grid: images of at least {grid}x{grid} needed")
+        window = image_size // grid
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, channels, kernel_size=kernel_size, padding=kernel_size // 2, bias=norm != "batch"),
+            _make_norm(norm, channels),
+            _make_activation(activation),
+            nn.MaxPool2d(kernel_size=window, stride=window),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(channels * grid * grid, num_classes)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        """Logits of shape (N, num_classes)."""
+        return self.classifier(self.features(x))
