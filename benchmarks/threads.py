@@ -33,7 +33,7 @@ import torch
 
 from baffle.config import Config
 from baffle.engine.threads import chunk_workers, flops_per_layer, free_cores, intra_op_threads, usable_cores
-from baffle.estimator import num_elements, select_parameters
+from baffle.estimator import select_parameters
 from baffle.methods import get_method
 from baffle.protocol.schemes import forward_passes
 from baffle.records.results import results_dir, write_json, write_section
@@ -74,8 +74,8 @@ def main() -> None:
         return threads, chunk_workers(cfg, model, engine, shape, clients_per_round(cfg), threads, backprop)
 
     cores = usable_cores()
-    n = num_elements(select_parameters(model, cfg.model.trainable))
-    members, samples = engine.call_size(model, n, cfg.federation.batch_size * clients_per_round(cfg), shape,
+    trained = select_parameters(model, cfg.model.trainable)
+    members, samples = engine.call_size(model, trained, cfg.federation.batch_size * clients_per_round(cfg), shape,
                                         cfg.estimator.K, cfg.estimator.scheme)  # fmt: skip
     runner.run_round(0)  # warm-up: traces the model, touches the data
     next_round = 1
@@ -87,7 +87,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(), "reps": args.reps, "rounds_per_block": args.rounds,
         "load_start": list(os.getloadavg()), "conditions": {},
         "call": {"members": members, "samples": samples, "flops_per_layer": flops_per_layer(model, shape, samples, members),
-                 "chunks": engine.chunks(model, n, cfg.federation.batch_size * clients_per_round(cfg), shape,
+                 "chunks": engine.chunks(model, trained, cfg.federation.batch_size * clients_per_round(cfg), shape,
                                          cfg.estimator.K, cfg.estimator.scheme),
                  "members_total": forward_passes(cfg.estimator.K, cfg.estimator.scheme)},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -159,7 +159,7 @@ def test_chunk_workers_only_under_the_automatic_policy_and_never_beyond_the_chun
     # the cache bound gives 2 balanced chunks (11 + 10) where the fused kernels keep the norm/activation passes'
     # tensors unmaterialised, 6 (4 members at most) where the torch ops run them
     chunks = 2 if nap.available() else 6
-    assert engine.chunks(model, 4874, 320, shape, cfg.estimator.K, cfg.estimator.scheme) == chunks
+    assert engine.chunks(model, estimator.select_parameters(model), 320, shape, cfg.estimator.K, cfg.estimator.scheme) == chunks
     assert chunk_workers(cfg, model, engine, shape, 10, threads=1, cores=64) == chunks  # one per chunk at most
     assert chunk_workers(cfg, model, engine, shape, 10, threads=1, cores=2) == 2  # never more than the cores
     assert chunk_workers(cfg, model, engine, shape, 10, threads=1, cores=1) == 1
@@ -185,7 +185,7 @@ def test_chunk_workers_change_no_loss_difference(scheme):
         engine = BatchedEngine(max_chunk=8)
         engine.workers = workers
         results.append(np.stack(engine.multi_client(model, params, batches, seeds, 1e-3, scheme)))
-        assert engine.chunks(model, 4874, 40, (1, 14, 14), 20, scheme) >= 3
+        assert engine.chunks(model, params, 40, (1, 14, 14), 20, scheme) >= 3
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
 

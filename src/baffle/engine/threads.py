@@ -46,7 +46,7 @@ from torch import nn
 from baffle.config import Config
 from baffle.engine.base import Engine
 from baffle.engine.batched import BatchedEngine
-from baffle.estimator import num_elements, select_parameters
+from baffle.estimator import select_parameters
 from baffle.models import count_flops
 
 MIN_FLOPS_PER_THREAD = 2.5e8
@@ -104,8 +104,8 @@ def intra_op_threads(
     if isinstance(engine, BatchedEngine):
         if cfg.estimator.fuse_clients and engine.can_fuse_clients(model):
             samples = batch * clients_per_round
-        n = num_elements(select_parameters(model, cfg.model.trainable))
-        members, samples = engine.call_size(model, n, samples, sample_shape, cfg.estimator.K, cfg.estimator.scheme)
+        params = select_parameters(model, cfg.model.trainable)
+        members, samples = engine.call_size(model, params, samples, sample_shape, cfg.estimator.K, cfg.estimator.scheme)
     return threads_for_work(flops_per_layer(model, sample_shape, samples, members), cores)
 
 
@@ -130,5 +130,5 @@ def chunk_workers(
     samples = cfg.federation.batch_size
     if cfg.estimator.fuse_clients and engine.can_fuse_clients(model):
         samples *= clients_per_round
-    n = num_elements(select_parameters(model, cfg.model.trainable))
-    return max(1, min(cores, engine.chunks(model, n, samples, tuple(sample_shape), cfg.estimator.K, cfg.estimator.scheme)))
+    params = select_parameters(model, cfg.model.trainable)
+    return max(1, min(cores, engine.chunks(model, params, samples, tuple(sample_shape), cfg.estimator.K, cfg.estimator.scheme)))

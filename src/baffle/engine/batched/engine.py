@@ -177,13 +177,18 @@ class BatchedEngine(Engine):
             self._programs[model] = str(e)
             return fallback()
 
-    def call_size(self, model: nn.Module, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> tuple[int, int]:
+    def call_size(
+        self, model: nn.Module, params: Params, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str,
+    ) -> tuple[int, int]:  # fmt: skip
         """(members, samples) of each batched call for K directions on ``samples`` inputs of ``sample_shape``
-        and n perturbed parameters: the planner's chunk and slice (1 member, all samples, if not batchable).
+        perturbing ``params``: the planner's chunk and slice (1 member, all samples, if not batchable).
 
         The thread policy (``engine.threads``) sizes its work estimate with it."""
         prog = self._program(model)
-        return self._plan(prog, n, samples, sample_shape, K, scheme) if isinstance(prog, Program) else (1, samples)
+        if not isinstance(prog, Program):
+            return 1, samples
+        shared = prog.shared_nodes(frozenset(id(p) for _, p in params))
+        return self._plan(prog, sum(p.numel() for _, p in params), samples, sample_shape, K, scheme, shared)
 
     def _plan(
         self, prog: Program, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str,
@@ -196,13 +201,13 @@ class BatchedEngine(Engine):
             P -= 1  # a +/- pair never straddles two chunks: each direction is generated once
         return P, self.budget.sub_batch(prog, n, samples, tuple(sample_shape), P, shared)
 
-    def chunks(self, model: nn.Module, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> int:
-        """How many chunks one call has (the most workers that can be busy at once)."""
+    def chunks(self, model: nn.Module, params: Params, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str) -> int:
+        """How many chunks one call perturbing ``params`` has (the most workers that can be busy at once)."""
         prog = self._program(model)
         if not isinstance(prog, Program):
             return 1
         total = K + 1 if scheme == "forward" else 2 * K
-        return len(chunk_spans(total, self._plan(prog, n, samples, sample_shape, K, scheme)[0], _unit(scheme)))
+        return len(chunk_spans(total, self.call_size(model, params, samples, sample_shape, K, scheme)[0], _unit(scheme)))
 
     def _map(self, work, items: list) -> None:
         """work(item) for every item, on ``workers`` threads when there is more than one item."""
