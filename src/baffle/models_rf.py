@@ -14,11 +14,12 @@ convex problem of ``10 * channels * grid**2 + 10`` parameters.  Three things mak
   chunk of perturbed members and perturbs only the last matrix multiply;
 * with backprop the same model trains its classifier to the same fixed point, which is what the twins compare.
 
-Shape: conv(k x k, "same", ``channels`` filters) -> norm -> act -> ``grid x grid`` max-pool (windows of
-``image_size // grid`` pixels) -> flatten -> linear.  The defaults (32 filters of 5x5, a 4x4 grid: 512 features,
-5,130 classifier parameters, as many as ``lenet_small`` trains) were chosen by the backprop capacity check in
-``experiments/rf_capacity.py`` (docs/results.md, "Random-feature CNN").  Training every parameter (an empty
-``model.trainable``) is allowed; it is then an ordinary one-stage CNN.
+Shape: conv(k x k, "same", ``channels`` filters) -> norm -> act -> adaptive max-pool to a ``grid x grid`` map
+(windows of 4x4 pixels at 28x28; overlapping windows of 5 at 32x32) -> flatten -> linear.
+The defaults (32 filters of 5x5, a 7x7 grid: 1,568 features, 15,690 classifier parameters) were chosen by the
+backprop capacity check in ``experiments/rf_capacity.py`` and a forward-only screen (docs/results.md,
+"Random-feature CNN"): a 4x4 grid (5,130 parameters) has a lower ceiling and learned slower forward-only too.
+Training every parameter (an empty ``model.trainable``) is allowed; it is then an ordinary one-stage CNN.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from baffle.models import _make_activation, _make_norm
 __all__ = ["RandomFeatureCNN", "RF_CNN"]
 
 #: the ``rf_cnn`` shape ``build_model`` uses (see the module docstring)
-RF_CNN: dict[str, int] = {"channels": 32, "kernel_size": 5, "grid": 4}
+RF_CNN: dict[str, int] = {"channels": 32, "kernel_size": 5, "grid": 7}
 
 
 class RandomFeatureCNN(nn.Module):
@@ -44,7 +45,7 @@ class RandomFeatureCNN(nn.Module):
         image_size: int = 28,
         channels: int = 32,
         kernel_size: int = 5,
-        grid: int = 4,
+        grid: int = 7,
         activation: str = "hardswish",
         norm: str = "group",
     ) -> None:
@@ -53,12 +54,11 @@ class RandomFeatureCNN(nn.Module):
             raise ValueError(f"rf_cnn needs an odd kernel size (\"same\" padding), got {kernel_size}")
         if image_size < grid:
             raise ValueError(f"rf_cnn pools {image_size}x{image_size} images to a {grid}x{grid} grid: images of at least {grid}x{grid} needed")
-        window = image_size // grid
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, channels, kernel_size=kernel_size, padding=kernel_size // 2, bias=norm != "batch"),
             _make_norm(norm, channels),
             _make_activation(activation),
-            nn.MaxPool2d(kernel_size=window, stride=window),
+            nn.AdaptiveMaxPool2d(grid),
             nn.Flatten(),
         )
         self.classifier = nn.Linear(channels * grid * grid, num_classes)

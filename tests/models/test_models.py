@@ -63,19 +63,19 @@ def test_lenet_small_parameter_count() -> None:
 
 
 def test_rf_cnn_shape_and_seeded_frozen_features() -> None:
-    """rf_cnn: 32 random 5x5 filters (frozen in its configs), pooled to a 4x4 grid at any image size, so the
-    classifier has 512 * 10 + 10 = 5,130 parameters at 28x28 and 32x32; the same seed rebuilds the same filters
+    """rf_cnn: 32 random 5x5 filters (frozen in its configs), pooled to a 7x7 grid at any image size, so the
+    classifier has 1,568 * 10 + 10 = 15,690 parameters at 28x28 and 32x32; the same seed rebuilds the same filters
     (what lets every party regenerate the frozen part instead of downloading it)."""
     for size, channels in ((28, 1), (32, 3)):
         model = build_model("rf_cnn", in_channels=channels, image_size=size)
-        assert num_parameters(model.classifier) == 5_130
-        assert num_parameters(model) == 5_130 + 32 * (channels * 25 + 1)
+        assert num_parameters(model.classifier) == 15_690
+        assert num_parameters(model) == 15_690 + 32 * (channels * 25 + 1)
     torch.manual_seed(5)
     a = build_model("rf_cnn", image_size=28)
     torch.manual_seed(5)
     b = build_model("rf_cnn", image_size=28)
     assert torch.equal(a.features[0].weight, b.features[0].weight)
-    with pytest.raises(ValueError, match="4x4 grid"):
+    with pytest.raises(ValueError, match="7x7 grid"):
         build_model("rf_cnn", image_size=3)
 
 
