@@ -44,7 +44,7 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...], shared: froz
     if key in prog.activation_cache:
         return prog.activation_cache[key]
     sizes: dict[torch.fx.Node, int] = {}
-    peak = io_peak = int(math.prod(sample_shape))
+    peak = io_peak = 0 if shared else int(math.prod(sample_shape))  # with a frozen bottom the input is shared too
     first = next(prog.gm.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     unmaterialised, chain_input = fused_passes(prog) if nap.available() and device.type == "cpu" else (set(), {})
@@ -69,7 +69,7 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...], shared: froz
                 sizes[n] = out.numel() // 2
             elif isinstance(out, torch.Tensor):
                 sizes[n] = out.numel() // 2
-                ins = sum(sizes.get(a, 0) for a in n.all_input_nodes)
+                ins = sum(sizes.get(a, 0) for a in n.all_input_nodes if a not in shared)  # a shared input is one tensor, not one per member
                 work = 0
                 if n.op == "call_module" and isinstance(prog.modules[n.target], nn.Conv2d):
                     conv = prog.modules[n.target]
