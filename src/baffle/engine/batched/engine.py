@@ -254,8 +254,8 @@ class BatchedEngine(Engine):
         # what every chunk computes alike from the input (kernels._shared_input_conv); not when the batch is
         # split for memory, since it would keep every slice's im2col at once
         cols_cache: dict | None = {} if sub >= x.shape[0] else None
-        # the frozen bottom's output for each slice of the batch, which every chunk starts from (its values are the
-        # same for every member, so computing it once instead of once per chunk changes no bit)
+        # the frozen bottom's output for each slice of the batch, which every chunk starts from: the same values each
+        # chunk computed for itself before 2026-12-05 (the plan, now sized without the bottom, is what may differ)
         with torch.inference_mode():
             starts = {b0: prog.prefix(x[b0 : b0 + sub], shared) for b0 in range(0, x.shape[0], sub)} if shared else {}
 
