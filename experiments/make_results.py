@@ -39,7 +39,7 @@ SWEEPS = [
     ("noniid_b32", "IID vs Dirichlet(0.1) at the default job with 32 samples per pass, 3 seeds (issue 16)"),
     ("main_table_b32", "BAFFLE vs backprop FedSGD / FedAvg at the default job, 3 seeds (issue 16)"),
     ("fashion_b128", "Fashion-MNIST with 128 samples per pass at 210,000 passes per client, 3 seeds (issue 16)"),
-    ("fashion_rf", "Fashion-MNIST with the random-feature CNN (a frozen seeded convolution, a trained classifier), 3 seeds (issue 16)"),
+    ("fashion_rf", "Fashion-MNIST with the random-feature CNN (a frozen seeded convolution, a trained classifier), 2 of 3 seeds run (issue 16)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),
