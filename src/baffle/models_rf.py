@@ -11,7 +11,7 @@ convex problem of ``10 * channels * grid**2 + 10`` parameters.  Three things mak
   it rebuilds the perturbations from their seeds; plans carry only the classifier (``baffle.plan_state``) and
   the frozen part's fingerprint, so a client with other random weights is refused;
 * its output is the same for every perturbation of the classifier, so the batched engine computes it once per
-  chunk of perturbed members and perturbs only the last matrix multiply;
+  call (``Program.shared_nodes`` / ``Program.prefix``) and perturbs only the last matrix multiply;
 * the problem left to the estimator is convex (a linear classifier on fixed features), and backprop of the same
   classifier (the FedSGD twin) says what the same features can reach.
 
@@ -25,6 +25,7 @@ Training every parameter (an empty ``model.trainable``) is allowed; it is then a
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from baffle.models import _make_activation, _make_norm
@@ -64,6 +65,6 @@ class RandomFeatureCNN(nn.Module):
         )
         self.classifier = nn.Linear(channels * grid * grid, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, num_classes)."""
         return self.classifier(self.features(x))
