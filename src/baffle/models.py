@@ -312,7 +312,12 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Forward FLOPs per sample, counting ``2 * MACs`` of Conv1d/2d/3d and
+    """Forward FLOPs per sample of the model's convolution and linear layers (:func:`layer_flops`, summed)."""
+    return sum(layer_flops(model, input_shape).values())
+
+
+def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Forward FLOPs per sample of each layer, by module name, counting ``2 * MACs`` of Conv1d/2d/3d and
     Linear layers only (biases, norms, activations and pooling are ignored;
     they are a small fraction for these models).
 
@@ -321,21 +326,20 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     because BatchNorm without running statistics cannot normalise a batch of
     one vector.  The model is run in eval mode under ``no_grad`` and its
     train/eval flags are restored afterwards, so counting never changes it.
-    Used by benchmarks to report GFLOP/s.
+    Used by benchmarks to report GFLOP/s and by the thread policy (``engine.threads``).
     """
     batch = 2
-    total = 0
+    flops: dict[str, int] = {}
+    names = {m: name for name, m in model.named_modules()}
 
     def conv_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
         assert isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
         macs_per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
-        total += 2 * macs_per_output * output.numel()
+        flops[names[module]] = flops.get(names[module], 0) + 2 * macs_per_output * output.numel() // batch
 
     def linear_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
         assert isinstance(module, nn.Linear)
-        total += 2 * module.in_features * output.numel()
+        flops[names[module]] = flops.get(names[module], 0) + 2 * module.in_features * output.numel() // batch
 
     handles = []
     for m in model.modules():
@@ -357,4 +361,4 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return total // batch
+    return flops

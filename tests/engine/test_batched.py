@@ -393,3 +393,29 @@ def test_frozen_bottom_is_sized_out_of_the_chunk_plan():
     b = Budget(max_memory_mb=64)
     assert b.chunk_size(prog, 15690, 1280, (1, 28, 28), 21) == 1 and b.sub_batch(prog, 15690, 1280, (1, 28, 28), 1) < 100
     assert b.chunk_size(prog, 15690, 1280, (1, 28, 28), 21, shared) >= 2 and b.sub_batch(prog, 15690, 1280, (1, 28, 28), 1, shared) == 1280
+
+
+def test_frozen_bottoms_output_for_the_whole_batch_comes_off_the_memory_budget():
+    """The engine holds the frozen bottom's output for the whole batch (every slice's) while its chunks run, so
+    the planner sizes the chunks from what that leaves: rf_cnn's pooled 32x7x7 map at 4,096 samples is 25.7 MB,
+    which a 32 MB budget must not also spend on members."""
+    from baffle.engine.batched.planner import Budget, activation_floats, frontier_floats
+    from baffle.engine.batched.program import Program
+
+    model = build_model("rf_cnn", image_size=28)
+    prog = Program(model)
+    shared = prog.shared_nodes(frozenset(id(p) for p in model.classifier.parameters()))
+    assert frontier_floats(prog, (1, 28, 28), shared) == 32 * 7 * 7
+    assert frontier_floats(prog, (1, 28, 28), frozenset()) == 0
+    n, batch, shape = 15690, 4096, (1, 28, 28)
+    _, act = activation_floats(prog, shape, shared)
+    per_member = 4 * (3 * n + 2 * act * batch)
+    b = Budget(max_memory_mb=32, max_chunk=64, cache_bytes=2**40)
+    held = 4 * 32 * 7 * 7 * batch
+    assert b.chunk_size(prog, n, batch, shape, 101, shared) == max(1, (32 * 2**20 - held) // per_member)
+    assert b.chunk_size(prog, n, batch, shape, 101, shared) < 32 * 2**20 // per_member
+    # a budget the bottom's output nearly fills: one member at a time, on slices of what is left (0.5 MB)
+    tight = Budget(max_memory_mb=25, max_chunk=64, cache_bytes=2**40)
+    assert tight.chunk_size(prog, n, batch, shape, 101, shared) == 1
+    assert tight.sub_batch(prog, 40_000, batch, shape, 1, shared) == -(-batch // -(-batch // ((25 * 2**20 - held - 12 * 40_000) // (8 * act))))
+    assert Budget(max_memory_mb=50, cache_bytes=2**40).sub_batch(prog, 40_000, batch, shape, 1, shared) == batch

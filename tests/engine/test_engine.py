@@ -145,6 +145,24 @@ def test_thread_rule_gives_small_work_one_thread_and_caps_at_free_cores():
     assert intra_op_threads(cfg, model, engine, (1, 14, 14), 10, cores=1) == 3
 
 
+def test_thread_rule_counts_a_frozen_bottom_once_not_per_member():
+    """rf_cnn with its classifier trained: the frozen convolution runs once per call, so the work per layer call
+    is the classifier's per member plus the convolution's once, not both per member."""
+    from baffle.engine.threads import flops_per_layer
+    from baffle.models import build_model, layer_flops
+
+    model = build_model("rf_cnn", image_size=28)
+    engine = make_engine("batched", 512)
+    head = estimator.select_parameters(model, ["classifier.*"])
+    assert engine.frozen_bottom(model, head) == {"features.0", "features.1", "features.2", "features.3", "features.4"}
+    assert engine.frozen_bottom(model, estimator.select_parameters(model)) == frozenset()
+    flops = layer_flops(model, (1, 28, 28))
+    assert flops == {"features.0": 2 * 25 * 32 * 28 * 28, "classifier": 2 * 32 * 7 * 7 * 10}
+    once = engine.frozen_bottom(model, head)
+    assert flops_per_layer(model, (1, 28, 28), 1280, 51, once) == 1280 * (flops["features.0"] + 51 * flops["classifier"]) / 2
+    assert flops_per_layer(model, (1, 28, 28), 1280, 51) == 1280 * 51 * sum(flops.values()) / 2
+
+
 def test_chunk_workers_only_under_the_automatic_policy_and_never_beyond_the_chunks():
     from baffle.config import Config
     from baffle.engine.threads import chunk_workers

@@ -47,7 +47,7 @@ from baffle.config import Config
 from baffle.engine.base import Engine
 from baffle.engine.batched import BatchedEngine
 from baffle.estimator import select_parameters
-from baffle.models import count_flops
+from baffle.models import layer_flops
 
 MIN_FLOPS_PER_THREAD = 2.5e8
 
@@ -72,11 +72,15 @@ def threads_for_work(flops_per_layer: float, cores: int) -> int:
     return int(max(1, min(cores, flops_per_layer // MIN_FLOPS_PER_THREAD)))
 
 
-def flops_per_layer(model: nn.Module, sample_shape: tuple[int, ...], samples: int, members: int = 1) -> float:
+def flops_per_layer(
+    model: nn.Module, sample_shape: tuple[int, ...], samples: int, members: int = 1, once: frozenset[str] = frozenset(),
+) -> float:  # fmt: skip
     """FLOPs of one layer call on average: the forward of ``samples`` inputs for ``members`` perturbed
-    models, spread over the model's convolution and linear layers."""
-    layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
-    return count_flops(model, tuple(sample_shape)) * samples * members / max(1, layers)
+    models, spread over the model's convolution and linear layers. The layers named in ``once`` (a frozen
+    bottom, ``BatchedEngine.frozen_bottom``) run once for all members."""
+    flops = layer_flops(model, tuple(sample_shape))
+    work = sum(f * (1 if name in once else members) for name, f in flops.items())
+    return work * samples / max(1, len(flops))
 
 
 def intra_op_threads(
@@ -106,6 +110,7 @@ def intra_op_threads(
             samples = batch * clients_per_round
         params = select_parameters(model, cfg.model.trainable)
         members, samples = engine.call_size(model, params, samples, sample_shape, cfg.estimator.K, cfg.estimator.scheme)
+        return threads_for_work(flops_per_layer(model, sample_shape, samples, members, engine.frozen_bottom(model, params)), cores)
     return threads_for_work(flops_per_layer(model, sample_shape, samples, members), cores)
 
 

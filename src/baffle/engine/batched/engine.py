@@ -190,6 +190,15 @@ class BatchedEngine(Engine):
         shared = prog.shared_nodes(frozenset(id(p) for _, p in params))
         return self._plan(prog, sum(p.numel() for _, p in params), samples, sample_shape, K, scheme, shared)
 
+    def frozen_bottom(self, model: nn.Module, params: Params) -> frozenset[str]:
+        """Names of the layers each call runs once for every member when only ``params`` are perturbed
+        (``Program.shared_nodes``): empty unless a layer with parameters is frozen below the trained ones."""
+        prog = self._program(model)
+        if not isinstance(prog, Program):
+            return frozenset()
+        shared = prog.shared_nodes(frozenset(id(p) for _, p in params))
+        return frozenset(str(n.target) for n in shared if n.op == "call_module")
+
     def _plan(
         self, prog: Program, n: int, samples: int, sample_shape: tuple[int, ...], K: int, scheme: str,
         shared: frozenset = frozenset(),

@@ -40,6 +40,17 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...], shared: froz
     ``shared`` (a frozen bottom, ``Program.shared_nodes``) run once per call, not per chunk, and are not counted.
 
     Measured by running the model's own layers once on a batch of 2 zeros; cached on the program."""
+    return _measure(prog, tuple(sample_shape), shared)[:2]
+
+
+def frontier_floats(prog: Program, sample_shape: tuple[int, ...], shared: frozenset[torch.fx.Node]) -> int:
+    """Per sample, the floats of the frozen bottom's output (``Program.frontier``) that one engine call holds for
+    the whole batch, every slice's at once, beside the chunks: taken off the memory budget before sizing them."""
+    return _measure(prog, tuple(sample_shape), shared)[2] if shared else 0
+
+
+def _measure(prog: Program, sample_shape: tuple[int, ...], shared: frozenset[torch.fx.Node]) -> tuple[int, int, int]:
+    """(io_peak, peak, frontier) per sample; see :func:`activation_floats` and :func:`frontier_floats`."""
     key = (sample_shape, shared)
     if key in prog.activation_cache:
         return prog.activation_cache[key]
@@ -80,8 +91,9 @@ def activation_floats(prog: Program, sample_shape: tuple[int, ...], shared: froz
                     io_peak = max(io_peak, sizes.get(chain_input[n], 0) + sizes[n])
                 elif n not in unmaterialised:
                     io_peak = max(io_peak, ins + sizes[n])
-    prog.activation_cache[key] = (io_peak, peak)
-    return io_peak, peak
+    frontier = sum(sizes[n] for n in prog.frontier(shared) if n in sizes)
+    prog.activation_cache[key] = (io_peak, peak, frontier)
+    return io_peak, peak, frontier
 
 
 def fused_passes(prog: Program) -> tuple[set[torch.fx.Node], dict[torch.fx.Node, torch.fx.Node]]:
@@ -114,7 +126,7 @@ class Budget:
         """Members per chunk so that weights, directions and activations fit ``max_memory_mb``."""
         io, act = activation_floats(prog, tuple(sample_shape), shared)
         per_member = 4 * (3 * n + 2 * act * batch)  # directions + weights (+ slack) + activations, workspace
-        by_memory = self.max_memory_mb * 2**20 // max(per_member, 1)
+        by_memory = self._free_bytes(prog, batch, sample_shape, shared) // max(per_member, 1)
         by_cache = self.cache_bytes // max(4 * io * batch, 1)
         return int(max(MIN_CHUNK, min(self.max_chunk, total, by_memory, by_cache)))
 
@@ -130,6 +142,10 @@ class Budget:
             return batch
         io, act = activation_floats(prog, tuple(sample_shape), shared)
         by_cache = self.cache_bytes * SLICE_BYTES // CACHE_BYTES // max(4 * io, 1)
-        by_memory = max(self.max_memory_mb * 2**20 - 12 * n, 0) // max(8 * act, 1)
+        by_memory = max(self._free_bytes(prog, batch, sample_shape, shared) - 12 * n, 0) // max(8 * act, 1)
         most = max(1, min(batch, by_cache, by_memory))
         return -(-batch // -(-batch // most))  # equal slices: 32 samples at most 21 -> 2 x 16
+
+    def _free_bytes(self, prog: Program, batch: int, sample_shape: tuple[int, ...], shared: frozenset[torch.fx.Node]) -> int:
+        """The budget left to the chunks once the frozen bottom's output for the whole batch is held."""
+        return max(self.max_memory_mb * 2**20 - 4 * frontier_floats(prog, tuple(sample_shape), shared) * batch, 0)

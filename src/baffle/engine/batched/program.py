@@ -102,7 +102,7 @@ class Program:
             elif n.op == "get_attr":
                 raise Unsupported(f"model reads attribute {n.target!r} directly in forward")
         # the memory planner's per-sample activation sizes, by sample shape (planner.activation_floats)
-        self.activation_cache: dict[tuple[Any, ...], tuple[int, int]] = {}
+        self.activation_cache: dict[tuple[Any, ...], tuple[int, int, int]] = {}
         self._shared: dict[frozenset[int], frozenset[torch.fx.Node]] = {}  # shared_nodes, by perturbed set
         # GroupNorm -> activation -> 2x2 max-pool chains, each node the sole reader of the one before: run as one
         # compiled pass (norm_act_pool.py) where the kernel is built and covers the tensor
@@ -141,11 +141,15 @@ class Program:
             self._shared[perturbed] = frozenset(shared) if frozen_layer else frozenset()
         return self._shared[perturbed]
 
+    def frontier(self, shared: frozenset[torch.fx.Node]) -> frozenset[torch.fx.Node]:
+        """The shared nodes a per-member node reads: what :meth:`prefix` keeps for the whole call."""
+        return frozenset(n for n in shared if n.op != "placeholder" and any(u not in shared for u in n.users))
+
     def prefix(self, x: torch.Tensor, shared: frozenset[torch.fx.Node]) -> dict[torch.fx.Node, Value]:
         """The values of the shared nodes (:meth:`shared_nodes`) that a per-member node or the output reads, for input
         ``x``: what :meth:`run` starts from instead of recomputing the frozen bottom in every chunk. The same kernels
         compute them as in :meth:`run`, so the values are the same bits."""
-        frontier = {n for n in shared if n.op != "placeholder" and any(u not in shared for u in n.users)}
+        frontier = self.frontier(shared)
         env: dict[torch.fx.Node, Any] = {}
         for n in self.nodes:
             if n not in shared:
