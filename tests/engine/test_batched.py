@@ -308,6 +308,33 @@ def test_chunks_of_one_call_share_the_input_im2col(monkeypatch):
     assert calls["n"] == 1
 
 
+def test_slices_of_a_split_batch_build_their_im2col_once_per_call_within_the_budget_share(monkeypatch):
+    """With the batch in slices (one member per chunk), each slice's input im2col is kept for the members after the
+    first, up to SLICED_COLS_SHARE of the memory budget: past it, the slices that do not fit are recomputed. The loss
+    differences are the loop's either way."""
+    from baffle.engine.batched import engine as batched_engine
+
+    torch.manual_seed(6)
+    model = build_model("lenet", norm="none")  # the paper's LeNet: no norm, so its first conv is not fused
+    x, y = _batch((1, 28, 28), 12, seed=6)
+    calls = {"n": 0}
+    real = F.unfold
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "unfold", counting)
+    eng = _check(model, x, y, None, "forward", K=5, engine=BatchedEngine(512, cache_bytes=300_000))
+    slices = -(-12 // eng.last_sub_batch)
+    assert eng.last_chunk == 1 and slices >= 2 and calls["n"] == slices  # 6 members x the slices, built once each
+    one = 25 * 28 * 28 * 4 * eng.last_sub_batch  # one slice's im2col (bytes), about 0.4 MB here
+    monkeypatch.setattr(batched_engine, "SLICED_COLS_SHARE", one / (512 * 2**20))
+    calls["n"] = 0
+    _check(model, x, y, None, "forward", K=5, engine=BatchedEngine(512, cache_bytes=300_000))
+    assert calls["n"] == 1 + 6 * (slices - 1)  # room for one slice's: the others are built by every member
+
+
 @pytest.mark.parametrize("kind", ["v1", "v2-gauss", "v2-rademacher"])
 @pytest.mark.parametrize("scheme", ["forward", "central"])
 def test_whole_direction_block_equals_tensor_by_tensor(monkeypatch, kind, scheme):
@@ -414,8 +441,9 @@ def test_frozen_bottoms_output_for_the_whole_batch_comes_off_the_memory_budget()
     held = 4 * 32 * 7 * 7 * batch
     assert b.chunk_size(prog, n, batch, shape, 101, shared) == max(1, (32 * 2**20 - held) // per_member)
     assert b.chunk_size(prog, n, batch, shape, 101, shared) < 32 * 2**20 // per_member
-    # a budget the bottom's output nearly fills: one member at a time, on slices of what is left (0.5 MB)
-    tight = Budget(max_memory_mb=25, max_chunk=64, cache_bytes=2**40)
-    assert tight.chunk_size(prog, n, batch, shape, 101, shared) == 1
-    assert tight.sub_batch(prog, 40_000, batch, shape, 1, shared) == -(-batch // -(-batch // ((25 * 2**20 - held - 12 * 40_000) // (8 * act))))
-    assert Budget(max_memory_mb=50, cache_bytes=2**40).sub_batch(prog, 40_000, batch, shape, 1, shared) == batch
+    # a budget the bottom's output nearly fills: one member's call gets slices of what is left once the weights and
+    # the slices' im2col share (SLICED_COLS_SHARE) are taken too
+    tight = Budget(max_memory_mb=30, max_chunk=64, cache_bytes=2**40)
+    most = (30 * 2**20 - held - 12 * 150_000 - 30 * 2**20 // 8) // (8 * act)
+    assert 0 < most < batch and tight.sub_batch(prog, 150_000, batch, shape, 1, shared) == -(-batch // -(-batch // most))
+    assert Budget(max_memory_mb=50, cache_bytes=2**40).sub_batch(prog, 150_000, batch, shape, 1, shared) == batch

@@ -31,8 +31,8 @@ from torch import nn
 
 from baffle.engine.allocator import retain_freed_memory
 from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
-from baffle.engine.batched.kernels import Unsupported, lift
-from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
+from baffle.engine.batched.kernels import ColsCache, Unsupported, lift
+from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, SLICED_COLS_SHARE, Budget
 from baffle.engine.batched.program import Program
 from baffle.engine.loop import loss_differences
 from baffle.protocol.schemes import check_scheme
@@ -260,9 +260,10 @@ class BatchedEngine(Engine):
         self.last_chunk, self.last_sub_batch = P, sub
         losses = np.empty((total, len(batches)), dtype=np.float64)
         flats = [p.detach().reshape(-1) for p in plist]
-        # what every chunk computes alike from the input (kernels._shared_input_conv); not when the batch is
-        # split for memory, since it would keep every slice's im2col at once
-        cols_cache: dict | None = {} if sub >= x.shape[0] else None
+        # what every chunk computes alike from the input (kernels._shared_input_conv); when the batch is split into
+        # slices, at most SLICED_COLS_SHARE of the memory budget of them (the planner leaves that much out)
+        whole = sub >= x.shape[0]
+        cols_cache = ColsCache(None if whole else int(self.budget.max_memory_mb * 2**20 * SLICED_COLS_SHARE))
         # the frozen bottom's output for each slice of the batch, which every chunk starts from: the same values each
         # chunk computed for itself before 2026-12-05 (the plan, now sized without the bottom, is what may differ)
         with torch.inference_mode():

@@ -97,6 +97,23 @@ def _max_of_views(views: list[torch.Tensor]) -> torch.Tensor:
 _UNFOLD_LIMIT = 64 * 2**20
 
 
+class ColsCache(dict):
+    """The im2col matrices one engine call's chunks share (``shared_im2col``), up to ``limit`` bytes: past it a
+    matrix is not kept (its next reader recomputes it), so a batch split into slices keeps what fits of every
+    slice's matrix instead of recomputing each slice's for every member."""
+
+    def __init__(self, limit: int | None = None):
+        super().__init__()
+        self.limit, self.held = limit, 0
+
+    def __setitem__(self, key, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+        size = value[1].numel() * value[1].element_size()
+        if self.limit is not None and self.held + size > self.limit:
+            return
+        self.held += size
+        super().__setitem__(key, value)
+
+
 def shared_im2col(m: nn.Conv2d, x: torch.Tensor, cols_cache: dict | None = None, aligned: bool = False) -> tuple[torch.Tensor, int, int]:
     """(cols, Ho, Wo): the im2col matrix (B, C_in*kh*kw, Ho*Wo) of convolution ``m`` on the shared input ``x``
     (``aligned``: each row zero-padded to a multiple of 8 values, as the fused kernel reads it).

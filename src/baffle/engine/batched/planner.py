@@ -31,6 +31,10 @@ CACHE_BYTES = 16 * 2**20
 # at most this working set (models without batch statistics only): measured to halve a WRN-10-2 step's
 # peak memory at batch 64 (docs/performance.md).
 SLICE_BYTES = 8 * 2**20
+# With the batch in slices, the engine keeps each slice's shared-input im2col for the members after the first (one
+# member per chunk, so otherwise every member recomputed every slice's: a fifth of the paper LeNet's step) in at most
+# this share of the memory budget, which the slices' activations then do not get.
+SLICED_COLS_SHARE = 1 / 8
 
 
 def activation_floats(prog: Program, sample_shape: tuple[int, ...], shared: frozenset[torch.fx.Node] = frozenset()) -> tuple[int, int]:
@@ -142,7 +146,8 @@ class Budget:
             return batch
         io, act = activation_floats(prog, tuple(sample_shape), shared)
         by_cache = self.cache_bytes * SLICE_BYTES // CACHE_BYTES // max(4 * io, 1)
-        by_memory = max(self._free_bytes(prog, batch, sample_shape, shared) - 12 * n, 0) // max(8 * act, 1)
+        cols = int(self.max_memory_mb * 2**20 * SLICED_COLS_SHARE)  # the slices' im2col the engine may keep
+        by_memory = max(self._free_bytes(prog, batch, sample_shape, shared) - 12 * n - cols, 0) // max(8 * act, 1)
         most = max(1, min(batch, by_cache, by_memory))
         return -(-batch // -(-batch // most))  # equal slices: 32 samples at most 21 -> 2 x 16
 
