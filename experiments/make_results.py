@@ -40,6 +40,7 @@ SWEEPS = [
     ("main_table_b32", "BAFFLE vs backprop FedSGD / FedAvg at the default job, 3 seeds (issue 16)"),
     ("fashion_b128", "Fashion-MNIST with 128 samples per pass at 210,000 passes per client, 3 seeds (issue 16)"),
     ("fashion_rf", "Fashion-MNIST with the random-feature CNN (a frozen seeded convolution, a trained classifier), 2 of 3 seeds run (issue 16)"),
+    ("fashion_rf_k1000", "Fashion-MNIST with the random-feature CNN at K=1000: IID, Dirichlet(0.1) and the FedSGD twin, 3 seeds (issue 16)"),
 ]
 GOALS = [  # (goal, [(sweep, run), ...] in order of preference: the longest budget that ran, threshold)
     ("MNIST, IID, forward-only: >= 97%", [("goals", "mnist_iid"), ("main_table", "iid_baffle__name=mnist")], 0.97),
@@ -111,7 +112,8 @@ ISSUE16_GOALS = [  # (goal, [(sweep, run name before "__seed="), ...], threshold
     ("MNIST IID, forward-only: >= 98% at any budget up to 1.3 M passes per client",
      [("goals_v2", "mnist_iid"), ("pass_budget_98", "B128_10k")], 0.98),
     ("Fashion-MNIST IID, forward-only: >= 88%",
-     [("goals_v2", "fashion_iid"), ("fashion_pass_budget", "B64"), ("fashion_b128", "B128_10k"), ("fashion_rf", "baffle")], 0.88),
+     [("goals_v2", "fashion_iid"), ("fashion_pass_budget", "B64"), ("fashion_b128", "B128_10k"), ("fashion_rf", "baffle"),
+      ("fashion_rf_k1000", "baffle")], 0.88),
     ("the default job (`baffle run`): >= 96% MNIST",
      [("default_optim", "lr0.005_b0.999_v2-gauss"), ("default_batch", "B32")], 0.96),
 ]
@@ -180,6 +182,7 @@ NONIID_PAIRS = [  # (dataset, budget, (sweep, IID run), (sweep, Dirichlet(0.1) r
     ("Fashion-MNIST", "batch 32, 3,000 rounds (the default job)", ("noniid_b32", "fashion_iid"), ("noniid_b32", "fashion_dir0.1")),
     ("MNIST", "batch 64, 6,000 rounds", ("pass_budget", "B64"), ("noniid_b64", "mnist_dir0.1")),
     ("Fashion-MNIST", "batch 64, 6,000 rounds", ("fashion_pass_budget", "B64"), ("noniid_b64", "fashion_dir0.1")),
+    ("Fashion-MNIST", "rf_cnn, K=1000, batch 128, 1,500 rounds", ("fashion_rf_k1000", "baffle"), ("fashion_rf_k1000", "dir0.1")),
 ]
 
 

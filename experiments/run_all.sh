@@ -44,7 +44,7 @@ wait $LANE1 $LANE2 "${GOAL_LANES[@]}"
 sweep goals  # all finished: rewrite the goals table with every run
 if [[ ${PHASES:-2} != 1 ]]; then
   # Phase 2: the sweeps of issue 16 (most over 3 seeds), in two lanes of about equal length.
-  ( for name in default_optim pass_budget pass_budget_98 fashion_b128 fashion_rf noniid_v2 noniid_b32 weight_decay multistep; do sweep "$name"; done ) > "$RES/lane3.log" 2>&1 &
+  ( for name in default_optim pass_budget pass_budget_98 fashion_b128 fashion_rf fashion_rf_k1000 noniid_v2 noniid_b32 weight_decay multistep; do sweep "$name"; done ) > "$RES/lane3.log" 2>&1 &
   LANE3=$!
   ( for name in robust_converged goals_v2 fashion_pass_budget noniid_b64 default_batch main_table_b32 batch_k; do sweep "$name"; done ) > "$RES/lane4.log" 2>&1 &
   LANE4=$!

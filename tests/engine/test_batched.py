@@ -289,12 +289,8 @@ def test_in_place_activations_never_overwrite_a_value_another_node_reads():
     assert eng.supports(model)  # the batched program ran, not the loop fallback
 
 
-def test_chunks_of_one_call_share_the_input_im2col(monkeypatch):
-    """The first layer's im2col depends on the input alone: built once per engine call, not once per chunk,
-    with the same loss differences as the loop."""
-    torch.manual_seed(6)
-    model = build_model("lenet_small", image_size=14)
-    x, y = _batch((1, 14, 14), 16, seed=6)
+def _count_unfolds(monkeypatch) -> dict[str, int]:
+    """Counts the im2col builds (F.unfold calls) from here on: {"n": count}."""
     calls = {"n": 0}
     real = F.unfold
 
@@ -303,6 +299,16 @@ def test_chunks_of_one_call_share_the_input_im2col(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(F, "unfold", counting)
+    return calls
+
+
+def test_chunks_of_one_call_share_the_input_im2col(monkeypatch):
+    """The first layer's im2col depends on the input alone: built once per engine call, not once per chunk,
+    with the same loss differences as the loop."""
+    torch.manual_seed(6)
+    model = build_model("lenet_small", image_size=14)
+    x, y = _batch((1, 14, 14), 16, seed=6)
+    calls = _count_unfolds(monkeypatch)
     eng = _check(model, x, y, None, "forward", K=11, engine=BatchedEngine(64, max_chunk=4))
     assert eng.last_chunk == 4 and eng.last_sub_batch == 16  # 12 members in 3 chunks, the batch unsplit
     assert calls["n"] == 1
@@ -317,14 +323,7 @@ def test_slices_of_a_split_batch_build_their_im2col_once_per_call_within_the_bud
     torch.manual_seed(6)
     model = build_model("lenet", norm="none")  # the paper's LeNet: no norm, so its first conv is not fused
     x, y = _batch((1, 28, 28), 12, seed=6)
-    calls = {"n": 0}
-    real = F.unfold
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(F, "unfold", counting)
+    calls = _count_unfolds(monkeypatch)
     eng = _check(model, x, y, None, "forward", K=5, engine=BatchedEngine(512, cache_bytes=300_000))
     slices = -(-12 // eng.last_sub_batch)
     assert eng.last_chunk == 1 and slices >= 2 and calls["n"] == slices  # 6 members x the slices, built once each
