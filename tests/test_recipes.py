@@ -1,4 +1,4 @@
-"""The one-``--config`` recipes for issue 16's MNIST goals train exactly the sweep runs whose numbers the docs quote."""
+"""The one-``--config`` recipes for issue 16's MNIST and Fashion-MNIST goals train exactly the sweep runs whose numbers the docs quote."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ EXP = Path(__file__).resolve().parents[1] / "experiments"
 @pytest.mark.parametrize("recipe, sweep, run", [
     ("mnist_97.toml", "pass_budget.toml", "B64__seed=0"),
     ("mnist_98.toml", "pass_budget_98.toml", "B128_10k__seed=0"),
+    ("fashion_rf_run.toml", "fashion_rf_k1000.toml", "baffle__seed=0"),
 ])
 def test_recipe_is_the_sweep_run(recipe, sweep, run):
     spec = next(s for s in load_sweep(EXP / sweep, out=Path("unused")).runs if s.name == run)
