@@ -113,7 +113,7 @@ ISSUE16_GOALS = [  # (goal, [(sweep, run name before "__seed="), ...], threshold
      [("goals_v2", "mnist_iid"), ("pass_budget_98", "B128_10k")], 0.98),
     ("Fashion-MNIST IID, forward-only: >= 88%",
      [("goals_v2", "fashion_iid"), ("fashion_pass_budget", "B64"), ("fashion_b128", "B128_10k"), ("fashion_rf", "baffle"),
-      ("fashion_rf_k1000", "baffle")], 0.88),
+      ("fashion_rf_k1000", "baffle"), ("fashion_rf_k1000", "baffle_3k")], 0.88),
     ("the default job (`baffle run`): >= 96% MNIST",
      [("default_optim", "lr0.005_b0.999_v2-gauss"), ("default_batch", "B32")], 0.96),
 ]
@@ -209,6 +209,8 @@ def _goal_row(goal: str, sweep: str, run: str, runs: list[dict], thr: float) -> 
     mean, sd = _mean_sd(accs)
     passes = {r["summary"]["rounds"] * r["client_forward_passes_per_round"] for r in runs}
     met = "yes" if mean >= thr else f"no (gap {100 * (thr - mean):.2f} points)"
+    if mean >= thr and len(accs) < 3:  # a headline figure needs 3 seeds
+        met = f"not yet: above on {len(accs)} of 3 seeds"
     seeds = f"{len(accs)} seed{'s' if len(accs) > 1 else ''}"
     return [goal, f"`{sweep}/{run}`", f"{100 * mean:.2f} ± {100 * sd:.2f} ({seeds})",
             ", ".join(f"{p:,}" for p in sorted(passes)), ", ".join(f"{100 * a:.2f}" for a in accs), met]
