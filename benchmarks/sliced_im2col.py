@@ -7,7 +7,7 @@ One forward-only client step of the paper's LeNet (``model.name=lenet``, ``model
 32 samples fused: experiments/paper_repro.toml's FedSGD-style round). Its first convolution is not fused (no norm layer),
 the planner runs one member per chunk on slices of the batch (one member's activations at 320 samples exceed the cache
 bound), and before this change every one of the 101 members rebuilt every slice's im2col. The "before" variant is the
-same engine with ``SLICED_COLS_SHARE = 0`` (nothing kept), exactly the previous code path. Variants alternate call by
+same engine with ``planner.SLICED_COLS_SHARE = 0`` (nothing kept, nothing left out of the slices), exactly the previous code path. Variants alternate call by
 call in one process, one thread; the loss differences must be bit-identical (the same kernels on the same values).
 """
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from baffle import estimator  # noqa: E402
-from baffle.engine.batched import engine as batched_engine  # noqa: E402
+from baffle.engine.batched import planner  # noqa: E402
 from baffle.models import build_model  # noqa: E402
 from baffle.protocol import noise  # noqa: E402
 from baffle.records.results import results_dir, write_json  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(32, 1, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(10)]
     seeds = noise.round_seeds(0, 1, args.K)
-    share = batched_engine.SLICED_COLS_SHARE
+    share = planner.SLICED_COLS_SHARE
     variants = {"kept per call": share, "rebuilt per member (before)": 0.0}
     engines = {k: batched_engine.BatchedEngine() for k in variants}
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -53,14 +53,14 @@ def main() -> None:
     plans: dict[str, tuple[int, int]] = {}
     for rep in range(args.reps + 1):  # the first round of calls traces and warms up: not timed
         for variant, eng in engines.items():
-            batched_engine.SLICED_COLS_SHARE = variants[variant]
+            planner.SLICED_COLS_SHARE = variants[variant]
             t0 = time.perf_counter()
             out[variant] = np.stack(eng.multi_client(model, params, batches, seeds, 1e-4, "forward"))
             if rep:
                 times[variant].append(time.perf_counter() - t0)
             plans[variant] = (eng.last_chunk, eng.last_sub_batch)
             print(f"  {variant}: {time.perf_counter() - t0:.2f} s", flush=True)
-    batched_engine.SLICED_COLS_SHARE = share
+    planner.SLICED_COLS_SHARE = share
     med = {k: statistics.median(v) for k, v in times.items()}
     same = bool(np.array_equal(out["kept per call"], out["rebuilt per member (before)"]))
     speedup = med["rebuilt per member (before)"] / med["kept per call"]

@@ -318,7 +318,7 @@ def test_slices_of_a_split_batch_build_their_im2col_once_per_call_within_the_bud
     """With the batch in slices (one member per chunk), each slice's input im2col is kept for the members after the
     first, up to SLICED_COLS_SHARE of the memory budget: past it, the slices that do not fit are recomputed. The loss
     differences are the loop's either way."""
-    from baffle.engine.batched import engine as batched_engine
+    from baffle.engine.batched import planner
 
     torch.manual_seed(6)
     model = build_model("lenet", norm="none")  # the paper's LeNet: no norm, so its first conv is not fused
@@ -328,7 +328,7 @@ def test_slices_of_a_split_batch_build_their_im2col_once_per_call_within_the_bud
     slices = -(-12 // eng.last_sub_batch)
     assert eng.last_chunk == 1 and slices >= 2 and calls["n"] == slices  # 6 members x the slices, built once each
     one = 25 * 28 * 28 * 4 * eng.last_sub_batch  # one slice's im2col (bytes), about 0.4 MB here
-    monkeypatch.setattr(batched_engine, "SLICED_COLS_SHARE", one / (512 * 2**20))
+    monkeypatch.setattr(planner, "SLICED_COLS_SHARE", one / (512 * 2**20))
     calls["n"] = 0
     _check(model, x, y, None, "forward", K=5, engine=BatchedEngine(512, cache_bytes=300_000))
     assert calls["n"] == 1 + 6 * (slices - 1)  # room for one slice's: the others are built by every member

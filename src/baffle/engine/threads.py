@@ -104,14 +104,14 @@ def intra_op_threads(
     batch = cfg.federation.batch_size
     if backprop:
         return threads_for_work(3 * flops_per_layer(model, sample_shape, batch), cores)
-    samples, members = batch, 1
+    samples, members, once = batch, 1, frozenset[str]()
     if isinstance(engine, BatchedEngine):
         if cfg.estimator.fuse_clients and engine.can_fuse_clients(model):
             samples = batch * clients_per_round
         params = select_parameters(model, cfg.model.trainable)
         members, samples = engine.call_size(model, params, samples, sample_shape, cfg.estimator.K, cfg.estimator.scheme)
-        return threads_for_work(flops_per_layer(model, sample_shape, samples, members, engine.frozen_bottom(model, params)), cores)
-    return threads_for_work(flops_per_layer(model, sample_shape, samples, members), cores)
+        once = engine.frozen_bottom(model, params)
+    return threads_for_work(flops_per_layer(model, sample_shape, samples, members, once), cores)
 
 
 def chunk_workers(

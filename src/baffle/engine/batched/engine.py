@@ -32,7 +32,7 @@ from torch import nn
 from baffle.engine.allocator import retain_freed_memory
 from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
 from baffle.engine.batched.kernels import ColsCache, Unsupported, lift
-from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, SLICED_COLS_SHARE, Budget
+from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
 from baffle.engine.batched.program import Program
 from baffle.engine.loop import loss_differences
 from baffle.protocol.schemes import check_scheme
@@ -262,8 +262,7 @@ class BatchedEngine(Engine):
         flats = [p.detach().reshape(-1) for p in plist]
         # what every chunk computes alike from the input (kernels._shared_input_conv); when the batch is split into
         # slices, at most SLICED_COLS_SHARE of the memory budget of them (the planner leaves that much out)
-        whole = sub >= x.shape[0]
-        cols_cache = ColsCache(None if whole else int(self.budget.max_memory_mb * 2**20 * SLICED_COLS_SHARE))
+        cols_cache = ColsCache(None if sub >= x.shape[0] else self.budget.sliced_cols_bytes())
         # the frozen bottom's output for each slice of the batch, which every chunk starts from: the same values each
         # chunk computed for itself before 2026-12-05 (the plan, now sized without the bottom, is what may differ)
         with torch.inference_mode():

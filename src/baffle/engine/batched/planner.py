@@ -146,10 +146,13 @@ class Budget:
             return batch
         io, act = activation_floats(prog, tuple(sample_shape), shared)
         by_cache = self.cache_bytes * SLICE_BYTES // CACHE_BYTES // max(4 * io, 1)
-        cols = int(self.max_memory_mb * 2**20 * SLICED_COLS_SHARE)  # the slices' im2col the engine may keep
-        by_memory = max(self._free_bytes(prog, batch, sample_shape, shared) - 12 * n - cols, 0) // max(8 * act, 1)
+        by_memory = max(self._free_bytes(prog, batch, sample_shape, shared) - 12 * n - self.sliced_cols_bytes(), 0) // max(8 * act, 1)
         most = max(1, min(batch, by_cache, by_memory))
         return -(-batch // -(-batch // most))  # equal slices: 32 samples at most 21 -> 2 x 16
+
+    def sliced_cols_bytes(self) -> int:
+        """The most bytes of slices' im2col the engine keeps in one call (``SLICED_COLS_SHARE`` of the budget)."""
+        return int(self.max_memory_mb * 2**20 * SLICED_COLS_SHARE)
 
     def _free_bytes(self, prog: Program, batch: int, sample_shape: tuple[int, ...], shared: frozenset[torch.fx.Node]) -> int:
         """The budget left to the chunks once the frozen bottom's output for the whole batch is held."""
