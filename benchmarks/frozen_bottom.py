@@ -52,7 +52,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(1)
         batches = [(torch.randn(batch, 1, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(clients)]
         seeds = noise.round_seeds(0, 1, K)
-        engines = {"once per call": BatchedEngine(), "once per chunk (before)": BatchedEngine()}
+        engines = {"once per call": BatchedEngine(feature_cache_mb=0), "once per chunk (before)": BatchedEngine(feature_cache_mb=0)}
         times: dict[str, list[float]] = {k: [] for k in engines}
         out: dict[str, np.ndarray] = {}
         plans: dict[str, tuple[int, int]] = {}

@@ -42,6 +42,7 @@ BOUNDS: dict[str, tuple[int, str]] = {
     "federation.local_steps": (1_000_000, "local steps per round"),
     "model.lora_rank": (65_536, "adapter rank"),
     "estimator.max_memory_mb": (16 * 1024 * 1024, "MB (16 TB)"),
+    "estimator.feature_cache_mb": (16 * 1024 * 1024, "MB (16 TB)"),
 }
 
 # (train, test) samples of each dataset as loaded (before data.train_subset/test_subset)
@@ -159,6 +160,9 @@ def estimate(cfg: Config) -> Estimate:
                                          "estimator.K" if chunk <= budget else "estimator.max_memory_mb")
     out.memory["activations"] = (max(f.batch_size, 256) * acts * 4.0 * 3, "federation.batch_size" if f.batch_size > 256 else size_key)
     n_eff = min(d.train_subset or n_train, n_train)
+    if e.engine == "batched" and trainable < total and not get_method(r.method).backprop:
+        # a frozen bottom's output per training sample (at most every activation of it), up to the cache's bound
+        out.memory["feature cache"] = (min(e.feature_cache_mb * 2.0**20, n_eff * acts * 4.0), "estimator.feature_cache_mb")
     m = clients_per_round(cfg)
     method = get_method(r.method)
     steps = method.per_round_costs(cfg, 0, 0)[1]  # forward passes per client per round (the cost model)

@@ -390,7 +390,7 @@ def test_frozen_bottom_runs_once_per_call_not_once_per_chunk(scheme):
     calls = {"n": 0}
     hook = conv.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
     try:
-        eng = _check(model, x, y, ["classifier.*"], scheme, K=11, engine=BatchedEngine(64, max_chunk=4))
+        eng = _check(model, x, y, ["classifier.*"], scheme, K=11, engine=BatchedEngine(64, max_chunk=4, feature_cache_mb=0))
         assert eng.last_chunk == 4 and eng.last_sub_batch == 24
         calls["n"] = 0
         eng(model, estimator.select_parameters(model, ["classifier.*"]), x, y, noise.round_seeds(3, 1, 11), 1e-3, scheme)

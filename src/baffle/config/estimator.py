@@ -19,6 +19,7 @@ class EstimatorConfig:
     scheme: str = "forward"  # forward (K+1 forwards) | central (twin-point, 2K forwards)
     engine: str = "batched"  # batched | loop
     max_memory_mb: int = 512  # memory budget of the batched engine's perturbation chunks
+    feature_cache_mb: int = 1024  # batched engine: a frozen bottom's output per sample kept across rounds; 0 = off
     forward_slice: int = 0  # loop engine: evaluate each loss on at most this many samples at a time; 0 = whole batch
     baseline: str = "none"  # server-side: none | mean (subtract mean_k dL_k; baffle.shaping)
     shaping: str = "none"  # server-side: none | rank (ES centered-rank fitness shaping; baffle.shaping)
@@ -34,6 +35,8 @@ def validate(e: EstimatorConfig, cfg: "Config") -> None:
     choice("estimator.scheme", e.scheme, SCHEMES)
     choice("estimator.engine", e.engine, ENGINES)
     positive("estimator.max_memory_mb", e.max_memory_mb)
+    if isinstance(e.feature_cache_mb, bool) or not isinstance(e.feature_cache_mb, int) or e.feature_cache_mb < 0:
+        raise ConfigError(f"estimator.feature_cache_mb must be an integer >= 0 (0 = off), got {e.feature_cache_mb!r}")
     if isinstance(e.forward_slice, bool) or not isinstance(e.forward_slice, int) or e.forward_slice < 0:
         raise ConfigError(f"estimator.forward_slice must be an integer >= 0 (0 = the whole minibatch), got {e.forward_slice!r}")
     if e.forward_slice and e.engine != "loop" and not cfg.model.prune:

@@ -22,12 +22,15 @@ if TYPE_CHECKING:
     from baffle.config import EstimatorConfig
 
 
-def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = None, forward_slice: int = 0) -> Engine:
+def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = None, forward_slice: int = 0,
+                feature_cache_mb: int = 1024) -> Engine:
     """The engine ``estimator.engine`` names, or the masked engine when the run is pruned.
 
     A mask wins over the name: the batched interpreter does not apply masks, so a pruned run always
     evaluates with the masked reference loop (as it always has; the pinned pruned run depends on it).
-    ``forward_slice`` (``estimator.forward_slice``) is for the loop engines; the batched one refuses it."""
+    ``forward_slice`` (``estimator.forward_slice``) is for the loop engines; the batched one refuses it.
+    ``feature_cache_mb`` (``estimator.feature_cache_mb``) bounds the batched engine's cache of a frozen bottom's
+    output (engine/batched/feature_cache.py)."""
     if mask is not None:
         return MaskedEngine(mask, forward_slice)
     if name == "loop":
@@ -35,13 +38,13 @@ def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = N
     if forward_slice:
         raise ValueError("forward_slice slices the loop engine's forwards; the batched engine bounds memory itself")
     if name == "batched":
-        return BatchedEngine(max_memory_mb)
+        return BatchedEngine(max_memory_mb, feature_cache_mb=feature_cache_mb)
     raise ValueError(f"unknown engine {name!r}; valid: {ENGINES}")
 
 
 def engine_for(e: "EstimatorConfig", mask: np.ndarray | None = None) -> Engine:
     """The engine of a run's ``[estimator]`` section (the simulator, the Flower nodes and fltrust's server use it)."""
-    return make_engine(e.engine, e.max_memory_mb, mask, e.forward_slice)
+    return make_engine(e.engine, e.max_memory_mb, mask, e.forward_slice, e.feature_cache_mb)
 
 
 __all__ = ["ENGINES", "BatchedEngine", "Engine", "LoopEngine", "MaskedEngine", "Perturber", "engine_for", "make_engine"]

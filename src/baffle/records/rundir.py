@@ -38,6 +38,8 @@ SAFE_RESUME_CHANGES: dict[str, str] = {
     "run.eval_every": "when evaluations happen; the model is not touched",
     "run.checkpoint_every": "when checkpoints are written",
     "run.threads": "torch intra-op threads",
+    "estimator.feature_cache_mb": "the batched engine's cache of a frozen bottom's output: the same values, each "
+    "sample's computed once (engine/batched/feature_cache.py)",
 }
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from baffle.engine.allocator import retain_freed_memory
 from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
+from baffle.engine.batched.feature_cache import FeatureCache, row_digests
 from baffle.engine.batched.kernels import ColsCache, Unsupported, lift
 from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
 from baffle.engine.batched.program import Program
@@ -105,12 +106,17 @@ class BatchedEngine(Engine):
 
     name = "batched"
 
-    def __init__(self, max_memory_mb: int = 512, max_chunk: int = MAX_CHUNK, cache_bytes: int = CACHE_BYTES):
+    def __init__(self, max_memory_mb: int = 512, max_chunk: int = MAX_CHUNK, cache_bytes: int = CACHE_BYTES,
+                 feature_cache_mb: int = 1024):  # fmt: skip
         if not isinstance(max_memory_mb, int) or isinstance(max_memory_mb, bool) or max_memory_mb < 1:
             raise ValueError(f"max_memory_mb must be a positive integer, got {max_memory_mb!r}")
+        if not isinstance(feature_cache_mb, int) or isinstance(feature_cache_mb, bool) or feature_cache_mb < 0:
+            raise ValueError(f"feature_cache_mb must be an integer >= 0 (0 = off), got {feature_cache_mb!r}")
         if max_chunk < 1:
             raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
         self.budget = Budget(max_memory_mb, max_chunk, cache_bytes)
+        # a frozen bottom's output per input row, kept across calls (feature_cache.py); outside the chunk budget
+        self.features = FeatureCache(feature_cache_mb * 2**20)
         retain_freed_memory()  # its calls free and reallocate the same tensors: keep the pages (engine/allocator.py)
         self._programs: weakref.WeakKeyDictionary[nn.Module, Program | str] = weakref.WeakKeyDictionary()
         self.workers = 1  # threads evaluating chunks at once (engine.threads.chunk_workers sets it per run)
@@ -249,13 +255,15 @@ class BatchedEngine(Engine):
         x = batches[0][0] if len(batches) == 1 else torch.cat([b[0] for b in batches])
         y = batches[0][1] if len(batches) == 1 else torch.cat([b[1] for b in batches])
         plist = [p for _, p in params]
+        shared = prog.shared_nodes(frozenset(id(p) for p in plist))  # a frozen bottom: computed once, below
+        # the rows' digests for the feature cache, taken from the host copy before the batch moves to run.device
+        keys = row_digests(x) if shared and self.features.max_bytes and not prog.batch_stats else None
         device = plist[0].device  # every tensor of the pass lives where the parameters do (run.device)
         x, y = x.to(device), y.to(device)
         n = sum(p.numel() for p in plist)
         offsets = np.cumsum([0] + [p.numel() for p in plist]).tolist()
         idx, sign = _members(K, scheme)
         total = len(idx)
-        shared = prog.shared_nodes(frozenset(id(p) for p in plist))  # a frozen bottom: computed once, below
         P, sub = self._plan(prog, n, x.shape[0], tuple(x.shape[1:]), K, scheme, shared)
         self.last_chunk, self.last_sub_batch = P, sub
         losses = np.empty((total, len(batches)), dtype=np.float64)
@@ -264,9 +272,13 @@ class BatchedEngine(Engine):
         # slices, at most SLICED_COLS_SHARE of the memory budget of them (the planner leaves that much out)
         cols_cache = ColsCache(None if sub >= x.shape[0] else self.budget.sliced_cols_bytes())
         # the frozen bottom's output for each slice of the batch, which every chunk starts from: the same values each
-        # chunk computed for itself before 2026-12-05 (the plan, now sized without the bottom, is what may differ)
+        # chunk computed for itself before 2026-12-05 (the plan, now sized without the bottom, is what may differ),
+        # the rows of samples an earlier call saw read from the feature cache
         with torch.inference_mode():
-            starts = {b0: prog.prefix(x[b0 : b0 + sub], shared) for b0 in range(0, x.shape[0], sub)} if shared else {}
+            starts = {
+                b0: self.features.prefix(prog, x[b0 : b0 + sub], shared, keys[b0 : b0 + sub] if keys else None)
+                for b0 in range(0, x.shape[0], sub)
+            } if shared else {}  # fmt: skip
 
         @torch.inference_mode()
         def chunk(span: tuple[int, int]) -> None:  # members [start, stop): independent of every other chunk
