@@ -193,7 +193,7 @@ class BatchedEngine(Engine):
         prog = self._program(model)
         if not isinstance(prog, Program):
             return 1, samples
-        shared = prog.shared_nodes(frozenset(id(p) for _, p in params))
+        shared = prog.shared_for(p for _, p in params)
         return self._plan(prog, sum(p.numel() for _, p in params), samples, sample_shape, K, scheme, shared)
 
     def frozen_bottom(self, model: nn.Module, params: Params) -> frozenset[str]:
@@ -202,7 +202,7 @@ class BatchedEngine(Engine):
         prog = self._program(model)
         if not isinstance(prog, Program):
             return frozenset()
-        shared = prog.shared_nodes(frozenset(id(p) for _, p in params))
+        shared = prog.shared_for(p for _, p in params)
         return frozenset(str(n.target) for n in shared if n.op == "call_module")
 
     def _plan(
@@ -255,7 +255,7 @@ class BatchedEngine(Engine):
         x = batches[0][0] if len(batches) == 1 else torch.cat([b[0] for b in batches])
         y = batches[0][1] if len(batches) == 1 else torch.cat([b[1] for b in batches])
         plist = [p for _, p in params]
-        shared = prog.shared_nodes(frozenset(id(p) for p in plist))  # a frozen bottom: computed once, below
+        shared = prog.shared_for(plist)  # a frozen bottom: computed once, below
         # the rows' digests for the feature cache, taken from the host copy before the batch moves to run.device
         keys = row_digests(x) if shared and self.features.max_bytes and not prog.batch_stats else None
         device = plist[0].device  # every tensor of the pass lives where the parameters do (run.device)

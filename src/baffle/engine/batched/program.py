@@ -10,7 +10,7 @@ that model, so every model works and unknown ones are merely slow.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.fx
@@ -140,6 +140,10 @@ class Program:
                         frozen_layer = frozen_layer or bool(params)
             self._shared[perturbed] = frozenset(shared) if frozen_layer else frozenset()
         return self._shared[perturbed]
+
+    def shared_for(self, perturbed: Iterable[torch.Tensor]) -> frozenset[torch.fx.Node]:
+        """:meth:`shared_nodes` when the tensors ``perturbed`` move (the engine's call, its plan and the thread rule)."""
+        return self.shared_nodes(frozenset(id(p) for p in perturbed))
 
     def frontier(self, shared: frozenset[torch.fx.Node]) -> frozenset[torch.fx.Node]:
         """The shared nodes a per-member node reads: what :meth:`prefix` keeps for the whole call."""
