@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baffle.config import Config, ConfigError
+from baffle.config.data import augments
 from baffle.protocol.layout import matches
 
 INT64_MAX = 2**63 - 1
@@ -160,7 +161,7 @@ def estimate(cfg: Config) -> Estimate:
                                          "estimator.K" if chunk <= budget else "estimator.max_memory_mb")
     out.memory["activations"] = (max(f.batch_size, 256) * acts * 4.0 * 3, "federation.batch_size" if f.batch_size > 256 else size_key)
     n_eff = min(d.train_subset or n_train, n_train)
-    if e.engine == "batched" and trainable < total and not get_method(r.method).backprop:
+    if e.engine == "batched" and trainable < total and not get_method(r.method).backprop and not augments(d):
         # a frozen bottom's output per training sample (at most every activation of it), up to the cache's bound
         out.memory["feature cache"] = (min(e.feature_cache_mb * 2.0**20, n_eff * acts * 4.0), "estimator.feature_cache_mb")
     m = clients_per_round(cfg)

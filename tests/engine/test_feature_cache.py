@@ -147,3 +147,18 @@ def test_feature_cache_mb_is_validated_and_reaches_the_engine():
             _config(f"estimator.feature_cache_mb={bad}")
     with pytest.raises(ValueError, match="feature_cache_mb must be an integer >= 0"):
         BatchedEngine(64, feature_cache_mb=-3)
+
+
+
+@pytest.mark.parametrize("augment", ["auto", "none"])
+def test_no_feature_cache_when_the_clients_augment(tmp_path, augment):
+    """CIFAR's default augmentation (a new crop and flip every round) makes every row new: the simulator's engine
+    then keeps no cache, which would only fill memory; without augmentation it does."""
+    from baffle.data.fixtures import write_cifar_fixture
+    from baffle.sim.factory import build
+
+    root = write_cifar_fixture(tmp_path / "cifar", kind="cifar10", n_train=20, n_test=10)
+    cfg = _config("data.name=cifar10", f"data.root={root}", "model.name=rf_cnn", "model.trainable=['classifier.*']",
+                  "data.num_clients=2", f"data.augment={augment}", "estimator.feature_cache_mb=8")
+    engine = build(cfg).clients[0].engine
+    assert engine.features.max_bytes == (0 if augment == "auto" else 8 * 2**20)

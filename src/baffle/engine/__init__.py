@@ -42,9 +42,11 @@ def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = N
     raise ValueError(f"unknown engine {name!r}; valid: {ENGINES}")
 
 
-def engine_for(e: "EstimatorConfig", mask: np.ndarray | None = None) -> Engine:
-    """The engine of a run's ``[estimator]`` section (the simulator, the Flower nodes and fltrust's server use it)."""
-    return make_engine(e.engine, e.max_memory_mb, mask, e.forward_slice, e.feature_cache_mb)
+def engine_for(e: "EstimatorConfig", mask: np.ndarray | None = None, augmented: bool = False) -> Engine:
+    """The engine of a run's ``[estimator]`` section (the simulator, the Flower nodes and fltrust's server use it).
+    ``augmented``: the clients augment their minibatches (``config.data.augments``), so every row is new and a
+    feature cache would only fill memory: none then."""
+    return make_engine(e.engine, e.max_memory_mb, mask, e.forward_slice, 0 if augmented else e.feature_cache_mb)
 
 
 __all__ = ["ENGINES", "BatchedEngine", "Engine", "LoopEngine", "MaskedEngine", "Perturber", "engine_for", "make_engine"]

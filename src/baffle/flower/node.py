@@ -192,7 +192,7 @@ def shared_worker(cfg: Config, train: Dataset) -> tuple[torch.nn.Module, Any]:
         _WORKERS.move_to_end(key)
     else:
         model = build_model_for(cfg, train)
-        _WORKERS[key] = (model, engine_for(cfg.estimator, pruning_mask(cfg, model)))
+        _WORKERS[key] = (model, engine_for(cfg.estimator, pruning_mask(cfg, model), augments(cfg.data)))
         while len(_WORKERS) > 4:
             _WORKERS.popitem(last=False)
     return _WORKERS[key]

@@ -206,7 +206,7 @@ def build(cfg: Config) -> Federation:
         from baffle.pruning import magnitude_mask
 
         strategy.set_mask(magnitude_mask(strategy.params, cfg.model.prune))
-    engine = engine_for(cfg.estimator, strategy.mask)
+    engine = engine_for(cfg.estimator, strategy.mask, augments(cfg.data))
     backprop = get_method(cfg.run.method).backprop  # run.threads, or the rule of baffle.engine.threads
     shape, per_round = tuple(train.x.shape[1:]), clients_per_round(cfg)
     threads = intra_op_threads(cfg, client_model, engine, shape, per_round, backprop)
