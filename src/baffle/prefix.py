@@ -6,7 +6,11 @@ only. When those are the top of the network, every stage below them computes the
 stage whose parameters changed between two forwards of it (learned on the second forward and kept for later
 minibatches), and runs only the stages from there. It is exact: a stage's parameters are compared with a
 snapshot (``torch.equal``) before its cached output is used, because engines write perturbations through
-``.data``, which no version counter sees. Cost: one copy of the staged parameters and a compare per forward
+``.data``, which no version counter sees. Inside one engine call (:meth:`PrefixCache.engine_call`, which the
+loop engine enters after :meth:`PrefixCache.expect_changes`) the compare is made at the call's first forward of an
+input only: the call's Perturber writes nothing but the parameters it named, all above the boundary, so the later
+K forwards of that input need no compare (for MiniLM's frozen encoder the compare read 91 MB per forward: most of a
+head-only step's time after the encoder). Cost: one copy of the staged parameters and a compare per input per call
 (a memory read). Buffers (frozen BatchNorm statistics) never change and are not compared.
 
 Used by the BERT text classifier (:mod:`baffle.nlp.bert`: the embeddings, then each block) and by
@@ -15,7 +19,8 @@ EfficientNet-Lite (:mod:`baffle.vision.effnet`: the stem, each MBConv block, the
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -50,6 +55,20 @@ class PrefixCache:
         self.context: Any = None
         self.stages_run = 0
         self.stages_total = 0
+        self.in_call = False  # inside engine_call: only the hinted parameters move between forwards
+        self.verified: torch.Tensor | None = None  # the input whose stages were compared in this call
+        self.compares = 0  # snapshot compares made (tests count them)
+
+    @contextmanager
+    def engine_call(self) -> Iterator["PrefixCache"]:
+        """The forwards of one engine call, which perturb only the parameters given to :meth:`expect_changes`: the
+        stages below the boundary are compared with their snapshot at the call's first forward of an input, not again
+        before each of its other forwards. Between calls (a new plan, a server step) every first forward compares."""
+        self.in_call, self.verified = self.hint is not None, None
+        try:
+            yield self
+        finally:
+            self.in_call, self.verified = False, None
 
     def expect_changes(self, params: Sequence[torch.Tensor]) -> None:
         """The parameters the coming forwards will perturb (an engine's trainable set), so the boundary is known
@@ -63,6 +82,7 @@ class PrefixCache:
     def _first_changed(self, params: list[list[torch.Tensor]]) -> int:
         """The first snapshotted stage whose parameters differ from the snapshot (len(snapshot): none)."""
         assert self.snapshot is not None
+        self.compares += 1
         for i, (ps, snap) in enumerate(zip(params, self.snapshot)):
             if not all(torch.equal(p, q) for p, q in zip(ps, snap)):
                 return i
@@ -83,7 +103,9 @@ class PrefixCache:
             self.learned = True
         params = [[p.detach() for p in s.parameters()] for s in stages]
         begin = 0
-        if self.x is x and self.snapshot is not None:
+        if self.x is x and self.snapshot is not None and self.in_call and self.verified is x and self.state is not None:
+            begin = self.boundary  # compared at this call's first forward of x; since then only hinted parameters moved
+        elif self.x is x and self.snapshot is not None:
             changed = self._first_changed(params)
             if self.state is not None and changed >= self.boundary:
                 begin = self.boundary
@@ -96,6 +118,7 @@ class PrefixCache:
             kept = params[: self.boundary] if self.learned else params
             if self.snapshot is None or len(self.snapshot) != len(kept) or self._first_changed(kept) < len(kept):
                 self.snapshot = [[p.clone() for p in ps] for ps in kept]
+        self.verified = x if self.in_call and self.learned else None
         h = self.state
         for i in range(begin, len(stages)):
             h = call(i, stages[i], h, self.context)

@@ -265,6 +265,32 @@ def test_prefix_cache_told_what_trains_copies_nothing_above_it():
     assert cache.boundary == len(cache.snapshot) > 0 and cache.state is not None
 
 
+def test_prefix_cache_compares_once_per_call_and_still_sees_frozen_changes_between_calls():
+    """Inside one engine call only the perturbed (hinted) parameters move, so the frozen stages are compared with
+    their snapshot once per call, not before each of the K+1 forwards; a frozen weight changed between two calls on
+    the same input object is still seen (the next call's first forward compares), and the answers stay exact."""
+    from baffle.engine.loop import loss_differences
+
+    torch.manual_seed(0)
+    model, plain = build_model("bert_tiny", num_classes=2), build_model("bert_tiny", num_classes=2)
+    plain.load_state_dict(model.state_dict())
+    plain.prefix_cache = None
+    ids = torch.randint(1000, 2000, (4, 7))
+    x, y = _x(ids, torch.ones_like(ids)), torch.arange(4) % 2
+    seeds = np.arange(1, 9, dtype=np.uint64)
+    cache = model.prefix_cache
+    for step in range(2):
+        before = cache.compares
+        got = loss_differences(model, select_parameters(model, ["classifier.*"]), x, y, seeds, 1e-2, "forward")
+        ref = loss_differences(plain, select_parameters(plain, ["classifier.*"]), x, y, seeds, 1e-2, "forward")
+        assert np.array_equal(got, ref)
+        assert cache.compares - before <= 1  # 9 forwards of one input: at most one compare (none on a fresh input)
+        with torch.no_grad():  # a frozen encoder weight moves between calls (another plan): the same x object
+            for m in (model, plain):
+                next(m.bert.blocks[0].parameters()).mul_(1.5)
+    assert cache.stages_run < 0.5 * cache.stages_total
+
+
 def test_onnx_export_with_weights_as_inputs_matches_torch():
     """The text model exports like the image models (weights as named graph inputs, dynamic batch): the ONNX
     client's path. Trimming and the prefix cache stay out of the trace."""

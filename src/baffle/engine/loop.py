@@ -7,6 +7,8 @@ the pinned runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,19 +53,21 @@ def loss_differences(
             cache.expect_changes([p for _, p in params])
         rows = read_rows(model, params, x)
         pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central", rows=rows)
-        try:
-            base = batch_loss(model, x, y, loss_fn, forward_slice) if scheme == "forward" else 0.0
-            for k, seed in enumerate(seeds):
-                pert.set(seed, sigma)
-                plus = batch_loss(model, x, y, loss_fn, forward_slice)
-                if scheme == "forward":
-                    out[k] = plus - base
-                else:
-                    pert.rescale(-sigma)
-                    minus = batch_loss(model, x, y, loss_fn, forward_slice)
-                    out[k] = (plus - minus) / 2.0
-        finally:
-            pert.restore()
+        # one engine call: the prefix cache compares its frozen stages once per input, not before every forward
+        with cache.engine_call() if cache is not None else contextlib.nullcontext():
+            try:
+                base = batch_loss(model, x, y, loss_fn, forward_slice) if scheme == "forward" else 0.0
+                for k, seed in enumerate(seeds):
+                    pert.set(seed, sigma)
+                    plus = batch_loss(model, x, y, loss_fn, forward_slice)
+                    if scheme == "forward":
+                        out[k] = plus - base
+                    else:
+                        pert.rescale(-sigma)
+                        minus = batch_loss(model, x, y, loss_fn, forward_slice)
+                        out[k] = (plus - minus) / 2.0
+            finally:
+                pert.restore()
     return out
 
 
