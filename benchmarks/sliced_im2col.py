@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from baffle import estimator  # noqa: E402
 from baffle.engine.batched import planner  # noqa: E402
+from baffle.engine.batched.engine import BatchedEngine  # noqa: E402
 from baffle.models import build_model  # noqa: E402
 from baffle.protocol import noise  # noqa: E402
 from baffle.records.results import results_dir, write_json  # noqa: E402
@@ -47,7 +48,7 @@ def main() -> None:
     seeds = noise.round_seeds(0, 1, args.K)
     share = planner.SLICED_COLS_SHARE
     variants = {"kept per call": share, "rebuilt per member (before)": 0.0}
-    engines = {k: batched_engine.BatchedEngine() for k in variants}
+    engines = {k: BatchedEngine() for k in variants}
     times: dict[str, list[float]] = {k: [] for k in variants}
     out: dict[str, np.ndarray] = {}
     plans: dict[str, tuple[int, int]] = {}
