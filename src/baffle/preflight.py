@@ -161,11 +161,11 @@ def estimate(cfg: Config) -> Estimate:
                                          "estimator.K" if chunk <= budget else "estimator.max_memory_mb")
     out.memory["activations"] = (max(f.batch_size, 256) * acts * 4.0 * 3, "federation.batch_size" if f.batch_size > 256 else size_key)
     n_eff = min(d.train_subset or n_train, n_train)
-    if e.engine == "batched" and trainable < total and not get_method(r.method).backprop and not augments(d):
-        # a frozen bottom's output per training sample (at most every activation of it), up to the cache's bound
-        out.memory["feature cache"] = (min(e.feature_cache_mb * 2.0**20, n_eff * acts * 4.0), "estimator.feature_cache_mb")
     m = clients_per_round(cfg)
     method = get_method(r.method)
+    if e.engine == "batched" and trainable < total and not method.backprop and not augments(d):
+        # a frozen bottom's output per training sample (at most every activation of it), up to the cache's bound
+        out.memory["feature cache"] = (min(e.feature_cache_mb * 2.0**20, n_eff * acts * 4.0), "estimator.feature_cache_mb")
     steps = method.per_round_costs(cfg, 0, 0)[1]  # forward passes per client per round (the cost model)
     if method.backprop:
         passes, directions = 3.0 * steps, 0.0  # forward + backward
