@@ -44,10 +44,19 @@ OUT = results_dir(__file__)
 DOC = ROOT / "docs" / "finetune-text.md"
 
 
-def init(steps: int = 500) -> None:
-    spec = load_sweep(SWEEP, extra=["model.init="]).runs[0]  # validated without the file it names
-    path = ROOT / spec.overrides["model.init"]  # the file this writes: the base config without it
-    cfg = make_config(spec, ["model.init=", "model.adapter=none", "model.trainable=[]"])
+def probe_paths(seed: int) -> tuple[Path, Path]:
+    """(the probe-initialised model, its record) of ``seed``: seed 0 is text_subsets.toml's ``model.init``; seeds 1
+    and 2 are text_subsets_seeds.toml's (each trained on its own seed's subset)."""
+    if seed == 0:
+        spec = load_sweep(SWEEP, extra=["model.init="]).runs[0]  # validated without the file it names
+        return ROOT / spec.overrides["model.init"], OUT / "text_subsets_probe.json"
+    return ROOT / f"results/text_subsets/probe_init_seed{seed}.safetensors", OUT / f"text_subsets_probe_seed{seed}.json"
+
+
+def init(steps: int = 500, seed: int = 0) -> None:
+    path, record_path = probe_paths(seed)  # the files this writes: the base config without model.init
+    spec = load_sweep(SWEEP, extra=["model.init="]).runs[0]
+    cfg = make_config(spec, ["model.init=", "model.adapter=none", "model.trainable=[]", f"run.seed={seed}"])
     torch.set_num_threads(max(1, cfg.run.threads))
     train, test = load_data(cfg)
     model = build_model_for(cfg, train).eval()
@@ -69,8 +78,8 @@ def init(steps: int = 500) -> None:
     save_weights(path, model.state_dict())
     record = {"probe": probe, "steps": steps, "optimizer": "Adam lr 0.01, weight decay 1e-4, full batch",
               "train_sentences": len(train), "test_sentences": len(test), "embed_s": embed_s,
-              "model_vs_head_max_abs_logit_diff": full, "init": str(path.relative_to(ROOT))}
-    write_json(OUT / "text_subsets_probe.json", record)
+              "model_vs_head_max_abs_logit_diff": full, "init": str(path.relative_to(ROOT)), "seed": seed}
+    write_json(record_path, record)
     print(json.dumps(record, indent=1))
 
 
@@ -222,9 +231,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("init", "report"))
     ap.add_argument("--sweep", type=Path, default=SWEEP, help="the sweep to report (default: experiments/text_subsets.toml)")
+    ap.add_argument("--seed", type=int, default=0, help="init: the run.seed whose subset trains the probe (0, 1, 2)")
     args = ap.parse_args()
     if args.what == "init":
-        init()
+        init(seed=args.seed)
     else:
         report(args.sweep.resolve())
 

@@ -13,21 +13,49 @@ K forwards of that input need no compare (for MiniLM's frozen encoder the compar
 head-only step's time after the encoder). Cost: one copy of the staged parameters and a compare per input per call
 (a memory read). Buffers (frozen BatchNorm statistics) never change and are not compared.
 
+Across engine calls (rounds) a sample's state at the boundary never changes while the stages below it do not: with
+:meth:`PrefixCache.keep_rows` (the loop engine passes ``estimator.feature_cache_mb``) the cache also keeps that state
+per input row, keyed by a digest of the row's bytes, so a run puts each of its samples through the frozen bottom once
+and every later minibatch holding it starts at the boundary. A row's state is computed alone (a batch of one), so
+the value kept does not depend on the minibatch it first came in: a resumed run, whose store starts empty, computes
+the same bits. It differs from a batched bottom's output in the last float32 bits only. The store empties whenever
+the snapshot compare finds a stage below the boundary changed, or the boundary moves; once at its byte bound,
+batches holding new rows run the plain way.
+
 Used by the BERT text classifier (:mod:`baffle.nlp.bert`: the embeddings, then each block) and by
 EfficientNet-Lite (:mod:`baffle.vision.effnet`: the stem, each MBConv block, the top conv).
 """
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 #: ``call(i, stage, h, context)``: stage ``i`` applied to the state ``h`` entering it (None for stage 0,
 #: which reads what it needs from ``context``, the per-input value ``prepare(x)`` returned)
 StageCall = Callable[[int, nn.Module, Any, Any], torch.Tensor]
+
+
+#: ``stack(rows, context)``: the batch state entering the boundary from its rows' stored states (default
+#: ``torch.stack``; BERT pads each sentence's token states to the batch's length)
+StackRows = Callable[[list[torch.Tensor], Any], torch.Tensor]
+
+
+def stack_rows(rows: list[torch.Tensor], context: Any) -> torch.Tensor:
+    """The default :data:`StackRows`: every row's state has one shape (images)."""
+    return torch.stack(rows)
+
+
+def row_digests(x: torch.Tensor) -> list[bytes]:
+    """One 16-byte BLAKE2b digest of each row's bytes: a sample's key in a cross-round cache (an augmented or changed
+    sample is a new key; dtype and shape belong to the cache's signature, not the key)."""
+    rows = x.detach().reshape(x.shape[0], -1).contiguous().cpu().numpy().view(np.uint8)
+    return [hashlib.blake2b(r, digest_size=16).digest() for r in rows]
 
 
 def tracing() -> bool:
@@ -58,6 +86,45 @@ class PrefixCache:
         self.in_call = False  # inside engine_call: only the hinted parameters move between forwards
         self.verified: torch.Tensor | None = None  # the input whose stages were compared in this call
         self.compares = 0  # snapshot compares made (tests count them)
+        self.max_row_bytes = 0  # keep_rows: the per-row store's bound (0 = no store)
+        self.rows: dict[bytes, torch.Tensor] = {}  # row digest -> its state entering ``rows_boundary``
+        self.row_bytes = 0
+        self.rows_boundary = -1
+        self.row_hits = 0  # rows read from the store / computed alone into it
+        self.row_misses = 0
+
+    def keep_rows(self, max_bytes: int) -> None:
+        """Keep each input row's state at the boundary across calls, up to ``max_bytes`` (0: keep none)."""
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"the prefix cache's row store bound must be an integer >= 0 bytes, got {max_bytes!r}")
+        self.max_row_bytes = max_bytes
+        if not max_bytes:
+            self._drop_rows()
+
+    def _drop_rows(self) -> None:
+        self.rows, self.row_bytes, self.rows_boundary = {}, 0, -1
+
+    def _stored_state(self, stages: Sequence[nn.Module], x: torch.Tensor, prepare: Callable[[torch.Tensor], Any],
+                      call: StageCall, stack: StackRows) -> Any:
+        """The state entering the boundary for the batch ``x``, its rows read from the store or computed alone
+        into it; None when a new row does not fit (the batch then runs the plain way)."""
+        if self.rows_boundary != self.boundary:
+            self._drop_rows()
+            self.rows_boundary = self.boundary
+        keys = row_digests(x)
+        new = {k: i for i, k in enumerate(keys) if k not in self.rows}
+        for k, i in new.items():
+            ctx, h = prepare(x[i : i + 1]), None
+            for j in range(self.boundary):
+                h = call(j, stages[j], h, ctx)
+            row = h[0].clone()  # its own storage, not a view of the batch of one
+            size = row.numel() * row.element_size()
+            if self.row_bytes + size > self.max_row_bytes:
+                return None
+            self.rows[k], self.row_bytes = row, self.row_bytes + size
+        self.row_hits += len(keys) - len(new)
+        self.row_misses += len(new)
+        return stack([self.rows[k] for k in keys], self.context)
 
     @contextmanager
     def engine_call(self) -> Iterator["PrefixCache"]:
@@ -78,6 +145,7 @@ class PrefixCache:
         ids = frozenset(id(p) for p in params)
         if ids != self.hint:
             self.hint, self.learned, self.snapshot, self.state, self.x = ids, False, None, None, None
+            self._drop_rows()
 
     def _first_changed(self, params: list[list[torch.Tensor]]) -> int:
         """The first snapshotted stage whose parameters differ from the snapshot (len(snapshot): none)."""
@@ -89,7 +157,7 @@ class PrefixCache:
         return len(self.snapshot)
 
     def run(self, stages: Sequence[nn.Module], x: torch.Tensor, prepare: Callable[[torch.Tensor], Any],
-            call: StageCall) -> tuple[Any, Any]:
+            call: StageCall, stack: StackRows = stack_rows) -> tuple[Any, Any]:
         """(the last stage's output, ``prepare(x)``), as running every stage in order on ``x`` computes them.
 
         Once the boundary is learned only the stages below it are snapshotted and compared: they are all a
@@ -118,6 +186,10 @@ class PrefixCache:
             kept = params[: self.boundary] if self.learned else params
             if self.snapshot is None or len(self.snapshot) != len(kept) or self._first_changed(kept) < len(kept):
                 self.snapshot = [[p.clone() for p in ps] for ps in kept]
+                self._drop_rows()  # rows computed with other weights below the boundary
+            if self.max_row_bytes and self.learned and self.boundary > 0:
+                self.state = self._stored_state(stages, x, prepare, call, stack)
+                begin = self.boundary if self.state is not None else 0
         self.verified = x if self.in_call and self.learned else None
         h = self.state
         for i in range(begin, len(stages)):

@@ -163,8 +163,9 @@ def estimate(cfg: Config) -> Estimate:
     n_eff = min(d.train_subset or n_train, n_train)
     m = clients_per_round(cfg)
     method = get_method(r.method)
-    if e.engine == "batched" and trainable < total and not method.backprop and not augments(d):
+    if not cfg.model.prune and trainable < total and not method.backprop and not augments(d):
         # a frozen bottom's output per training sample (at most every activation of it), up to the cache's bound
+        # (the batched engine's feature cache, or a prefix-cached model's row store on the loop path)
         out.memory["feature cache"] = (min(e.feature_cache_mb * 2.0**20, n_eff * acts * 4.0), "estimator.feature_cache_mb")
     steps = method.per_round_costs(cfg, 0, 0)[1]  # forward passes per client per round (the cost model)
     if method.backprop:

@@ -19,7 +19,7 @@ class EstimatorConfig:
     scheme: str = "forward"  # forward (K+1 forwards) | central (twin-point, 2K forwards)
     engine: str = "batched"  # batched | loop
     max_memory_mb: int = 512  # memory budget of the batched engine's perturbation chunks
-    feature_cache_mb: int = 1024  # batched engine: a frozen bottom's output per sample kept across rounds; 0 = off
+    feature_cache_mb: int = 1024  # a frozen bottom's output per sample kept across rounds (batched engine, prefix cache); 0 = off
     forward_slice: int = 0  # loop engine: evaluate each loss on at most this many samples at a time; 0 = whole batch
     baseline: str = "none"  # server-side: none | mean (subtract mean_k dL_k; baffle.shaping)
     shaping: str = "none"  # server-side: none | rank (ES centered-rank fitness shaping; baffle.shaping)

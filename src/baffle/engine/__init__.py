@@ -29,12 +29,13 @@ def make_engine(name: str, max_memory_mb: int = 512, mask: np.ndarray | None = N
     A mask wins over the name: the batched interpreter does not apply masks, so a pruned run always
     evaluates with the masked reference loop (as it always has; the pinned pruned run depends on it).
     ``forward_slice`` (``estimator.forward_slice``) is for the loop engines; the batched one refuses it.
-    ``feature_cache_mb`` (``estimator.feature_cache_mb``) bounds the batched engine's cache of a frozen bottom's
-    output (engine/batched/feature_cache.py)."""
+    ``feature_cache_mb`` (``estimator.feature_cache_mb``) bounds the cache of a frozen bottom's output per sample:
+    the batched engine's (engine/batched/feature_cache.py) or, on the loop path, a prefix-cached model's row store
+    (:mod:`baffle.prefix`: BERT, EfficientNet-Lite)."""
     if mask is not None:
         return MaskedEngine(mask, forward_slice)
     if name == "loop":
-        return LoopEngine(forward_slice)
+        return LoopEngine(forward_slice, feature_cache_mb)
     if forward_slice:
         raise ValueError("forward_slice slices the loop engine's forwards; the batched engine bounds memory itself")
     if name == "batched":

@@ -31,12 +31,15 @@ def loss_differences(
     mask: torch.Tensor | None = None,
     noise: str = DEFAULT_NOISE,
     forward_slice: int = 0,
+    row_cache_bytes: int = 0,
 ) -> np.ndarray:
     """K loss differences for one minibatch, forward passes only.
 
     ``mask`` (0/1 over the flat parameter vector) restricts every direction to the unpruned weights.
     ``forward_slice`` > 0 evaluates every loss on at most that many samples at a time (``batch_loss``).
     Directions, buffers and the forwards run on the parameters' device (``Perturber``).
+    ``row_cache_bytes`` bounds a model's prefix cache's per-row store (:meth:`baffle.prefix.PrefixCache.keep_rows`:
+    a frozen bottom's output per sample kept across calls; ``estimator.feature_cache_mb``); 0 keeps none.
 
     forward: dL_k = L(W + sigma eps_k) - L(W)                (K+1 forwards)
     central: dL_k = [L(W + sigma eps_k) - L(W - sigma eps_k)] / 2   (2K forwards)
@@ -51,6 +54,7 @@ def loss_differences(
         cache = getattr(model, "prefix_cache", None)  # baffle.prefix: tell it what will change (no weight copy)
         if cache is not None:
             cache.expect_changes([p for _, p in params])
+            cache.keep_rows(row_cache_bytes)
         rows = read_rows(model, params, x)
         pert = Perturber(params, mask=mask, noise=noise, retain=scheme == "central", rows=rows)
         # one engine call: the prefix cache compares its frozen stages once per input, not before every forward
@@ -87,8 +91,11 @@ class LoopEngine(Engine):
 
     name = "loop"
 
-    def __init__(self, forward_slice: int = 0):
+    def __init__(self, forward_slice: int = 0, feature_cache_mb: int = 0):
+        if isinstance(feature_cache_mb, bool) or not isinstance(feature_cache_mb, int) or feature_cache_mb < 0:
+            raise ValueError(f"feature_cache_mb must be an integer >= 0 (0 = off), got {feature_cache_mb!r}")
         self.forward_slice = forward_slice
+        self.row_cache_bytes = feature_cache_mb * 2**20  # a prefix-cached model's frozen bottom, per sample
 
     def __call__(
         self,
@@ -104,4 +111,4 @@ class LoopEngine(Engine):
         noise: str = DEFAULT_NOISE,
     ) -> np.ndarray:
         return loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise,
-                                forward_slice=self.forward_slice)
+                                forward_slice=self.forward_slice, row_cache_bytes=self.row_cache_bytes)

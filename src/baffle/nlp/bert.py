@@ -168,7 +168,15 @@ class PrefixCache(StagePrefixCache):
         def call(i: int, stage: nn.Module, h: torch.Tensor | None, ctx: tuple) -> torch.Tensor:
             return stage(ctx[0]) if i == 0 else stage(h, ctx[2])
 
-        h, ctx = self.run([bert.embeddings, *bert.blocks], x, prepare, call)
+        def stack(rows: list[torch.Tensor], ctx: tuple) -> torch.Tensor:
+            """The batch's token states from its sentences' stored ones (each as long as its own sentence),
+            zero past each sentence's end: padding no unmasked state reads (its attention weight is exactly 0)."""
+            h = rows[0].new_zeros((len(rows), ctx[0].shape[1], rows[0].shape[-1]))
+            for i, r in enumerate(rows):
+                h[i, : r.shape[0]] = r
+            return h
+
+        h, ctx = self.run([bert.embeddings, *bert.blocks], x, prepare, call, stack)
         return h, ctx[1]
 
 

@@ -38,8 +38,8 @@ SAFE_RESUME_CHANGES: dict[str, str] = {
     "run.eval_every": "when evaluations happen; the model is not touched",
     "run.checkpoint_every": "when checkpoints are written",
     "run.threads": "torch intra-op threads",
-    "estimator.feature_cache_mb": "the batched engine's cache of a frozen bottom's output: the same values, each "
-    "sample's computed once (engine/batched/feature_cache.py)",
+    "estimator.feature_cache_mb": "the cache of a frozen bottom's output: each sample's computed once (the batched "
+    "engine's the same values; a prefix cache's row store differs from a batched bottom in float32's last bits)",
 }
 
 

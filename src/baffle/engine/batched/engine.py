@@ -31,7 +31,8 @@ from torch import nn
 
 from baffle.engine.allocator import retain_freed_memory
 from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
-from baffle.engine.batched.feature_cache import FeatureCache, row_digests
+from baffle.engine.batched.feature_cache import FeatureCache
+from baffle.prefix import row_digests
 from baffle.engine.batched.kernels import ColsCache, Unsupported, lift
 from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
 from baffle.engine.batched.program import Program
@@ -172,7 +173,8 @@ class BatchedEngine(Engine):
         seeds = np.asarray(seeds)
         prog = self._program(model)
         fallback = lambda: [  # noqa: E731
-            loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise) for x, y in batches
+            loss_differences(model, params, x, y, seeds, sigma, scheme, loss_fn, noise=noise,
+                             row_cache_bytes=self.features.max_bytes) for x, y in batches
         ]
         if not isinstance(prog, Program) or (len(batches) > 1 and prog.batch_stats):
             return fallback()

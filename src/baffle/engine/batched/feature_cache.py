@@ -22,19 +22,11 @@ Memory: at most ``max_bytes`` of rows (``estimator.feature_cache_mb``); once ful
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import torch
 
 from baffle.engine.batched.kernels import Value
 from baffle.engine.batched.program import Program
-
-
-def row_digests(x: torch.Tensor) -> list[bytes]:
-    """One 16-byte digest of each row's bytes (dtype and shape are part of the cache's signature, not the key)."""
-    rows = x.detach().reshape(x.shape[0], -1).contiguous().cpu().numpy().view(np.uint8)
-    return [hashlib.blake2b(r, digest_size=16).digest() for r in rows]
+from baffle.prefix import row_digests
 
 
 class FeatureCache:
