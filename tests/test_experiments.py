@@ -68,6 +68,23 @@ def test_experiment_files_load_and_validate(tmp_path, name, n_runs):
             assert strip(c["federation"], ("clients_per_round",)) == strip(d["federation"], ("clients_per_round",))
 
 
+def test_text_seed_runs_are_the_domain_sweeps_runs_at_another_seed(tmp_path):
+    """text_subsets_seeds.toml: seeds 1 and 2 of the domain sweep's head / LoRA / lnbias pairs, each from its own
+    seed's probe (experiments/text_subsets.py init --seed S), every other setting the domain sweep's."""
+    seeds = load_sweep(EXP / "text_subsets_seeds.toml", out=tmp_path / "a", extra=["model.init="])
+    domain = {s.name: make_config(s, ["model.init="]).to_dict()
+              for s in load_sweep(EXP / "text_subsets.toml", out=tmp_path / "b", extra=["model.init="]).runs}
+    assert sorted(s.name for s in seeds.runs) == sorted(f"{m}_{sub}_seed{k}" for m in ("fo", "bp")
+                                                        for sub in ("head", "lora", "lnbias") for k in (1, 2))
+    for spec in seeds.runs:
+        seed = int(spec.name[-1])
+        assert spec.overrides["model.init"] == f"results/text_subsets/probe_init_seed{seed}.safetensors"
+        got = make_config(spec, ["model.init="]).to_dict()
+        want = domain[spec.name.rsplit("_", 1)[0]]
+        assert got["run"] == dict(want["run"], seed=seed), spec.name
+        assert {k: v for k, v in got.items() if k != "run"} == {k: v for k, v in want.items() if k != "run"}, spec.name
+
+
 def test_cifar10_wrn_config_smoke_run_on_fixture(tmp_path):
     root = write_cifar_fixture(tmp_path / "cifar", kind="cifar10", n_train=40, n_test=10)
     extra = [f"data.root={root}", "run.rounds=1", "estimator.K=2", "data.num_clients=2", "federation.batch_size=4",
