@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baffle.config import Config, ConfigError
+from baffle.config.choices import TEXT_MODEL_NAMES, VISION_MODEL_NAMES
 from baffle.config.data import augments
 from baffle.protocol.layout import matches
 
@@ -163,7 +164,9 @@ def estimate(cfg: Config) -> Estimate:
     n_eff = min(d.train_subset or n_train, n_train)
     m = clients_per_round(cfg)
     method = get_method(r.method)
-    if not cfg.model.prune and trainable < total and not method.backprop and not augments(d):
+    prefix_cached = cfg.model.name in TEXT_MODEL_NAMES + VISION_MODEL_NAMES  # baffle.prefix: any engine, the loop path
+    if (e.engine == "batched" or prefix_cached) and not cfg.model.prune and trainable < total and not method.backprop \
+            and not augments(d):
         # a frozen bottom's output per training sample (at most every activation of it), up to the cache's bound
         # (the batched engine's feature cache, or a prefix-cached model's row store on the loop path)
         out.memory["feature cache"] = (min(e.feature_cache_mb * 2.0**20, n_eff * acts * 4.0), "estimator.feature_cache_mb")
