@@ -161,6 +161,30 @@ def test_thread_rule_counts_a_frozen_bottom_once_not_per_member():
     once = engine.frozen_bottom(model, head)
     assert flops_per_layer(model, (1, 28, 28), 1280, 51, once) == 1280 * (flops["features.0"] + 51 * flops["classifier"]) / 2
     assert flops_per_layer(model, (1, 28, 28), 1280, 51) == 1280 * 51 * sum(flops.values()) / 2
+    # with the feature cache the steady round reads the convolution's rows: only the classifier's work is counted
+    assert flops_per_layer(model, (1, 28, 28), 1280, 51, skipped=once) == 1280 * 51 * flops["classifier"]
+
+
+def test_thread_rule_leaves_out_a_bottom_the_feature_cache_holds():
+    """``run.threads = 0`` sizes the threads by the steady round's work: with the feature cache on, rf_cnn's frozen
+    convolution is not run after a client's first pass, so it does not count (it used to: 2x the classifier's work)."""
+    from baffle.config import Config
+    from baffle.engine.threads import MIN_FLOPS_PER_THREAD, flops_per_layer, intra_op_threads, threads_for_work
+    from baffle.models import build_model
+
+    cfg = Config()
+    cfg.apply_overrides(["model.name=rf_cnn", "data.image_size=28", 'model.trainable=["classifier.*"]', "estimator.K=1000",
+                         "federation.batch_size=128", "data.name=fashion_mnist"])
+    cfg.validate()
+    model = build_model("rf_cnn", image_size=28)
+    shape = (1, 28, 28)
+    cached, uncached = make_engine("batched", 512, feature_cache_mb=64), make_engine("batched", 512, feature_cache_mb=0)
+    head = estimator.select_parameters(model, ["classifier.*"])
+    once = cached.frozen_bottom(model, head)
+    for engine, counted in ((cached, {"skipped": once}), (uncached, {"once": once})):
+        members, samples = engine.call_size(model, head, 128 * 10, shape, 1000, "forward")
+        want = threads_for_work(flops_per_layer(model, shape, samples, members, **counted), 64)
+        assert intra_op_threads(cfg, model, engine, shape, 10, cores=64) == want
 
 
 def test_chunk_workers_only_under_the_automatic_policy_and_never_beyond_the_chunks():

@@ -74,11 +74,13 @@ def threads_for_work(flops_per_layer: float, cores: int) -> int:
 
 def flops_per_layer(
     model: nn.Module, sample_shape: tuple[int, ...], samples: int, members: int = 1, once: frozenset[str] = frozenset(),
+    skipped: frozenset[str] = frozenset(),
 ) -> float:  # fmt: skip
     """FLOPs of one layer call on average: the forward of ``samples`` inputs for ``members`` perturbed
     models, spread over the model's convolution and linear layers. The layers named in ``once`` (a frozen
-    bottom, ``BatchedEngine.frozen_bottom``) run once for all members."""
-    flops = layer_flops(model, tuple(sample_shape))
+    bottom, ``BatchedEngine.frozen_bottom``) run once for all members; those in ``skipped`` not at all (a frozen
+    bottom whose output the engine's feature cache holds: every round after a client's first pass over its data)."""
+    flops = {name: f for name, f in layer_flops(model, tuple(sample_shape)).items() if name not in skipped}
     work = sum(f * (1 if name in once else members) for name, f in flops.items())
     return work * samples / max(1, len(flops))
 
@@ -111,6 +113,8 @@ def intra_op_threads(
         params = select_parameters(model, cfg.model.trainable)
         members, samples = engine.call_size(model, params, samples, sample_shape, cfg.estimator.K, cfg.estimator.scheme)
         once = engine.frozen_bottom(model, params)
+        if engine.features.max_bytes:  # the steady round reads the bottom's rows from the feature cache
+            return threads_for_work(flops_per_layer(model, sample_shape, samples, members, skipped=once), cores)
     return threads_for_work(flops_per_layer(model, sample_shape, samples, members, once), cores)
 
 
