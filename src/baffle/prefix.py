@@ -42,7 +42,7 @@ StageCall = Callable[[int, nn.Module, Any, Any], torch.Tensor]
 
 
 #: ``stack(rows, context)``: the batch state entering the boundary from its rows' stored states (default
-#: ``torch.stack``; BERT pads each sentence's token states to the batch's length)
+#: :func:`stack_rows`; BERT pads each sentence's token states to the batch's length)
 StackRows = Callable[[list[torch.Tensor], Any], torch.Tensor]
 
 
