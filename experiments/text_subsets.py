@@ -303,7 +303,8 @@ def report_seeds() -> None:
         "directions and the LoRA initialisation, and every seed starts from the linear probe trained on its own "
         "subset (`init --seed`), so `FO vs probe` is each run against its own probe. Mean ± sample standard "
         "deviation over the seeds, of the per-seed values. Wall s: forward-only, two single-threaded runs side by "
-        "side on 2 cores (seeds 1 and 2 with the prefix cache's row store, seed 0 before it).",
+        "side on 2 cores (seeds 1 and 2 with the prefix cache's row store, seed 0 before it). The whole top block "
+        "(`top1`) and backprop of every parameter stay at seed 0 for compute (experiments/results/text_subsets.md).",
         "",
         markdown_table(columns, table, ["left", "left"] + ["right"] * (len(columns) - 2)),
         "",
