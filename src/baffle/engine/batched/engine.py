@@ -32,11 +32,11 @@ from torch import nn
 from baffle.engine.allocator import retain_freed_memory
 from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
 from baffle.engine.batched.feature_cache import FeatureCache
-from baffle.prefix import row_digests
 from baffle.engine.batched.kernels import ColsCache, Unsupported, lift
 from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
 from baffle.engine.batched.program import Program
 from baffle.engine.loop import loss_differences
+from baffle.prefix import row_digests
 from baffle.protocol.schemes import check_scheme
 
 #: A chunk's directions are generated whole (one generator call per direction) when they fit in this many bytes:
