@@ -90,6 +90,7 @@ class PrefixCache:
         self.rows: dict[bytes, torch.Tensor] = {}  # row digest -> its state entering ``rows_boundary``
         self.row_bytes = 0
         self.rows_boundary = -1
+        self.rows_full = False  # a row did not fit: batches with new rows run the plain way, none computed alone
         self.row_hits = 0  # rows read from the store / computed alone into it
         self.row_misses = 0
 
@@ -102,7 +103,7 @@ class PrefixCache:
             self._drop_rows()
 
     def _drop_rows(self) -> None:
-        self.rows, self.row_bytes, self.rows_boundary = {}, 0, -1
+        self.rows, self.row_bytes, self.rows_boundary, self.rows_full = {}, 0, -1, False
 
     def _stored_state(self, stages: Sequence[nn.Module], x: torch.Tensor, prepare: Callable[[torch.Tensor], Any],
                       call: StageCall, stack: StackRows) -> Any:
@@ -113,6 +114,8 @@ class PrefixCache:
             self.rows_boundary = self.boundary
         keys = row_digests(x)
         new = {k: i for i, k in enumerate(keys) if k not in self.rows}
+        if new and self.rows_full:
+            return None
         for k, i in new.items():
             ctx, h = prepare(x[i : i + 1]), None
             for j in range(self.boundary):
@@ -120,6 +123,7 @@ class PrefixCache:
             row = h[0].clone()  # its own storage, not a view of the batch of one
             size = row.numel() * row.element_size()
             if self.row_bytes + size > self.max_row_bytes:
+                self.rows_full = True
                 return None
             self.rows[k], self.row_bytes = row, self.row_bytes + size
         self.row_hits += len(keys) - len(new)

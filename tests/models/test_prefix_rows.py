@@ -93,6 +93,12 @@ def test_a_full_store_runs_new_rows_the_plain_way():
     x = _sentences(6, 1)
     assert np.array_equal(_diffs(model, HEAD, x, 64), _diffs(plain, HEAD, x, 0))
     assert model.prefix_cache.row_bytes <= 64
+    alone = []  # sentences put through the embeddings one at a time (the store's per-row computation)
+    hook = model.bert.embeddings.register_forward_hook(lambda m, args, out: alone.append(1) if out.shape[0] == 1 else None)
+    x2 = _sentences(6, 2)  # once a row did not fit, new rows are not computed alone only to be dropped
+    assert np.array_equal(_diffs(model, HEAD, x2, 64), _diffs(plain, HEAD, x2, 0))
+    hook.remove()
+    assert alone == []
     assert np.array_equal(_diffs(model, HEAD, x, 0), _diffs(plain, HEAD, x, 0))
     assert model.prefix_cache.rows == {}
     with pytest.raises(ValueError, match="integer >= 0"):
