@@ -235,6 +235,14 @@ class Perturber:
                 p.data.copy_(orig)
 
 
+def feature_cache_bytes(feature_cache_mb: int) -> int:
+    """Bytes of ``estimator.feature_cache_mb``, as every engine takes it (a frozen bottom's output per sample:
+    the batched engine's feature cache, a prefix-cached model's row store); an error for anything but an int >= 0."""
+    if not isinstance(feature_cache_mb, int) or isinstance(feature_cache_mb, bool) or feature_cache_mb < 0:
+        raise ValueError(f"feature_cache_mb must be an integer >= 0 (0 = off), got {feature_cache_mb!r}")
+    return feature_cache_mb * 2**20
+
+
 def batch_loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = F.cross_entropy, forward_slice: int = 0
 ) -> float:

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baffle.engine.base import DEFAULT_NOISE, Engine, LossFn, Params, Perturber, Seeds, batch_loss, check_sliceable
+from baffle.engine.base import (DEFAULT_NOISE, Engine, LossFn, Params, Perturber, Seeds, batch_loss, check_sliceable,
+                                feature_cache_bytes)
 from baffle.protocol.schemes import check_scheme
 
 
@@ -92,10 +93,8 @@ class LoopEngine(Engine):
     name = "loop"
 
     def __init__(self, forward_slice: int = 0, feature_cache_mb: int = 0):
-        if isinstance(feature_cache_mb, bool) or not isinstance(feature_cache_mb, int) or feature_cache_mb < 0:
-            raise ValueError(f"feature_cache_mb must be an integer >= 0 (0 = off), got {feature_cache_mb!r}")
         self.forward_slice = forward_slice
-        self.row_cache_bytes = feature_cache_mb * 2**20  # a prefix-cached model's frozen bottom, per sample
+        self.row_cache_bytes = feature_cache_bytes(feature_cache_mb)  # a prefix-cached model's bottom, per sample
 
     def __call__(
         self,

@@ -106,7 +106,7 @@ def intra_op_threads(
     batch = cfg.federation.batch_size
     if backprop:
         return threads_for_work(3 * flops_per_layer(model, sample_shape, batch), cores)
-    samples, members, once = batch, 1, frozenset[str]()
+    samples, members, once, skipped = batch, 1, frozenset[str](), frozenset[str]()
     if isinstance(engine, BatchedEngine):
         if cfg.estimator.fuse_clients and engine.can_fuse_clients(model):
             samples = batch * clients_per_round
@@ -114,8 +114,8 @@ def intra_op_threads(
         members, samples = engine.call_size(model, params, samples, sample_shape, cfg.estimator.K, cfg.estimator.scheme)
         once = engine.frozen_bottom(model, params)
         if engine.features.max_bytes:  # the steady round reads the bottom's rows from the feature cache
-            return threads_for_work(flops_per_layer(model, sample_shape, samples, members, skipped=once), cores)
-    return threads_for_work(flops_per_layer(model, sample_shape, samples, members, once), cores)
+            skipped = once
+    return threads_for_work(flops_per_layer(model, sample_shape, samples, members, once, skipped), cores)
 
 
 def chunk_workers(

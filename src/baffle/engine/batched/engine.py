@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from baffle.engine.allocator import retain_freed_memory
-from baffle.engine.base import DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer
+from baffle.engine.base import (DEFAULT_NOISE, Batch, Engine, LossFn, Params, Seeds, direction_writer,
+                                feature_cache_bytes)
 from baffle.engine.batched.feature_cache import FeatureCache
 from baffle.engine.batched.kernels import ColsCache, Unsupported, lift
 from baffle.engine.batched.planner import CACHE_BYTES, MAX_CHUNK, Budget
@@ -111,13 +112,11 @@ class BatchedEngine(Engine):
                  feature_cache_mb: int = 1024):  # fmt: skip
         if not isinstance(max_memory_mb, int) or isinstance(max_memory_mb, bool) or max_memory_mb < 1:
             raise ValueError(f"max_memory_mb must be a positive integer, got {max_memory_mb!r}")
-        if not isinstance(feature_cache_mb, int) or isinstance(feature_cache_mb, bool) or feature_cache_mb < 0:
-            raise ValueError(f"feature_cache_mb must be an integer >= 0 (0 = off), got {feature_cache_mb!r}")
         if max_chunk < 1:
             raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
         self.budget = Budget(max_memory_mb, max_chunk, cache_bytes)
         # a frozen bottom's output per input row, kept across calls (feature_cache.py); outside the chunk budget
-        self.features = FeatureCache(feature_cache_mb * 2**20)
+        self.features = FeatureCache(feature_cache_bytes(feature_cache_mb))
         retain_freed_memory()  # its calls free and reallocate the same tensors: keep the pages (engine/allocator.py)
         self._programs: weakref.WeakKeyDictionary[nn.Module, Program | str] = weakref.WeakKeyDictionary()
         self.workers = 1  # threads evaluating chunks at once (engine.threads.chunk_workers sets it per run)
