@@ -125,8 +125,9 @@ def test_report_keeps_rows_of_runs_not_on_this_machine_and_rereads_present_ones(
     assert [(r["sweep"], r["name"], r["kept"]) for r in rows] == [
         ("experiments/cifar10.toml", "iid_fedsgd", True), ("experiments/cifar10_samples.toml", "iid_B32_20k", True),
         ("experiments/cifar10_samples.toml", "screen_noaug_B128_1250", True)]
-    # the goal row: the best IID forward-only run with the paper's augmentation, whichever file it came from
-    assert report.goals(rows)[0][1] == "20.00%"
+    # the goal rows, one per model: the best IID forward-only run (screens excluded), whichever file it came from;
+    # rf_white has no run in ``previous``
+    assert report.goals(rows)[0][1] == "20.00%" and report.goals(rows)[1][1] == "not run"
     # a run made here replaces its kept row (configs with the tiny-run overrides, as `baffle sweep --set` would make them)
     monkeypatch.setattr(report, "make_config", lambda spec, _extra: make_config(spec, extra))
     monkeypatch.setattr(report, "load_sweep", lambda path, out=None: load_sweep(path, out=out, extra=extra))
@@ -135,3 +136,22 @@ def test_report_keeps_rows_of_runs_not_on_this_machine_and_rereads_present_ones(
     rows = report.collect(tmp_path, previous)
     assert [(r["name"], r.get("kept", False)) for r in rows] == [("iid_fedsgd", True), ("iid_B32_20k", False), ("screen_noaug_B128_1250", True)]
     assert rows[1]["rounds"] == 1 and rows[1]["finished"] and rows[1]["batch"] == 4
+
+
+def test_rf_sweep_twins_share_the_features_and_the_server_optimizer():
+    """experiments/cifar10_rf.toml: the forward-only runs and their twins train the same classifier over the same
+    frozen rf_white features (same model, trainable subset, data, batch, server optimizer); Dirichlet differs from IID
+    only in the partition; no augmentation anywhere (the feature cache needs the same rows every round)."""
+    sweep = load_sweep(EXP / "cifar10_rf.toml")
+    cfgs = {s.name: make_config(s, []) for s in sweep.runs}
+    assert set(cfgs) == {"iid_rf", "dir0.5_rf", "iid_rf_fedsgd", "dir0.5_rf_fedsgd", "iid_rf_fedavg"}
+    base = cfgs["iid_rf"]
+    assert base.model.name == "rf_white" and base.model.trainable == ["classifier.*"] and base.estimator.K == 1000
+    for name, c in cfgs.items():
+        assert c.data.augment == "none" and c.data.test_subset == 0, name
+        for key in ("model.name", "model.trainable", "data.name", "federation.batch_size", "optim.name", "optim.lr",
+                    "optim.betas", "optim.clip", "optim.weight_decay", "run.seed"):
+            assert c.get(key) == base.get(key), (name, key)
+    a, b = base.to_dict(), cfgs["dir0.5_rf"].to_dict()
+    assert {f"{sec}.{k}" for sec in a for k in a[sec] if a[sec][k] != b[sec][k]} == {"data.partition"}
+    assert cfgs["dir0.5_rf"].data.alpha == 0.5 and cfgs["iid_rf_fedsgd"].run.rounds == base.run.rounds

@@ -29,7 +29,7 @@ class BPClient(Client):
         x, y = self._device_batch(params[0][1].device)
         self.model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            loss = self.loss_fn(self.model(x), y)
+            loss = self.loss_fn(self._logits(x, [p for _, p in params]), y)
             grads = torch.autograd.grad(loss, [p for _, p in params])
         return torch.cat([g.reshape(-1) for g in grads]).cpu().numpy(), len(y)
 
@@ -45,12 +45,23 @@ class BPClient(Client):
                 x, y = self._device_batch(params[0].device)
                 # gradients of the trained tensors only: backward() would also fill those of every frozen
                 # parameter (a head-only MiniLM step backpropagated through all 22.7M weights for nothing)
-                grads = torch.autograd.grad(self.loss_fn(self.model(x), y), params)
+                grads = torch.autograd.grad(self.loss_fn(self._logits(x, params), y), params)
                 for p, g in zip(params, grads):
                     p.grad = g
                 opt.step()
         out = plan_state.plan_state(self.model, self.plan_names())
         return WeightsUpload(self.client_id, round_idx, out, self.num_samples)
+
+    def _logits(self, x: torch.Tensor, trained: list[torch.Tensor]) -> torch.Tensor:
+        """``model(x)``; where only a top trains over a frozen bottom and the engine keeps the bottom's rows
+        (``BatchedEngine.frozen_top``, ``estimator.feature_cache_mb``), from those rows: autograd then runs only above
+        the bottom, and each sample goes through the bottom once per run instead of once per step."""
+        split = getattr(self.engine, "frozen_top", None)
+        got = split(self.model, trained, x) if split is not None and self.trainable else None
+        if got is None:
+            return self.model(x)
+        top, inputs = got
+        return top(*inputs)
 
     def _device_batch(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.next_batch()

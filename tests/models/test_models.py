@@ -17,6 +17,8 @@ from baffle.models import (
 )
 
 SHAPES = [(1, 28, 28), (1, 32, 32), (3, 32, 32)]
+# models whose activation and norm layers follow model.activation / model.norm (rf_white's are fixed: its own test)
+CONFIGURABLE = tuple(n for n in MODEL_NAMES if n != "rf_white")
 
 
 def _build(name: str, shape: tuple[int, int, int], **kw: str) -> nn.Module:
@@ -24,7 +26,7 @@ def _build(name: str, shape: tuple[int, int, int], **kw: str) -> nn.Module:
 
 
 def test_constants_are_tuples() -> None:
-    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small", "rf_cnn"}
+    assert isinstance(MODEL_NAMES, tuple) and set(MODEL_NAMES) == {"lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small", "rf_cnn", "rf_white"}
     assert isinstance(ACTIVATIONS, tuple) and set(ACTIVATIONS) == {"hardswish", "relu", "gelu"}
     assert isinstance(NORMS, tuple) and set(NORMS) == {"group", "batch", "none"}
 
@@ -130,7 +132,7 @@ def test_non_positive_sizes_raise(field: str) -> None:
         build_model("lenet", **{field: 0})
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CONFIGURABLE)
 def test_batchnorm_is_stateless(name: str) -> None:
     shape = (3, 32, 32)
     torch.manual_seed(0)
@@ -155,7 +157,9 @@ def test_no_buffers_and_every_parameter_matters(name: str, norm: str) -> None:
     gradient would only add noise to the zeroth-order estimate."""
     shape = (3, 32, 32)
     torch.manual_seed(0)
-    model = _build(name, shape, norm=norm)
+    if name == "rf_white" and norm != "group":
+        pytest.skip("rf_white has no norm layer (test_rf_white_refuses_an_activation_or_norm)")
+    model = _build(name, shape, **({} if name == "rf_white" else {"norm": norm}))
     assert list(model.buffers()) == []
     out = model(torch.randn(8, *shape))
     (out * torch.randn_like(out)).sum().backward()
@@ -179,8 +183,21 @@ def test_deterministic_given_seed(name: str) -> None:
     assert not torch.equal(a(x), c(x))
 
 
+def test_rf_white_refuses_an_activation_or_norm() -> None:
+    """rf_white's thresholded ReLU and missing norm are its design: asking for others is an error, not ignored."""
+    from baffle.config import Config, ConfigError
+
+    for kw in ({"activation": "gelu"}, {"norm": "batch"}):
+        with pytest.raises(ValueError, match="rf_white has a fixed thresholded ReLU and no norm layer"):
+            build_model("rf_white", in_channels=3, image_size=32, **kw)
+    cfg = Config()
+    cfg.apply_overrides(["model.name=rf_white", "model.norm=none"])
+    with pytest.raises(ConfigError, match="do not apply to rf_white"):
+        cfg.validate()
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CONFIGURABLE)
 def test_all_activations_work(name: str, activation: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, activation=activation)

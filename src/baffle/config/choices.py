@@ -25,7 +25,7 @@ AUGMENTS: tuple[str, ...] = ("auto", "none")  # data.augment: auto = the paper's
 
 # [model]
 VISION_MODEL_NAMES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_tiny")  # pretrained EfficientNet-Lite (baffle.vision): RGB images
-MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small", "rf_cnn")
+MODEL_NAMES: tuple[str, ...] = ("lenet", "wrn10_2", "mlp", "lenet_small", "cnn_cifar_small", "rf_cnn", "rf_white")
 TEXT_MODEL_NAMES: tuple[str, ...] = ("minilm", "bert_tiny")  # BERT text classifiers (baffle.nlp): text datasets only
 MODEL_ALIASES: dict[str, str] = {"wrn-10-2": "wrn10_2"}  # alternative spelling -> canonical name
 ACTIVATIONS: tuple[str, ...] = ("hardswish", "relu", "gelu")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ModelConfig:
-    name: str = "lenet_small"  # lenet (the paper's, global pooling, 26.7k params) | lenet_small | wrn10_2 | cnn_cifar_small | rf_cnn | mlp
+    name: str = "lenet_small"  # lenet (the paper's, global pooling, 26.7k params) | lenet_small | wrn10_2 | cnn_cifar_small | rf_cnn | rf_white | mlp
     activation: str = "hardswish"
     norm: str = "group"
     init: str = ""  # checkpoint or state_dict file to start from (fine-tuning)
@@ -32,6 +32,9 @@ def validate(m: ModelConfig, cfg: "Config") -> None:
                           f"({', '.join(TEXT_MODEL_NAMES)}) read the text datasets ({', '.join(TEXT_DATASETS)}) and only those")
     choice("model.activation", m.activation, ACTIVATIONS)
     choice("model.norm", m.norm, NORMS)
+    if m.name == "rf_white" and (m.activation, m.norm) != ("hardswish", "group"):  # both left at their defaults
+        raise ConfigError(f"model.activation={m.activation!r} / model.norm={m.norm!r} do not apply to rf_white: its "
+                          "thresholded ReLU and its lack of a norm layer are part of the model (baffle.models_rf)")
     if m.init and ("\0" in m.init or not Path(m.init).is_file()):
         raise ConfigError(f"model.init={m.init!r}: no such file")
     choice("model.adapter", m.adapter, ADAPTERS)

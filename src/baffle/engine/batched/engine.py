@@ -235,6 +235,24 @@ class BatchedEngine(Engine):
             for item in items:
                 work(item)
 
+    def frozen_top(self, model: nn.Module, trained: Sequence[torch.Tensor], x: torch.Tensor) -> tuple[nn.Module, list[torch.Tensor]] | None:
+        """``(top, inputs)`` with ``top(*inputs) == model(x)`` where only the tensors ``trained`` need gradients and a
+        frozen bottom lies below them: its rows come from the feature cache (computed and kept on a miss), ``top`` is
+        the rest of the model (:meth:`Program.top`). None when there is no such bottom, the cache is off, or a layer
+        mixes samples; the caller then runs the whole model. For backprop clients (``baffle.baselines``)."""
+        prog = self._program(model)
+        if isinstance(prog, str) or not self.features.max_bytes or prog.batch_stats:
+            return None
+        shared = prog.shared_for(trained)
+        split = prog.top(shared) if shared else None
+        if split is None:
+            return None
+        top, frontier = split
+        with torch.inference_mode():
+            values = self.features.prefix(prog, x, shared)
+        # clones: inference tensors cannot be saved for backward (the first trained layer keeps its input)
+        return top, [values[n].t.clone() for n in frontier]
+
     def _program(self, model: nn.Module) -> Program | str:
         """The model's traced program, or why it cannot be batched (cached per model object)."""
         prog = self._programs.get(model)

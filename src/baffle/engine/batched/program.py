@@ -104,6 +104,7 @@ class Program:
         # the memory planner's per-sample activation sizes, by sample shape (planner.activation_floats)
         self.activation_cache: dict[tuple[Any, ...], tuple[int, int, int]] = {}
         self._shared: dict[frozenset[int], frozenset[torch.fx.Node]] = {}  # shared_nodes, by perturbed set
+        self._tops: dict[frozenset[torch.fx.Node], Any] = {}  # top(), by shared set
         # GroupNorm -> activation -> 2x2 max-pool chains, each node the sole reader of the one before: run as one
         # compiled pass (norm_act_pool.py) where the kernel is built and covers the tensor
         self.fused: dict[torch.fx.Node, tuple[torch.fx.Node, torch.fx.Node]] = {}
@@ -166,6 +167,26 @@ class Program:
                 if a not in frontier:
                     env.pop(a, None)
         return {n: env[n] for n in frontier}
+
+    def top(self, shared: frozenset[torch.fx.Node]) -> tuple[torch.fx.GraphModule, tuple[torch.fx.Node, ...]] | None:
+        """The model above a frozen bottom as a module of its own: ``top(*frontier values)`` is ``model(x)``, run by
+        the model's own modules (autograd reaches the trained parameters), and the frontier nodes in the order it
+        takes them. None when a node above the bottom reads the model's input itself (no split saves anything).
+
+        Why: a backprop client training only the top (the FedSGD / FedAvg twin of a ``model.trainable`` run) can
+        start from the feature cache's rows instead of running the frozen bottom every step."""
+        if shared not in self._tops:
+            frontier = tuple(n for n in self.nodes if n in self.frontier(shared))
+            if not frontier or any(a.op == "placeholder" for n in self.nodes if n not in shared for a in n.all_input_nodes):
+                self._tops[shared] = None
+            else:
+                graph = torch.fx.Graph()
+                env = {n: graph.placeholder(n.name) for n in frontier}
+                for n in self.nodes:
+                    if n not in shared:
+                        env[n] = graph.node_copy(n, lambda a: env[a])
+                self._tops[shared] = (torch.fx.GraphModule(self.gm, graph), frontier)
+        return self._tops[shared]
 
     # ---- the batched forward ------------------------------------------------------------------
     def run(
