@@ -119,13 +119,15 @@ class WhitenedRandomFeatures(nn.Module):
         threshold: float = 0.5,
         corr_length: float = 10.0,
         eps: float = 0.1,
+        prior: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if image_size < kernel_size + grid - 1:
             raise ValueError(f"rf_white needs images of at least {kernel_size + grid - 1}x{kernel_size + grid - 1} "
                              f"({kernel_size}x{kernel_size} filters, a {grid}x{grid} grid), got {image_size}x{image_size}")
         conv = nn.Conv2d(in_channels, 2 * filters, kernel_size=kernel_size)
-        prior = patch_prior(in_channels, kernel_size, corr_length)
+        # ``prior``: another patch covariance (experiments/rf_capacity.py compares the training set's own)
+        prior = patch_prior(in_channels, kernel_size, corr_length) if prior is None else prior.double()
         evals, evecs = torch.linalg.eigh(prior)
         whiten = evecs @ torch.diag((evals + eps).rsqrt()) @ evecs.T
         g = torch.randn(filters, prior.shape[0]).double()  # the global RNG, seeded by run.seed as every init is
