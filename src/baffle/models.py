@@ -307,7 +307,7 @@ def build_model(
         from baffle.models_rf import RF_WHITE, WhitenedRandomFeatures
 
         if (activation, norm) != ("hardswish", "group"):
-            raise ValueError(f"rf_white has a fixed thresholded ReLU and no norm layer: activation={activation!r} / norm={norm!r} do not apply")
+            raise ValueError(f"rf_white has a fixed thresholded ReLU and a fixed per-sample norm: activation={activation!r} / norm={norm!r} do not apply")
 
         return WhitenedRandomFeatures(in_channels, num_classes, image_size=image_size, **RF_WHITE)
     # canonical == "mlp"

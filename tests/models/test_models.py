@@ -158,7 +158,7 @@ def test_no_buffers_and_every_parameter_matters(name: str, norm: str) -> None:
     shape = (3, 32, 32)
     torch.manual_seed(0)
     if name == "rf_white" and norm != "group":
-        pytest.skip("rf_white has no norm layer (test_rf_white_refuses_an_activation_or_norm)")
+        pytest.skip("rf_white's norm is fixed (test_rf_white_refuses_an_activation_or_norm)")
     model = _build(name, shape, **({} if name == "rf_white" else {"norm": norm}))
     assert list(model.buffers()) == []
     out = model(torch.randn(8, *shape))
@@ -184,11 +184,11 @@ def test_deterministic_given_seed(name: str) -> None:
 
 
 def test_rf_white_refuses_an_activation_or_norm() -> None:
-    """rf_white's thresholded ReLU and missing norm are its design: asking for others is an error, not ignored."""
+    """rf_white's thresholded ReLU and per-sample norm are its design: asking for others is an error, not ignored."""
     from baffle.config import Config, ConfigError
 
     for kw in ({"activation": "gelu"}, {"norm": "batch"}):
-        with pytest.raises(ValueError, match="rf_white has a fixed thresholded ReLU and no norm layer"):
+        with pytest.raises(ValueError, match="rf_white has a fixed thresholded ReLU and a fixed per-sample norm"):
             build_model("rf_white", in_channels=3, image_size=32, **kw)
     cfg = Config()
     cfg.apply_overrides(["model.name=rf_white", "model.norm=none"])

@@ -34,7 +34,7 @@ def validate(m: ModelConfig, cfg: "Config") -> None:
     choice("model.norm", m.norm, NORMS)
     if m.name == "rf_white" and (m.activation, m.norm) != ("hardswish", "group"):  # both left at their defaults
         raise ConfigError(f"model.activation={m.activation!r} / model.norm={m.norm!r} do not apply to rf_white: its "
-                          "thresholded ReLU and its lack of a norm layer are part of the model (baffle.models_rf)")
+                          "thresholded ReLU and per-sample norm are part of the model (baffle.models_rf)")
     if m.init and ("\0" in m.init or not Path(m.init).is_file()):
         raise ConfigError(f"model.init={m.init!r}: no such file")
     choice("model.adapter", m.adapter, ADAPTERS)
