@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     train, test = load_data(cfg)
     rows = []
     variants = [(shape, w) for shape in args.shapes.split(",") for w in (args.whiten.split(",") if args.model == "rf_white" else [""])]
+    # the training set's patch covariance depends on the data alone: computed once for every shape and lr that uses it
+    data_cov = data_patch_covariance(train.x, int(RF_WHITE["kernel_size"])) if any(w == "data" for _, w in variants) else None
     for shape, whiten in variants:
         channels, grid = (int(v) for v in shape.split("x"))
         for lr in (float(v) for v in args.lrs.split(",")):
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = RandomFeatureCNN(train.x.shape[1], 10, image_size=train.x.shape[-1], channels=channels,
                                          kernel_size=RF_CNN["kernel_size"], grid=grid)
             else:
-                prior = data_patch_covariance(train.x, int(RF_WHITE["kernel_size"])) if whiten == "data" else None
+                prior = data_cov if whiten == "data" else None
                 shape_kw = {k: v for k, v in RF_WHITE.items() if k not in ("filters", "grid")}
                 model = WhitenedRandomFeatures(train.x.shape[1], 10, image_size=train.x.shape[-1], filters=channels, grid=grid,
                                                prior=prior, **shape_kw)

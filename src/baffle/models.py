@@ -26,7 +26,8 @@ The architectures follow the public BAFFLE code (FengHZ/BAFFLE):
 * ``rf_cnn`` -- not in the paper: one wide convolution meant to stay at its seeded random initialisation and a
   linear classifier that trains (``model.trainable = ["classifier.*"]``), in :mod:`baffle.models_rf`.
 * ``rf_white`` -- not in the paper: the same route for colour images, with seeded random filters drawn in a
-  whitened patch space (a fixed, data-free prior), thresholded ReLU and average pooling (:mod:`baffle.models_rf`).
+  whitened patch space (a fixed, data-free prior), thresholded ReLU, average pooling and a per-sample norm
+  (:mod:`baffle.models_rf`).
 
 Design choices shared by all models, and why:
 
@@ -303,7 +304,7 @@ def build_model(
         from baffle.models_rf import RF_CNN, RandomFeatureCNN
 
         return RandomFeatureCNN(in_channels, num_classes, image_size=image_size, activation=activation, norm=norm, **RF_CNN)
-    if canonical == "rf_white":  # whitened random features (ReLU, average pooling, no norm) + a trained classifier
+    if canonical == "rf_white":  # whitened random features (ReLU, average pooling, per-sample norm) + a trained classifier
         from baffle.models_rf import RF_WHITE, WhitenedRandomFeatures
 
         if (activation, norm) != ("hardswish", "group"):
