@@ -144,15 +144,17 @@ def test_rf_sweep_twins_share_the_features_and_the_server_optimizer():
     only in the partition; no augmentation anywhere (the feature cache needs the same rows every round)."""
     sweep = load_sweep(EXP / "cifar10_rf.toml")
     cfgs = {s.name: make_config(s, []) for s in sweep.runs}
-    assert set(cfgs) == {"iid_rf", "iid_rf_lr0.001", "dir0.5_rf", "dir0.5_rf_lr0.001", "iid_rf_fedsgd", "dir0.5_rf_fedsgd",
-                         "iid_rf_fedavg"}
+    assert set(cfgs) == {"iid_rf", "iid_rf_lr0.001", "iid_rf_lr0.001_seed1", "iid_rf_lr0.001_seed2", "dir0.5_rf",
+                         "dir0.5_rf_lr0.001", "iid_rf_fedsgd", "dir0.5_rf_fedsgd", "iid_rf_lr0.001_fedsgd",
+                         "dir0.5_rf_lr0.001_fedsgd", "iid_rf_fedavg"}
+    seeds = {name: cfgs.pop(name) for name in ("iid_rf_lr0.001_seed1", "iid_rf_lr0.001_seed2")}
     base = cfgs["iid_rf"]
     assert base.model.name == "rf_white" and base.model.trainable == ["classifier.*"] and base.estimator.K == 1000
     for name, c in cfgs.items():
         assert c.data.augment == "none" and c.data.test_subset == 0, name
         for key in ("model.name", "model.trainable", "data.name", "federation.batch_size", "optim.name", "optim.lr",
                     "optim.betas", "optim.clip", "optim.weight_decay", "run.seed"):
-            if name.endswith("_lr0.001") and key == "optim.lr":
+            if "_lr0.001" in name and key == "optim.lr":
                 continue
             assert c.get(key) == base.get(key), (name, key)
     a, b = base.to_dict(), cfgs["dir0.5_rf"].to_dict()
@@ -161,3 +163,12 @@ def test_rf_sweep_twins_share_the_features_and_the_server_optimizer():
     d = cfgs["iid_rf_lr0.001"].to_dict()
     assert {f"{sec}.{k}" for sec in c for k in c[sec] if c[sec][k] != d[sec][k]} == {"data.partition"}
     assert cfgs["dir0.5_rf"].data.alpha == 0.5 and cfgs["iid_rf_fedsgd"].run.rounds == base.run.rounds
+    # the matched twins: FedSGD where the forward-only recipe is, exact gradients for the estimate
+    for fo, twin in (("iid_rf_lr0.001", "iid_rf_lr0.001_fedsgd"), ("dir0.5_rf_lr0.001", "dir0.5_rf_lr0.001_fedsgd")):
+        e, f = cfgs[fo].to_dict(), cfgs[twin].to_dict()
+        assert {f"{sec}.{k}" for sec in e for k in e[sec] if e[sec][k] != f[sec][k]} == {"run.method"}, twin
+    # the headline's other seeds: the IID recipe exactly, but for run.seed (which also draws the random filters)
+    for seed, (name, cfg) in enumerate(seeds.items(), start=1):
+        e = cfg.to_dict()
+        assert {f"{sec}.{k}" for sec in e for k in e[sec] if e[sec][k] != d[sec][k]} == {"run.seed"}, name
+        assert cfg.run.seed == seed

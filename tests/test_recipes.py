@@ -16,7 +16,7 @@ EXP = Path(__file__).resolve().parents[1] / "experiments"
     ("mnist_97.toml", "pass_budget.toml", "B64__seed=0"),
     ("mnist_98.toml", "pass_budget_98.toml", "B128_10k__seed=0"),
     ("fashion_rf_run.toml", "fashion_rf_k1000.toml", "baffle_3k__seed=0"),
-    ("cifar10_rf_run.toml", "cifar10_rf.toml", "iid_rf"),
+    ("cifar10_rf_run.toml", "cifar10_rf.toml", "iid_rf_lr0.001"),
 ])
 def test_recipe_is_the_sweep_run(recipe, sweep, run):
     spec = next(s for s in load_sweep(EXP / sweep, out=Path("unused")).runs if s.name == run)
