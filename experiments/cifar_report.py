@@ -45,7 +45,8 @@ def client_memory(model: str, batch: int, backprop: bool) -> float | None:
     if not MEMORY.exists():
         return None
     kind = "bp" if backprop else "baffle_batched"
-    for r in json.loads(MEMORY.read_text())["rows"]:
+    res = json.loads(MEMORY.read_text())
+    for r in res["rows"] + res.get("rf_rows", []):
         if r["model"] == model and r["batch"] == batch and r["kind"] == kind:
             return r["step_peak_mib_cold"]
     return None
@@ -220,8 +221,8 @@ def write(rows: list[dict], where: dict[str, str], doc: Path, docs_out: Path) ->
         "A run marked **cut short** stopped before its planned rounds (learning rate still near its peak on the "
         "cosine schedule) and resumes with the same command. fwd passes / samples per client: client minibatch "
         "forward passes and images through them (a backprop step counts one forward). lr: the server Adam's peak rate. "
-        "Client step peak: `experiments/cifar_memory.py` at the run's batch (cold step; BAFFLE = batched engine; "
-        "not measured at batch 128), see the memory section. Where the runs ran (wall times depend on it):",
+        "Client step peak: `experiments/cifar_memory.py` at the run's batch (cold step; BAFFLE = batched engine), "
+        "see the memory section. Where the runs ran (wall times depend on it):",
         "",
         *where_lines,
         "",
