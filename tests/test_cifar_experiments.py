@@ -172,3 +172,27 @@ def test_rf_sweep_twins_share_the_features_and_the_server_optimizer():
         e = cfg.to_dict()
         assert {f"{sec}.{k}" for sec in e for k in e[sec] if e[sec][k] != d[sec][k]} == {"run.seed"}, name
         assert cfg.run.seed == seed
+
+
+def test_report_goal_row_over_seeds_is_judged_on_the_mean_final_accuracy():
+    """A recipe run at several seeds (``<name>_seedN``) gives the goal row their mean ± std, and the verdict follows the
+    mean final accuracy, not the luckiest seed's best; the recipe with the higher mean wins over a single lucky run."""
+    report = _report()
+
+    def row(name, final, best, finished=True):
+        return {"name": name, "method": "baffle", "model": "rf_white", "partition": "iid", "finished": finished,
+                "final_test_acc": final, "best_test_acc": best, "rounds": 3000, "planned_rounds": 3000}
+
+    seeds = [row("iid_a", 0.66, 0.66), row("iid_a_seed1", 0.64, 0.645), row("iid_a_seed2", 0.645, 0.65)]
+    rows = seeds + [row("iid_b", 0.655, 0.655)]
+    assert [r["name"] for r in report.best_iid_forward_only(rows, "rf_white")] == ["iid_b"]
+    goal = next(g for g in report.goals(rows) if "rf_white" in g[0])
+    assert goal[1] == "65.50%" and goal[3] == "yes"  # iid_b: one run, judged on its best
+    rows = seeds + [row("iid_b", 0.64, 0.645)]
+    goal = next(g for g in report.goals(rows) if "rf_white" in g[0])
+    assert goal[1].startswith("64.83% ± 1.04 final, 65.17% ± 0.76 best (3 seeds") and goal[3].startswith("**no**")
+    assert "`iid_a_seed2`" in goal[2]
+    # an unfinished seed does not count towards the mean
+    rows = [seeds[0], row("iid_a_seed1", 0.645, 0.65), row("iid_a_seed2", 0.50, 0.50, finished=False)]
+    goal = next(g for g in report.goals(rows) if "rf_white" in g[0])
+    assert "(2 seeds" in goal[1] and goal[3] == "yes"
