@@ -161,12 +161,26 @@ def goals(rows: list[dict]) -> list[list[str]]:
             out.append([label, cell, where, "yes" if judged >= GOAL_IID else f"**no** (gap {100 * (GOAL_IID - judged):.1f} points)"])
         else:
             out.append([label, "not run", "", "**no**"])
-    # each Dirichlet forward-only run is judged against the IID run of ITS recipe: dir0.5_<recipe> vs iid_<recipe>
-    # (seed 0 against seed 0: the Dirichlet runs have no other seeds)
-    pairs = [(by[f"iid_{r['name'].removeprefix('dir0.5_')}"], r) for r in rows
-             if r["method"] == "baffle" and r["name"].startswith("dir0.5_") and f"iid_{r['name'].removeprefix('dir0.5_')}" in by]
-    for iid, dirichlet in pairs:
+    # each Dirichlet forward-only recipe is judged against the IID runs of ITS recipe: dir0.5_<recipe> vs iid_<recipe>;
+    # over their seeds' mean final accuracies when both have 2+ finished seeds, else seed 0 against seed 0
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["method"] == "baffle":
+            groups.setdefault(recipe(r["name"]), []).append(r)
+    pairs = [(f"iid_{rec.removeprefix('dir0.5_')}", rec) for rec in groups
+             if rec.startswith("dir0.5_") and f"iid_{rec.removeprefix('dir0.5_')}" in groups]
+    for iid_rec, dir_rec in pairs:
         label = "Dirichlet(0.5) within 3 points of IID (same recipe)"
+        iids, dirs = ([r for r in groups[rec] if r["finished"]] for rec in (iid_rec, dir_rec))
+        if len(iids) >= 2 and len(dirs) >= 2:
+            i, d = (statistics.fmean(r["final_test_acc"] for r in g) for g in (iids, dirs))
+            out.append([label, f"{100 * (i - d):+.1f} points (mean final: IID {_pct(i)}, {len(iids)} seeds; Dirichlet "
+                        f"{_pct(d)}, {len(dirs)} seeds)", "; ".join(state(r) for r in groups[dir_rec]),
+                        "yes" if i - d <= GOAL_DIR_GAP else "**no**"])
+            continue
+        if iid_rec not in by or dir_rec not in by:
+            continue
+        iid, dirichlet = by[iid_rec], by[dir_rec]
         if dirichlet["finished"]:
             gap = iid["best_test_acc"] - dirichlet["best_test_acc"]
             out.append([label, f"{100 * gap:+.1f} points", f"{state(dirichlet)} vs `{iid['name']}`",

@@ -145,9 +145,10 @@ def test_rf_sweep_twins_share_the_features_and_the_server_optimizer():
     sweep = load_sweep(EXP / "cifar10_rf.toml")
     cfgs = {s.name: make_config(s, []) for s in sweep.runs}
     assert set(cfgs) == {"iid_rf", "iid_rf_lr0.001", "iid_rf_lr0.001_seed1", "iid_rf_lr0.001_seed2", "dir0.5_rf",
-                         "dir0.5_rf_lr0.001", "iid_rf_fedsgd", "dir0.5_rf_fedsgd", "iid_rf_lr0.001_fedsgd",
-                         "dir0.5_rf_lr0.001_fedsgd", "iid_rf_fedavg"}
-    seeds = {name: cfgs.pop(name) for name in ("iid_rf_lr0.001_seed1", "iid_rf_lr0.001_seed2")}
+                         "dir0.5_rf_lr0.001", "dir0.5_rf_lr0.001_seed1", "dir0.5_rf_lr0.001_seed2", "iid_rf_fedsgd",
+                         "dir0.5_rf_fedsgd", "iid_rf_lr0.001_fedsgd", "dir0.5_rf_lr0.001_fedsgd", "iid_rf_fedavg"}
+    seeds = {name: cfgs.pop(name) for name in ("iid_rf_lr0.001_seed1", "iid_rf_lr0.001_seed2", "dir0.5_rf_lr0.001_seed1",
+                                               "dir0.5_rf_lr0.001_seed2")}
     base = cfgs["iid_rf"]
     assert base.model.name == "rf_white" and base.model.trainable == ["classifier.*"] and base.estimator.K == 1000
     for name, c in cfgs.items():
@@ -168,10 +169,10 @@ def test_rf_sweep_twins_share_the_features_and_the_server_optimizer():
         e, f = cfgs[fo].to_dict(), cfgs[twin].to_dict()
         assert {f"{sec}.{k}" for sec in e for k in e[sec] if e[sec][k] != f[sec][k]} == {"run.method"}, twin
     # the headline's other seeds: the IID recipe exactly, but for run.seed (which also draws the random filters)
-    for seed, (name, cfg) in enumerate(seeds.items(), start=1):
-        e = cfg.to_dict()
-        assert {f"{sec}.{k}" for sec in e for k in e[sec] if e[sec][k] != d[sec][k]} == {"run.seed"}, name
-        assert cfg.run.seed == seed
+    for name, cfg in seeds.items():
+        e, same = cfg.to_dict(), cfgs[name.rsplit("_seed", 1)[0]].to_dict()
+        assert {f"{sec}.{k}" for sec in e for k in e[sec] if e[sec][k] != same[sec][k]} == {"run.seed"}, name
+        assert cfg.run.seed == int(name[-1])
 
 
 def test_report_goal_row_over_seeds_is_judged_on_the_mean_final_accuracy():
@@ -196,3 +197,23 @@ def test_report_goal_row_over_seeds_is_judged_on_the_mean_final_accuracy():
     rows = [seeds[0], row("iid_a_seed1", 0.645, 0.65), row("iid_a_seed2", 0.50, 0.50, finished=False)]
     goal = next(g for g in report.goals(rows) if "rf_white" in g[0])
     assert "(2 seeds" in goal[1] and goal[3] == "yes"
+
+
+def test_report_dirichlet_gap_over_seeds_compares_the_means():
+    """With 2+ finished seeds on both sides, the Dirichlet goal compares the recipes' mean final accuracies; with one,
+    seed 0's Dirichlet run against seed 0's IID run (best accuracy)."""
+    report = _report()
+
+    def row(name, final, partition="iid"):
+        return {"name": name, "method": "baffle", "model": "rf_white", "partition": partition, "finished": True,
+                "final_test_acc": final, "best_test_acc": final + 0.01, "rounds": 3000, "planned_rounds": 3000}
+
+    iid = [row("iid_a", 0.66), row("iid_a_seed1", 0.65)]
+    dirichlet = [row("dir0.5_a", 0.60, "dirichlet"), row("dir0.5_a_seed1", 0.64, "dirichlet")]
+    goal = [g for g in report.goals(iid + dirichlet) if g[0].startswith("Dirichlet")]
+    assert len(goal) == 1 and goal[0][1].startswith("+3.5 points (mean final: IID 65.50%, 2 seeds; Dirichlet 62.00%, 2 seeds")
+    assert goal[0][3] == "**no**"
+    goal = [g for g in report.goals(iid + dirichlet[:1]) if g[0].startswith("Dirichlet")]
+    assert goal[0][1] == "+6.0 points" and goal[0][3] == "**no**"
+    goal = [g for g in report.goals(iid + [row("dir0.5_a", 0.64, "dirichlet")]) if g[0].startswith("Dirichlet")]
+    assert goal[0][1] == "+2.0 points" and goal[0][3] == "yes"
