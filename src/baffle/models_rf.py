@@ -69,6 +69,11 @@ class RandomFeatureCNN(nn.Module):
         """Logits of shape (N, num_classes)."""
         return self.classifier(self.features(x))
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads: evaluation keeps it per dataset while only the classifier trains
+        (``sim.evaluate.HeadCache``)."""
+        return self.features(x)
+
 
 # ---- rf_white: whitened random features for colour images -------------------------------------------------------
 #: the ``rf_white`` shape ``build_model`` uses (see :class:`WhitenedRandomFeatures`)
@@ -148,3 +153,8 @@ class WhitenedRandomFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, num_classes)."""
         return self.classifier(self.features(x))
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads: evaluation keeps it per dataset while only the classifier trains
+        (``sim.evaluate.HeadCache``)."""
+        return self.features(x)

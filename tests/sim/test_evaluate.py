@@ -1,5 +1,6 @@
 """sim.evaluate on text models: length-ordered batches give today's numbers (to float rounding), and the head
-cache of a frozen-encoder run gives the very same bits as evaluating without it, recomputing when the encoder moves."""
+cache of a frozen-encoder run gives the very same bits as evaluating without it, recomputing when the encoder moves;
+the same cache for the random-feature image models (rf_white, rf_cnn) over their frozen convolution."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from baffle.data.dataset import Dataset
+from baffle.models import build_model
 from baffle.nlp.pretrained import build_text_model
 from baffle.sim.evaluate import HeadCache, evaluate, is_text_model, probe_loss
 
@@ -84,4 +86,33 @@ def test_head_cache_is_not_used_when_the_encoder_trains(model, monkeypatch):
     assert not cache.applies(model)
     monkeypatch.setattr(HeadCache, "features", lambda *a: pytest.fail("cache used for a run that trains the encoder"))
     data = _sentences(50, seed=4)
+    assert evaluate(model, data, cache=cache) == evaluate(model, data)
+
+
+@pytest.mark.parametrize("name, channels, size", [("rf_white", 3, 32), ("rf_cnn", 1, 28)])
+def test_head_cache_of_a_random_feature_model_gives_the_same_bits_and_convolves_once(name, channels, size, monkeypatch):
+    """A classifier-only rf run evaluates its frozen convolution's output once per dataset (the slices of 1,000 the
+    plain evaluation uses, so the same bits), and again when the convolution changes."""
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=channels, num_classes=10, image_size=size).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(1)
+    data = Dataset(torch.randn(1200, channels, size, size, generator=g), torch.randint(0, 10, (1200,), generator=g), 10, name)
+    plain = evaluate(model, data)
+    assert plain == _reference(model, data)
+    cache = HeadCache(["classifier.weight", "classifier.bias"])
+    assert cache.applies(model) and not HeadCache(["features.0.weight", "classifier.weight"]).applies(model)
+    calls = []
+    real = type(model).head_input
+    monkeypatch.setattr(type(model), "head_input", lambda self, x: calls.append(len(x)) or real(self, x))
+    assert evaluate(model, data, cache=cache) == plain and calls == [1000, 200]
+    with torch.no_grad():
+        model.classifier.bias[0] += 1.0
+    moved = evaluate(model, data, cache=cache)
+    assert len(calls) == 2 and moved != plain  # the head moved, the features were reused
+    with torch.no_grad():
+        model.features[0].weight.mul_(1.5)  # the frozen bottom changed: computed again
+    assert evaluate(model, data, cache=cache)[1] != moved[1] and len(calls) == 4
+    monkeypatch.undo()
     assert evaluate(model, data, cache=cache) == evaluate(model, data)
