@@ -38,7 +38,7 @@ def has_head(model: torch.nn.Module) -> bool:
 
 
 def head_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """The state entries of a text model's head (``classifier.*``)."""
+    """The state entries of a model's head (``classifier.*``)."""
     return tuple(f"classifier.{k}" for k in model.classifier.state_dict())
 
 
