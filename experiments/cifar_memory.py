@@ -71,10 +71,8 @@ def child(kind: str, name: str, batch: int, k: int, warm: bool) -> dict:
     est = EstimatorConfig()
     rf = name == RF[0]
     trainable, transform = (["classifier.*"], None) if rf else (None, augment_cifar)
-    if kind == "bp" and rf:  # the FedSGD twin reads the stored rows as the simulator's does (BPClient._logits)
+    if kind == "baffle_batched" or (kind == "bp" and rf):  # rf's FedSGD twin reads the stored rows (BPClient._logits)
         engine = make_engine("batched", est.max_memory_mb, feature_cache_mb=est.feature_cache_mb)
-    elif kind in ("baffle_batched", "bp"):
-        engine = make_engine("batched", est.max_memory_mb, feature_cache_mb=est.feature_cache_mb if rf else 0)
     else:  # baffle_loop_slice1: estimator.forward_slice=1, one sample's activations at a time
         engine = make_engine("loop", forward_slice=1 if kind == "baffle_loop_slice1" else 0)
     cls = BPClient if kind == "bp" else Client
