@@ -197,10 +197,10 @@ def rf_section(res: dict) -> list[str]:
         "`classifier.*` trains, no augmentation, the engine's feature cache on (`estimator.feature_cache_mb` = 1024); "
         "`baffle_batched` = the forward-only client, `bp` = the FedSGD twin's, which reads the same stored rows. The "
         "measured step puts a batch of new images through the frozen convolution (128 filters x 2 signs at 28x28 before "
-        "pooling, ~100 MiB at batch 128): the same for both clients, and the peak of a run, reached in the rounds of "
-        "the first epoch; once every row is stored, a step of either client computes only the classifier over the stored "
-        "2,304 features per image. So here forward-only does not halve the peak; a bottom filled in chunks of images "
-        "would lower both.",
+        "pooling, 1.6 MB per image), 16 images at a time since 2026-12-06 (`engine.batched.feature_cache.FILL_ROWS`; the "
+        "whole batch at once before: 206 / 205 MiB for the two clients): the same for both clients, and the peak of a "
+        "run, reached in the rounds of the first epoch; once every row is stored, a step of either client computes only "
+        "the classifier over the stored 2,304 features per image. So here forward-only does not halve the peak.",
         "",
         *table_lines(["model", "batch", "K", "client step", "step peak MiB (cold)", "vs BP", "step peak MiB (warm)", "vs BP",
                       "process peak MiB"], rows, ["l", "r", "r", "l", "r", "r", "r", "r", "r"]),

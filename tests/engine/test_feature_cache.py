@@ -162,3 +162,27 @@ def test_no_feature_cache_when_the_clients_augment(tmp_path, augment):
                   "data.num_clients=2", f"data.augment={augment}", "estimator.feature_cache_mb=8")
     engine = build(cfg).clients[0].engine
     assert engine.features.max_bytes == (0 if augment == "auto" else 8 * 2**20)
+
+
+def test_new_rows_go_through_the_bottom_in_chunks_and_equal_one_whole_call(monkeypatch):
+    """Filling puts at most FILL_ROWS new images through the frozen bottom per call (its pre-pool activations are what
+    peaks a client's memory, far larger than the rows kept), and the stored rows are the whole call's."""
+    from baffle.engine.batched.feature_cache import FILL_ROWS, FeatureCache
+
+    model, params = _rf()
+    prog = Program(model)
+    shared = prog.shared_for([p for _, p in params])
+    x, _ = _pool(2 * FILL_ROWS + 13)
+    calls: list[int] = []
+    real = Program.prefix
+    monkeypatch.setattr(Program, "prefix", lambda self, xs, sh: calls.append(xs.shape[0]) or real(self, xs, sh))
+    cache = FeatureCache(1 << 26)
+    with torch.inference_mode():
+        got = cache.prefix(prog, x, shared)
+        assert calls == [FILL_ROWS, FILL_ROWS, 13]
+        again = cache.prefix(prog, x, shared)  # every row stored: the bottom does not run
+        assert len(calls) == 3
+        ref = real(prog, x, shared)
+    for n, v in ref.items():
+        torch.testing.assert_close(got[n].t, v.t, rtol=0, atol=1e-6)
+        assert torch.equal(again[n].t, got[n].t)

@@ -15,9 +15,14 @@ Why it is safe:
   parameters or the input's shape changes;
 - it applies only where no layer mixes samples (``Program.batch_stats`` is false), so a row's value does not depend
   on the minibatch around it; a convolution may still round a row differently at another batch size (float32, the
-  last bits: ``tests/engine/test_feature_cache.py`` bounds it). The first call computes exactly what it did before.
+  last bits: ``tests/engine/test_feature_cache.py`` bounds it), as may the fill's chunks of :data:`FILL_ROWS`.
 
 Memory: at most ``max_bytes`` of rows (``estimator.feature_cache_mb``); once full, new rows are computed and not stored.
+New rows go through the bottom :data:`FILL_ROWS` at a time: a bottom's intermediate activations can be far larger than
+the rows it leaves (rf_white: 1.6 MB per image before pooling, 9 kB after), and filling a slice of 128 new images at
+once made the frozen convolution a client's memory peak (206 MiB for one step at batch 128, forward-only and backprop
+alike; 52 MiB in chunks, docs/cifar.md), for 3% more time per fill and the same rows here
+(``benchmarks/cache_fill_chunks.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ import torch
 from baffle.engine.batched.kernels import Value
 from baffle.engine.batched.program import Program
 from baffle.prefix import row_digests
+
+#: new rows put through the frozen bottom per call while filling the cache (see the module docstring)
+FILL_ROWS = 16
 
 
 class FeatureCache:
@@ -76,13 +84,13 @@ class FeatureCache:
         self.misses += len(miss)
         computed: dict[torch.fx.Node, Value] = {}
         if miss:
-            computed = prog.prefix(x if len(miss) == len(keys) else x[miss], shared)
+            computed = self._fill(prog, x if len(miss) == len(keys) else x[miss], shared)
             if not all(not v.batched and v.t.shape[0] == len(miss) for v in computed.values()):
                 self.usable = False  # not one row per sample: nothing to key by row
                 return prog.prefix(x, shared) if len(miss) != len(keys) else computed
             self._put([keys[i] for i in miss], computed)
             if len(miss) == len(keys):
-                return computed  # exactly the uncached call's values
+                return computed  # every row new: the bottom's values, computed FILL_ROWS at a time
         hit = torch.tensor([i for i, s in enumerate(slot) if s >= 0], dtype=torch.long, device=x.device)
         where = torch.tensor([s for s in slot if s >= 0], dtype=torch.long, device=x.device)
         out = {}
@@ -95,6 +103,18 @@ class FeatureCache:
             rows.index_copy_(0, torch.tensor(miss, dtype=torch.long, device=x.device), computed[n].t)
             out[n] = Value(rows, False)
         return out
+
+    @staticmethod
+    def _fill(prog: Program, x: torch.Tensor, shared: frozenset[torch.fx.Node]) -> dict[torch.fx.Node, Value]:
+        """``prog.prefix(x, shared)``, :data:`FILL_ROWS` rows at a time (values that are not one row per sample, which
+        the caller then refuses to store, come from one whole call)."""
+        if x.shape[0] <= FILL_ROWS:
+            return prog.prefix(x, shared)
+        parts = [prog.prefix(x[i : i + FILL_ROWS], shared) for i in range(0, x.shape[0], FILL_ROWS)]
+        if not all(not v.batched and v.t.shape[0] == len(x[i * FILL_ROWS : (i + 1) * FILL_ROWS])
+                   for i, p in enumerate(parts) for v in p.values()):  # fmt: skip
+            return prog.prefix(x, shared)
+        return {n: Value(torch.cat([p[n].t for p in parts]), False) for n in parts[0]}
 
     def _put(self, keys: list[bytes], computed: dict[torch.fx.Node, Value]) -> None:
         """Store the rows of ``keys`` that fit (a key repeated within one batch is stored once)."""
