@@ -100,16 +100,14 @@ def evaluate(model: torch.nn.Module, data: Dataset, batch_size: int = 1000,
 
 def _logits(model: torch.nn.Module, data: Dataset, batch_size: int, cache: HeadCache | None,
             device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    cached = cache is not None and cache.applies(model)
-    if not is_text_model(model) and not cached:
+    text, cached = is_text_model(model), cache is not None and cache.applies(model)
+    if not text and not cached:
         for start in range(0, len(data), batch_size):
             x, y = data.x[start : start + batch_size].to(device), data.y[start : start + batch_size].to(device)
             yield model(x), y
         return
-    if not is_text_model(model):  # an image model's head over cached inputs: the same slices as above
-        batches = [torch.arange(s, min(s + batch_size, len(data))) for s in range(0, len(data), batch_size)]
-    else:
-        batches = _text_batches(model, data)
+    # text: length-ordered batches; an image model's head over cached inputs: the same slices as above
+    batches = _text_batches(model, data) if text else list(torch.arange(len(data)).split(batch_size))
     feats = cache.features(model, data, batches) if cached else None
     for idx in batches:
         y = data.y[idx].to(device)

@@ -110,9 +110,9 @@ class FeatureCache:
         the caller then refuses to store, come from one whole call)."""
         if x.shape[0] <= FILL_ROWS:
             return prog.prefix(x, shared)
-        parts = [prog.prefix(x[i : i + FILL_ROWS], shared) for i in range(0, x.shape[0], FILL_ROWS)]
-        if not all(not v.batched and v.t.shape[0] == len(x[i * FILL_ROWS : (i + 1) * FILL_ROWS])
-                   for i, p in enumerate(parts) for v in p.values()):  # fmt: skip
+        chunks = x.split(FILL_ROWS)
+        parts = [prog.prefix(c, shared) for c in chunks]
+        if not all(not v.batched and v.t.shape[0] == len(c) for c, p in zip(chunks, parts) for v in p.values()):
             return prog.prefix(x, shared)
         return {n: Value(torch.cat([p[n].t for p in parts]), False) for n in parts[0]}
 
