@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from baffle.config import Config  # noqa: E402
 from baffle.records.results import results_dir, write_json  # noqa: E402
 from baffle.sim.loop import Simulation  # noqa: E402
+from text_eval_cache import alternate  # noqa: E402  (benchmarks/, this script's directory, is on sys.path)
 
 RECIPE = ROOT / "experiments" / "cifar10_rf_run.toml"
 
@@ -40,15 +40,6 @@ def simulation(cached: bool, overrides: list[str]) -> Simulation:
     return sim
 
 
-def step(sim: Simulation, r: int) -> None:
-    """A stand-in for a round: move the classifier, update the EMA (what changes between two evaluations)."""
-    s = sim.fed.strategy
-    with torch.no_grad():
-        for _, p in s.params:
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(r)) * 1e-2)
-    s._after_step(r)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--evals", type=int, default=3)
@@ -56,16 +47,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     sims = {"head cache": simulation(True, args.set), "no cache (before)": simulation(False, args.set)}
-    times: dict[str, list[float]] = {k: [] for k in sims}
-    for e in range(args.evals):
-        rows = {}
-        for name, sim in sims.items():
-            step(sim, e)
-            t0 = time.perf_counter()
-            rows[name] = sim.evaluate(e + 1)
-            times[name].append(time.perf_counter() - t0)
-            print(f"evaluation {e + 1} {name}: {times[name][-1]:.2f} s (test acc {rows[name]['test_acc']:.4f})", flush=True)
-        a, b = rows.values()
+    times, rows = alternate(sims, args.evals, scale=1e-2)
+    for e, pair in enumerate(rows):
+        a, b = pair.values()
         if (a["test_acc"], a["test_loss"], a["train_loss"]) != (b["test_acc"], b["test_loss"], b["train_loss"]):
             raise SystemExit(f"the variants disagree at evaluation {e + 1}: {a['test_acc']} vs {b['test_acc']}")
     out = {"recipe": RECIPE.relative_to(ROOT).as_posix(), "evals": args.evals, "threads": 1, "seconds": times,

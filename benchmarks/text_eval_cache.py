@@ -41,13 +41,29 @@ def simulation(exact: bool) -> Simulation:
     return sim
 
 
-def step(sim: Simulation, r: int) -> None:
+def step(sim: Simulation, r: int, scale: float = 1e-3) -> None:
     """A stand-in for a round: move the head, update the EMA (what changes between two evaluations)."""
     s = sim.fed.strategy
     with torch.no_grad():
         for _, p in s.params:
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(r)) * 1e-3)
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(r)) * scale)
     s._after_step(r)
+
+
+def alternate(sims: dict[str, Simulation], evals: int, scale: float = 1e-3) -> tuple[dict[str, list[float]], list[dict[str, dict]]]:
+    """``evals`` evaluations of each simulation, in turn, each after the same stand-in round (:func:`step`): seconds
+    per evaluation by variant, and each evaluation's metrics rows by variant (``benchmarks/rf_eval_cache.py`` too)."""
+    times: dict[str, list[float]] = {k: [] for k in sims}
+    rows: list[dict[str, dict]] = []
+    for e in range(evals):
+        rows.append({})
+        for name, sim in sims.items():
+            step(sim, e, scale)
+            t0 = time.perf_counter()
+            rows[e][name] = sim.evaluate(e + 1)
+            times[name].append(time.perf_counter() - t0)
+            print(f"evaluation {e + 1} {name}: {times[name][-1]:.2f} s (test acc {rows[e][name]['test_acc']:.4f})", flush=True)
+    return times, rows
 
 
 def main() -> None:
@@ -56,14 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     sims = {"exact frozen EMA (head cache holds)": simulation(True), "averaged frozen EMA (before)": simulation(False)}
-    times: dict[str, list[float]] = {k: [] for k in sims}
-    for e in range(args.evals):
-        for name, sim in sims.items():
-            step(sim, e)
-            t0 = time.perf_counter()
-            row = sim.evaluate(e + 1)
-            times[name].append(time.perf_counter() - t0)
-            print(f"evaluation {e + 1} {name}: {times[name][-1]:.1f} s (test acc {row['test_acc']:.4f})", flush=True)
+    times, _ = alternate(sims, args.evals)
     accs = {name: sim.fed.strategy.eval_weights()["classifier.weight"].sum().item() for name, sim in sims.items()}
     out = {"evals": args.evals, "seconds": times, "load_avg": os.getloadavg()[0], "head_weight_sums": accs}
     write_json(results_dir(__file__) / "text_eval_cache.json", out)
